@@ -1,0 +1,1 @@
+"""logbook: a local-first job logbook with sync for quantum jobs."""
