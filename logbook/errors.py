@@ -13,7 +13,8 @@ library never prints.  Messages never contain the API key (see
     ├── NotFound              no entry with that id (exit 1)
     └── SyncError             a sync could not run at all
         ├── AuthError         the server refused the key: 401/403 (exit 3)
-        └── Unreachable       the endpoint could not be reached (exit 4)
+        ├── Unreachable       the endpoint could not be reached (exit 4)
+        └── RequestFailed     one request failed; the sync engine decides what next
 """
 
 from __future__ import annotations
@@ -67,3 +68,30 @@ class Unreachable(SyncError):
     """The endpoint could not be reached at all; nothing was changed."""
 
     exit_code = 4
+
+
+class RequestFailed(SyncError):
+    """One API request failed, classified for the sync engine.
+
+    ``kind`` is ``auth`` (stop everything), ``reject`` (the server refused this
+    job for good) or ``retry`` (try later).  ``maybe_sent`` is true when the
+    server may have stored the job anyway, so it must be looked up before
+    posting again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        maybe_sent: bool = False,
+        connect_failed: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after = retry_after
+        self.maybe_sent = maybe_sent
+        self.connect_failed = connect_failed

@@ -11,7 +11,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import ValidationError
+
 from .errors import InvalidJob
+from .models import JobSubmit
 
 #: The ``POST /jobs`` body fields, in the API's order.
 JOB_FIELDS: tuple[str, ...] = (
@@ -70,10 +73,6 @@ def prepare(doc: Mapping[str, Any], *, experiment_id: str | None = None) -> dict
     job_type default to ``Done`` and ``User local job``; a missing hash is
     computed from the content.  Raises ``InvalidJob`` with a one-line reason.
     """
-    from pydantic import ValidationError
-
-    from .models import JobSubmit
-
     if not isinstance(doc, Mapping):
         raise InvalidJob("a job must be a JSON object")
     data = dict(doc)

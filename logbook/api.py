@@ -1,0 +1,85 @@
+"""The Python API: ``logbook.log()`` and ``logbook.sync()``, mirroring the CLI."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import load_config
+from .errors import InvalidJob
+from .jobs import JOB_FIELDS, prepare
+from .store import Entry, Store
+
+if TYPE_CHECKING:
+    from .sync import SyncReport
+
+_local = threading.local()
+
+
+def open_store(db: str | Path | None = None) -> Store:
+    """The store for ``db`` (default: the configured one), one connection per thread."""
+    path = str(db) if db is not None else str(load_config().db)
+    stores: dict[str, Store] = getattr(_local, "stores", None) or {}
+    _local.stores = stores
+    store = stores.get(path)
+    if store is None:
+        store = stores[path] = Store(path)
+    return store
+
+
+def _is_counts(obj: Mapping[str, Any]) -> bool:
+    return bool(obj) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in obj.values()
+    ) and not (set(obj) & set(JOB_FIELDS))
+
+
+def job_from_object(obj: Any, experiment_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    """The checked job for a Qiskit Result or job, a mapping of job fields, or a counts dict."""
+    from . import qiskit_compat as qc
+
+    if qc.looks_like_qiskit_result(obj):
+        base: dict[str, Any] = qc.job_from_result(obj)
+    elif qc.looks_like_qiskit_job(obj):
+        base = qc.job_from_qiskit_job(obj)
+    elif isinstance(obj, Mapping) and _is_counts(obj):
+        base = {"results": json.dumps(dict(obj)), "shots": json.dumps([sum(obj.values())])}
+    elif isinstance(obj, Mapping):
+        base = dict(obj)
+    else:
+        raise InvalidJob(
+            f"cannot log a {type(obj).__name__}: give a Qiskit Result or job,"
+            " a mapping of job fields, or a counts dict"
+        )
+    base.update(fields)
+    if experiment_id is not None:
+        base["experiment_id"] = experiment_id
+    return prepare(base)
+
+
+def log(
+    obj: Any, experiment_id: str | None = None, *, db: str | Path | None = None, **fields: Any
+) -> Entry:
+    """Record a job offline and return its entry (the existing one if already recorded).
+
+    Never touches the network: ``sync()`` sends it later.
+    """
+    job = job_from_object(obj, experiment_id, **fields)
+    entry, _created = open_store(db).record(job, source="python")
+    return entry
+
+
+def sync(
+    *,
+    db: str | Path | None = None,
+    endpoint: str | None = None,
+    auth: str | None = None,
+    **options: Any,
+) -> SyncReport:
+    """Run one sync (see ``logbook.sync_engine.run_sync``) and return its report."""
+    from .sync import run_sync
+
+    cfg = load_config(db=str(db) if db is not None else None, endpoint=endpoint, auth=auth)
+    return run_sync(cfg, **options)
