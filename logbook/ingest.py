@@ -227,7 +227,8 @@ def _parse(res: ReadResult, data: bytes, experiment_id: str | None) -> ReadResul
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        return _invalid(res, f"not UTF-8 text (bad byte at offset {err.start})")
+        bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+        return _invalid(res, f"not UTF-8 text (bad byte at offset {err.start + bom})")
     if res.path.lower().endswith(_JSONL_SUFFIXES):
         return _read_jsonl(res, text, experiment_id)
     try:
