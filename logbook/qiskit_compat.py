@@ -179,8 +179,10 @@ def _json_default(value: Any) -> Any:
 
 
 def _job(job_id: object, counts: Any, shots: list[Any], device: Any) -> dict[str, Any]:
+    # Without a job id the SDK's hash would be one value (of repr(None)) for every such
+    # result, and the store would drop all but the first; hash the content instead.
     return {
-        "hash": sdk_hash(job_id),
+        "hash": sdk_hash(job_id) if job_id not in (None, "") else "",
         "results": json.dumps(counts, default=_json_default),
         "device_id": device if device is None or isinstance(device, str) else str(device),
         "shots": json.dumps(shots, default=_json_default),

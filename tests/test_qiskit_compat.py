@@ -212,6 +212,17 @@ def test_job_from_qiskit_job(sim: BasicSimulator) -> None:
     assert got == job_from_result_dict(roundtrip(result.to_dict()))
 
 
+def test_result_without_job_id_gets_content_hash(sim: BasicSimulator) -> None:
+    from logbook.jobs import content_hash, prepare
+
+    d = roundtrip(sim.run(bell(), shots=10, seed_simulator=1).result().to_dict())
+    d["job_id"] = None
+    job = job_from_result_dict(d)
+    assert job["hash"] == ""
+    stored = prepare(job, experiment_id="e")
+    assert stored["hash"] == content_hash(stored) != sdk_hash(None)
+
+
 def test_job_hash_differs_between_runs(sim: BasicSimulator) -> None:
     a = job_from_result(sim.run(bell(), shots=10, seed_simulator=1).result())
     b = job_from_result(sim.run(bell(), shots=10, seed_simulator=1).result())
