@@ -11,8 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from logbook.ingest import read_file
-from logbook.jobs import prepare
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from logbook.ingest import read_file  # noqa: E402
+from logbook.jobs import prepare  # noqa: E402
 
 
 def main() -> int:
