@@ -1,0 +1,254 @@
+"""Map Qiskit results to jobs exactly the way the Haiqu SDK does.
+
+The server should see one job whichever tool sent it, so the hash, results and
+shots here follow ``haiqu-sdk`` 1.7.0 (``haiqu.sdk.utils.get_job_hash`` and
+``HaiquClient._get_or_create_job``) to the byte.  Qiskit is optional at run
+time: nothing here imports it.  Live objects are recognised by duck typing and
+the JSON of ``Result.to_dict()`` is decoded by re-implementing
+``Result.get_counts()`` (``qiskit.result.Counts`` and
+``qiskit.result.postprocess.format_counts``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import InvalidFile
+
+#: What the SDK sends for every local Qiskit result.
+SDK_STATUS = "Done"
+SDK_JOB_TYPE = "User local job"
+#: The API's limit on ``name``; the SDK's name holds the job id, which we do not control.
+_MAX_NAME = 200
+
+_BITSTRING = re.compile(r"^[01\s]+$")  # qiskit.result.Counts.bitstring_regex
+
+
+def sdk_hash(job_id: object) -> str:
+    """The Haiqu SDK's job hash: decimal of the little-endian int of sha256(repr(job_id)).
+
+    Same steps as ``get_job_hash`` for a ``Result`` (it hashes ``repr(result.job_id)``),
+    so a job logged here and one logged by ``haiqu.log`` share one identity.
+    """
+    digest = hashlib.sha256(repr(job_id).encode("utf-8")).digest()
+    return str(int.from_bytes(digest, byteorder="little"))
+
+
+def sdk_name(job_id: object) -> str:
+    """The name ``get_job_name`` gives a ``Result`` (cut to the API's 200 characters)."""
+    return f"Local job {job_id} - Job result, histogram data of an experiment"[:_MAX_NAME]
+
+
+# --------------------------------------------------------------------------- dict route
+
+
+def is_result_dict(d: Any) -> bool:
+    """True for the JSON of ``qiskit.result.Result.to_dict()``.
+
+    A job document can never hold ``backend_name`` (the API forbids extra fields),
+    and its ``results`` is JSON text, so the two kinds cannot be confused.
+    """
+    if not isinstance(d, Mapping):
+        return False
+    results = d.get("results")
+    if not isinstance(results, list):
+        return False
+    if "backend_name" not in d and "job_id" not in d:
+        return False
+    return all(isinstance(r, Mapping) and isinstance(r.get("data"), Mapping) for r in results)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _to_hex_raw(data: dict[Any, Any], has_format: bool) -> dict[str, Any] | None:
+    """The hex keys Counts works from, or None when qiskit keeps the keys as given."""
+    first = next(iter(data))
+    if isinstance(first, int):
+        return {hex(k): v for k, v in data.items()}
+    if not isinstance(first, str):
+        raise InvalidFile(f"counts key {first!r} is neither a string nor an integer")
+    if first.startswith("0x"):
+        # Counts builds int_raw from every key, so a non-hex key fails there.
+        for key in data:
+            int(key, 0)
+        return data
+    if first.startswith("0b"):
+        return {hex(int(k, 0)): v for k, v in data.items()}
+    if not has_format:
+        if not all(isinstance(k, str) for k in data):
+            raise InvalidFile("counts keys must all be of the same type")
+        return None
+    out: dict[str, Any] = {}
+    for bits, value in data.items():
+        if not isinstance(bits, str) or not _BITSTRING.search(bits):
+            raise InvalidFile(f"counts key {bits!r} is not a bit string")
+        out[hex(int(bits.replace(" ", "").replace("_", ""), 2))] = value
+    return out
+
+
+def _format_key(key: str, creg_sizes: Any, memory_slots: Any) -> str:
+    # qiskit.result.postprocess.format_counts_memory, with header = the truthy ones.
+    if key.startswith("0x"):
+        key = bin(int(key, 16))[2:]
+    if memory_slots:
+        key = format(int(key, 2), f"0{memory_slots}b")
+        if creg_sizes:
+            parts = []
+            start = 0
+            for _, size in reversed(creg_sizes):
+                parts.append(key[start : start + size])
+                start += size
+            key = " ".join(parts)
+    return key
+
+
+def _format_counts(raw: Mapping[Any, Any], creg_sizes: Any, memory_slots: Any) -> dict[str, Any]:
+    """What ``Counts(raw, creg_sizes=..., memory_slots=...)`` holds, as a plain dict."""
+    data = dict(raw)
+    if not data:
+        return {}
+    hex_raw = _to_hex_raw(data, bool(creg_sizes or memory_slots))
+    if hex_raw is None:
+        return data
+    out: dict[str, Any] = {}
+    for key, value in hex_raw.items():
+        out[_format_key(key, creg_sizes, memory_slots)] = value
+    return out
+
+
+def _check_header(index: int, header: Mapping[str, Any]) -> tuple[Any, Any]:
+    creg_sizes = header.get("creg_sizes")
+    memory_slots = header.get("memory_slots")
+    if memory_slots and not _is_int(memory_slots):
+        raise InvalidFile(f"experiment {index}: header.memory_slots must be an integer")
+    if creg_sizes:
+        ok = isinstance(creg_sizes, list) and all(
+            isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2 and _is_int(p[1])
+            for p in creg_sizes
+        )
+        if not ok:
+            raise InvalidFile(f"experiment {index}: header.creg_sizes must be [name, size] pairs")
+    return creg_sizes, memory_slots
+
+
+def counts_from_result_dict(d: Mapping[str, Any]) -> dict[str, Any] | list[dict[str, Any]]:
+    """What ``Result.from_dict(d).get_counts()`` returns, computed from the plain JSON.
+
+    One experiment gives a dict, any other number a list (as qiskit does).  Raises
+    ``InvalidFile`` for an experiment without counts (qiskit raises QiskitError there;
+    statevector results are not supported from JSON).
+    """
+    results = d.get("results")
+    if not isinstance(results, list):
+        raise InvalidFile("a Qiskit result needs a 'results' list")
+    out: list[dict[str, Any]] = []
+    for index, exp in enumerate(results):
+        if not isinstance(exp, Mapping) or not isinstance(exp.get("data"), Mapping):
+            raise InvalidFile(f"experiment {index} has no 'data' object")
+        data = exp["data"]
+        if "counts" not in data:
+            what = "a statevector, which" if "statevector" in data else "no counts and"
+            raise InvalidFile(f"experiment {index} has {what} cannot be logged as counts")
+        counts = data["counts"]
+        if not isinstance(counts, Mapping):
+            raise InvalidFile(f"experiment {index}: counts must be an object")
+        header = exp.get("header")
+        creg_sizes: Any = None
+        memory_slots: Any = None
+        if header and isinstance(header, Mapping):
+            creg_sizes, memory_slots = _check_header(index, header)
+        try:
+            out.append(_format_counts(counts, creg_sizes, memory_slots))
+        except (ValueError, TypeError) as err:
+            raise InvalidFile(f"experiment {index}: bad counts: {err}") from None
+    return out[0] if len(out) == 1 else out
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars (shots from some backends); the SDK itself would crash on them.
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _job(job_id: object, counts: Any, shots: list[Any], device: Any) -> dict[str, Any]:
+    # Without a job id the SDK's hash would be one value (of repr(None)) for every such
+    # result, and the store would drop all but the first; hash the content instead.
+    return {
+        "hash": sdk_hash(job_id) if job_id not in (None, "") else "",
+        "results": json.dumps(counts, default=_json_default),
+        "device_id": device if device is None or isinstance(device, str) else str(device),
+        "shots": json.dumps(shots, default=_json_default),
+        "name": sdk_name(job_id),
+        "status": SDK_STATUS,
+        "job_type": SDK_JOB_TYPE,
+    }
+
+
+def job_from_result_dict(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Job fields (no experiment_id) for the JSON of ``Result.to_dict()``, as the SDK sends them.
+
+    ``circuit_hash`` is left out: the SDK computes it from the circuit, which a
+    result file does not hold.
+    """
+    counts = counts_from_result_dict(d)
+    shots = [exp.get("shots") for exp in d["results"]]
+    return _job(d.get("job_id"), counts, shots, d.get("backend_name"))
+
+
+# --------------------------------------------------------------------------- live objects
+
+
+def looks_like_qiskit_result(obj: object) -> bool:
+    """Duck-typed ``qiskit.result.Result``: get_counts, to_dict, results, job_id, backend_name."""
+    if isinstance(obj, (Mapping, type)):
+        return False
+    return (
+        callable(getattr(obj, "get_counts", None))
+        and callable(getattr(obj, "to_dict", None))
+        and isinstance(getattr(obj, "results", None), list)
+        and hasattr(obj, "job_id")
+        and hasattr(obj, "backend_name")
+    )
+
+
+def looks_like_qiskit_job(obj: object) -> bool:
+    """Duck-typed Qiskit job (``JobV1`` and alike): callable result(), job_id() and status()."""
+    if isinstance(obj, (Mapping, type)) or looks_like_qiskit_result(obj):
+        return False
+    return all(callable(getattr(obj, name, None)) for name in ("result", "job_id", "status"))
+
+
+def job_from_result(result: Any) -> dict[str, Any]:
+    """Job fields (no experiment_id) for a live ``qiskit.result.Result``, as the SDK sends them.
+
+    Uses ``result.get_counts()`` like the SDK does; for a counts result this gives
+    the same job as ``job_from_result_dict(result.to_dict())``.
+    """
+    if not looks_like_qiskit_result(result):
+        raise TypeError(f"not a Qiskit Result: {type(result).__name__}")
+    counts = result.get_counts()
+    shots = [exp.shots for exp in result.results]
+    return _job(result.job_id, counts, shots, result.backend_name)
+
+
+def job_from_qiskit_job(job: Any) -> dict[str, Any]:
+    """Job fields for a finished Qiskit job, via ``job.result()`` (blocks until it is done).
+
+    Unlike the SDK (which hashes ``repr(job)``, an object address that changes on every
+    run), this hashes the result's job id, so logging a job and its result is one entry.
+    """
+    result = job.result()
+    if not looks_like_qiskit_result(result):
+        raise TypeError(
+            f"job.result() gave {type(result).__name__}, not a Qiskit Result "
+            "(primitive results are not supported)"
+        )
+    return job_from_result(result)
