@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -357,3 +359,26 @@ def test_a_failed_start_reports_why() -> None:
     with pytest.raises(EmulatorError, match="cannot load"):
         emu.start()
     assert not emu.running()
+
+
+def test_state_is_saved_periodically_and_sigint_stops_cleanly(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    args = ("--state-file", str(state), "--save-interval", "0.2")
+    emu = EmulatorProcess("k", extra_args=args)
+    try:
+        emu.start()
+        created = post(emu, job(1)).json()
+        deadline = time.monotonic() + 5
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert emu.proc is not None and emu.pid is not None
+        os.kill(emu.pid, signal.SIGKILL)  # no chance to save on the way out
+        emu.proc.wait(timeout=5)
+        emu.start()
+        assert [j["id"] for j in emu.jobs()] == [created["id"]]
+
+        assert emu.proc is not None and emu.pid is not None
+        os.kill(emu.pid, signal.SIGINT)
+        assert emu.proc.wait(timeout=5) == 0
+    finally:
+        emu.stop()
