@@ -31,7 +31,23 @@ _EXPORTS = {
     "AuthError": "errors",
     "Unreachable": "errors",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "Entry",
+    "InvalidFile",
+    "InvalidJob",
+    "LogbookError",
+    "NotFound",
+    "Store",
+    "StoreError",
+    "SyncError",
+    "SyncReport",
+    "Unreachable",
+    "log",
+    "open_store",
+    "sync",
+]
 
 if TYPE_CHECKING:
     from .api import log, open_store, sync

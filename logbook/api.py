@@ -31,9 +31,11 @@ def open_store(db: str | Path | None = None) -> Store:
 
 
 def _is_counts(obj: Mapping[str, Any]) -> bool:
-    return bool(obj) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in obj.values()
-    ) and not (set(obj) & set(JOB_FIELDS))
+    return (
+        bool(obj)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in obj.values())
+        and not (set(obj) & set(JOB_FIELDS))
+    )
 
 
 def job_from_object(obj: Any, experiment_id: str | None = None, **fields: Any) -> dict[str, Any]:

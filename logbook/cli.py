@@ -111,14 +111,18 @@ def _print_json(data: Any) -> None:
 
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="logbook: %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="logbook: %(levelname)s: %(message)s", stream=sys.stderr
+    )
     # httpx logs every URL (with the key in the query string) at INFO: keep it quiet.
     for name in ("httpx", "httpcore", "hpack", "watchdog"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--db", metavar="PATH", help="Store file (default: $LOGBOOK_DB or $LOGBOOK_HOME/logbook.db).")
+@click.option(
+    "--db", metavar="PATH", help="Store file (default: $LOGBOOK_DB or $LOGBOOK_HOME/logbook.db)."
+)
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
 @click.version_option(package_name="logbook")
@@ -159,7 +163,9 @@ def _parse_metric(text: str) -> tuple[str, Any]:
     type=click.Path(dir_okay=False, allow_dash=True),
     help="Read the results JSON from a file (- for stdin).",
 )
-@click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="A metric (repeatable).")
+@click.option(
+    "--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="A metric (repeatable)."
+)
 @click.option("--hash", "hash_", help="Job hash (default: computed from the content).")
 @click.option("--circuit-hash", help="Circuit hash.")
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
@@ -223,7 +229,11 @@ def record(
 @pass_ctx
 @handle_errors
 def import_(
-    c: Ctx, paths: tuple[str, ...], experiment: str | None, max_file_bytes: int | None, as_json: bool
+    c: Ctx,
+    paths: tuple[str, ...],
+    experiment: str | None,
+    max_file_bytes: int | None,
+    as_json: bool,
 ) -> None:
     """Record result files and directories (job JSON, Qiskit result JSON, JSON Lines)."""
     from .importer import import_paths
@@ -253,8 +263,19 @@ def import_(
 
 
 def _table(entries: Iterable[Entry]) -> None:
-    cols = ("id", "state", "experiment_id", "name", "device_id", "status", "remote_id", "created_at")
-    rows = [[str(getattr(e, k) if getattr(e, k) is not None else "") for k in cols] for e in entries]
+    cols = (
+        "id",
+        "state",
+        "experiment_id",
+        "name",
+        "device_id",
+        "status",
+        "remote_id",
+        "created_at",
+    )
+    rows = [
+        [str(getattr(e, k) if getattr(e, k) is not None else "") for k in cols] for e in entries
+    ]
     if not rows:
         click.echo("no entries")
         return
@@ -272,10 +293,14 @@ def _table(entries: Iterable[Entry]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of entries.")
 @pass_ctx
 @handle_errors
-def list_(c: Ctx, state: str | None, experiment: str | None, limit: int | None, as_json: bool) -> None:
+def list_(
+    c: Ctx, state: str | None, experiment: str | None, limit: int | None, as_json: bool
+) -> None:
     """List entries, newest first."""
     store = c.open(create=False)
-    entries = [] if store is None else store.list(state=state, experiment_id=experiment, limit=limit)
+    entries = (
+        [] if store is None else store.list(state=state, experiment_id=experiment, limit=limit)
+    )
     if as_json:
         _print_json([e.to_dict() for e in entries])
     else:
@@ -335,7 +360,9 @@ def status(c: Ctx, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
 @click.option("--state", type=click.Choice(STATES), help="Only entries in this state.")
 @click.option("--experiment", "-e", help="Only entries of this experiment.")
 @pass_ctx
@@ -461,7 +488,9 @@ def _progress_printer() -> Callable[[int, int], None]:
 @cli.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--experiment", "-e", help="Experiment id for files that do not name one.")
-@click.option("--pattern", "patterns", multiple=True, metavar="GLOB", help="File name glob (repeatable).")
+@click.option(
+    "--pattern", "patterns", multiple=True, metavar="GLOB", help="File name glob (repeatable)."
+)
 @click.option("--sync", "do_sync", is_flag=True, help="Upload new entries as they are recorded.")
 @click.option("--endpoint", metavar="URL", help="API base URL for --sync.")
 @click.option("--auth", type=click.Choice(["query", "header"]), help="How the key is sent.")

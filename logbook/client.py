@@ -176,7 +176,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         except aiohttp.ClientPayloadError:
             raise httpx.ReadError("response body cut short", request=request) from None
         except aiohttp.ClientError as err:
-            raise httpx.ReadError(f"connection failed: {type(err).__name__}", request=request) from None
+            raise httpx.ReadError(
+                f"connection failed: {type(err).__name__}", request=request
+            ) from None
         return httpx.Response(status, headers=raw_headers, content=content, request=request)
 
     async def aclose(self) -> None:
@@ -248,7 +250,9 @@ class ApiClient:
     def _redact(self, text: str) -> str:
         return redact(text, self.key)
 
-    async def _request(self, method: str, path: str, *, body: bytes | None = None) -> httpx.Response:
+    async def _request(
+        self, method: str, path: str, *, body: bytes | None = None
+    ) -> httpx.Response:
         """One request under an overall deadline (httpx's timeouts are per socket operation)."""
         headers = {"content-type": "application/json"} if body is not None else None
         try:

@@ -99,7 +99,9 @@ def load_config(
     cfg = Config(
         home=home,
         db=Path(db_path).expanduser() if db_path else home / "logbook.db",
-        endpoint=endpoint or os.environ.get("HAIQU_EDGE_URI") or _typed(data, "endpoint", str, path),
+        endpoint=endpoint
+        or os.environ.get("HAIQU_EDGE_URI")
+        or _typed(data, "endpoint", str, path),
         api_key=key,
         auth=auth or _typed(data, "auth", str, path) or "query",
         concurrency=_typed(data, "concurrency", int, path),

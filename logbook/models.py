@@ -8,7 +8,7 @@ an older logbook.  Submissions are checked strictly, before anything is stored.
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_TEXT = 200
 
 
-class JobStatus(str, Enum):
+class JobStatus(StrEnum):
     SUBMITTED = "Submitted"
     INITIALIZING = "Initializing"
     QUEUED = "Queued"
@@ -27,7 +27,7 @@ class JobStatus(str, Enum):
     ERROR = "Error"
 
 
-class JobType(str, Enum):
+class JobType(StrEnum):
     USER_LOCAL_JOB = "User local job"
     ANALYTICS = "Analytics"
     DEVICE_SPECIFIC_ANALYTICS = "Device specific analytics"
@@ -42,7 +42,9 @@ class JobType(str, Enum):
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
 JOB_TYPES: tuple[str, ...] = tuple(t.value for t in JobType)
-UNFINISHED: frozenset[str] = frozenset({"Submitted", "Initializing", "Queued", "Validating", "Running"})
+UNFINISHED: frozenset[str] = frozenset(
+    {"Submitted", "Initializing", "Queued", "Validating", "Running"}
+)
 TERMINAL: frozenset[str] = frozenset({"Cancelled", "Done", "Error"})
 
 

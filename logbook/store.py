@@ -33,7 +33,13 @@ from typing import Any
 from .errors import NotFound, StoreBusy, StoreError
 
 STATES: tuple[str, ...] = ("pending", "sending", "synced", "rejected")
-UNFINISHED_REMOTE: tuple[str, ...] = ("Submitted", "Initializing", "Queued", "Validating", "Running")
+UNFINISHED_REMOTE: tuple[str, ...] = (
+    "Submitted",
+    "Initializing",
+    "Queued",
+    "Validating",
+    "Running",
+)
 BUSY_TIMEOUT_S = 30.0
 
 #: Columns that ``list --json`` / ``show --json`` print, in order.
@@ -97,9 +103,27 @@ class Entry:
          last_error, remote_id, remote_status, created_at, synced_at, source, maybe_sent,
          next_at) = row  # fmt: skip
         return cls(
-            id_, exp, h, ch or "", name or "", dev or "", shots or "", status, jt, results or "",
-            json.loads(metrics) if metrics else {}, state, attempts, last_error, remote_id,
-            remote_status, created_at, synced_at, source, bool(maybe_sent), next_at,
+            id_,
+            exp,
+            h,
+            ch or "",
+            name or "",
+            dev or "",
+            shots or "",
+            status,
+            jt,
+            results or "",
+            json.loads(metrics) if metrics else {},
+            state,
+            attempts,
+            last_error,
+            remote_id,
+            remote_status,
+            created_at,
+            synced_at,
+            source,
+            bool(maybe_sent),
+            next_at,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -449,7 +473,11 @@ class Store:
         return Entry.from_row(rows[0]) if rows else None
 
     def list(
-        self, *, state: str | None = None, experiment_id: str | None = None, limit: int | None = None
+        self,
+        *,
+        state: str | None = None,
+        experiment_id: str | None = None,
+        limit: int | None = None,
     ) -> list[Entry]:
         """Entries newest first."""
         return list(self.iter_entries(state=state, experiment_id=experiment_id, limit=limit))
@@ -494,9 +522,9 @@ class Store:
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)
         for state in STATES:
-            counts[state] = self._read("SELECT count(*) FROM entries WHERE state = ?", (state,))[
+            counts[state] = self._read("SELECT count(*) FROM entries WHERE state = ?", (state,))[0][
                 0
-            ][0]
+            ]
         return counts
 
     def oldest_pending(self) -> str | None:
@@ -524,9 +552,9 @@ class Store:
             "counts": self.counts(),
             "oldest_pending": self.oldest_pending(),
             "last_sync": self.get_meta("last_sync"),
-            "invalid_files": self._read(
-                "SELECT count(*) FROM files WHERE outcome = 'invalid'"
-            )[0][0],
+            "invalid_files": self._read("SELECT count(*) FROM files WHERE outcome = 'invalid'")[0][
+                0
+            ],
         }
 
     # the user's actions

@@ -1,6 +1,6 @@
 """Measure how fast read_file turns a big JSON Lines file into prepared jobs.
 
-    python scripts/bench_ingest.py [LINES]
+python scripts/bench_ingest.py [LINES]
 """
 
 from __future__ import annotations
@@ -23,9 +23,14 @@ def main() -> int:
         path = Path(tmp, "big.jsonl")
         with path.open("w") as fh:
             for i in range(n):
-                doc = {"experiment_id": "bench", "name": f"job {i}", "device_id": "sim",
-                       "results": json.dumps({"00": i, "11": 1000 - i % 1000}),
-                       "shots": "[1000]", "status": "Done"}
+                doc = {
+                    "experiment_id": "bench",
+                    "name": f"job {i}",
+                    "device_id": "sim",
+                    "results": json.dumps({"00": i, "11": 1000 - i % 1000}),
+                    "shots": "[1000]",
+                    "status": "Done",
+                }
                 fh.write(json.dumps(doc) + "\n")
         t0 = time.perf_counter()
         res = read_file(path)

@@ -44,9 +44,14 @@ def main() -> int:
         json.dumps(qiskit_bell_result(), indent=1) + "\n"
     )
     lines = [
-        {"experiment_id": "demo", "name": f"sweep depth {d}", "device_id": "basic_simulator",
-         "results": {"00": 500 - 10 * d, "11": 500 + 10 * d}, "shots": [1000],
-         "metrics": {"depth": d}}
+        {
+            "experiment_id": "demo",
+            "name": f"sweep depth {d}",
+            "device_id": "basic_simulator",
+            "results": {"00": 500 - 10 * d, "11": 500 + 10 * d},
+            "shots": [1000],
+            "metrics": {"depth": d},
+        }
         for d in range(1, 5)
     ]
     (SAMPLES / "batch.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))

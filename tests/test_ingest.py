@@ -103,8 +103,16 @@ def test_matches_uses_the_file_name() -> None:
 
 def test_iter_result_files(tmp_path: Path) -> None:
     for name in [
-        "b.json", "a.json", "c.jsonl", "notes.txt", ".hidden.json", "x.json.tmp",
-        "sub/z.json", "sub/deeper/y.jsonl", ".git/config.json", "sub/w.json.part",
+        "b.json",
+        "a.json",
+        "c.jsonl",
+        "notes.txt",
+        ".hidden.json",
+        "x.json.tmp",
+        "sub/z.json",
+        "sub/deeper/y.jsonl",
+        ".git/config.json",
+        "sub/w.json.part",
     ]:
         write(tmp_path, name, JOB)
     got = [p.relative_to(tmp_path).as_posix() for p in iter_result_files([tmp_path])]
@@ -351,7 +359,10 @@ def test_permission_denied_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_samples() -> None:
     found = {p.relative_to(SAMPLES).as_posix(): p for p in iter_result_files([SAMPLES])}
     assert set(found) == {
-        "bell_job.json", "qiskit_bell_result.json", "batch.jsonl", "invalid/not_a_job.json"
+        "bell_job.json",
+        "qiskit_bell_result.json",
+        "batch.jsonl",
+        "invalid/not_a_job.json",
     }
     bell = read_file(found["bell_job.json"])
     assert bell.ok and bell.kind == "job" and bell.jobs[0]["experiment_id"] == "demo"

@@ -30,17 +30,17 @@ from qiskit.result import Counts  # noqa: E402
 def sdk_get_job_hash(job_id: object) -> str:
     """haiqu-sdk 1.7.0, haiqu/sdk/utils.py ``get_job_hash`` for a Result, verbatim steps:
 
-        hash_object = hashlib.sha256(b"")
-        values = []
-        if isinstance(job_data, Result):
-            values.append(job_data.job_id)
-        ...
-        for value in values:
-            encoded_value = repr(value).encode("utf-8")
-            hash_object.update(encoded_value)
-        hash_bytes = hash_object.digest()
-        hash_value = int.from_bytes(hash_bytes, byteorder="little")
-        return str(hash_value)
+    hash_object = hashlib.sha256(b"")
+    values = []
+    if isinstance(job_data, Result):
+        values.append(job_data.job_id)
+    ...
+    for value in values:
+        encoded_value = repr(value).encode("utf-8")
+        hash_object.update(encoded_value)
+    hash_bytes = hash_object.digest()
+    hash_value = int.from_bytes(hash_bytes, byteorder="little")
+    return str(hash_value)
     """
     hash_object = hashlib.sha256(b"")
     for value in [job_id]:
@@ -158,8 +158,11 @@ def test_counts_without_creg_sizes_in_header(sim: BasicSimulator) -> None:
     [{}, {"memory_slots": 5}, {"creg_sizes": [["x", 2], ["y", 3]], "memory_slots": 5}],
 )
 def test_counts_key_formats_like_qiskit_counts(raw: dict, header: dict) -> None:
-    d = {"backend_name": "b", "job_id": "j", "results": [{"shots": 1, "data": {"counts": raw},
-                                                          "header": header}]}
+    d = {
+        "backend_name": "b",
+        "job_id": "j",
+        "results": [{"shots": 1, "data": {"counts": raw}, "header": header}],
+    }
     assert counts_from_result_dict(d) == Counts(raw, **header)
 
 
