@@ -438,14 +438,18 @@ class Watcher:
 
     def relevant(self, path: str) -> bool:
         """A result file name under a watched directory, not hidden or temporary."""
-        root = self._root_of(path)
-        if root is None or path == root:
-            return False
         name = os.path.basename(path)
         if is_ignored(name) or not matches(name, self.patterns):
             return False
-        rel_dirs = os.path.relpath(os.path.dirname(path), root)
-        return rel_dirs == "." or not any(p.startswith(".") for p in rel_dirs.split(os.sep))
+        return self.relevant_dir(os.path.dirname(path))
+
+    def relevant_dir(self, path: str) -> bool:
+        """A watched directory or one below it that is not hidden (as ``import`` walks them)."""
+        root = self._root_of(path)
+        if root is None:
+            return False
+        rel = os.path.relpath(path, root)
+        return rel == "." or not any(p.startswith(".") for p in rel.split(os.sep))
 
     def touch(self, path: str, st: os.stat_result | None = None) -> None:
         """Note that ``path`` may have changed; schedule a settle check."""
@@ -482,7 +486,7 @@ class Watcher:
         if is_dir:
             if kind in ("created", "moved"):
                 target = dest if kind == "moved" else src
-                if target and self._root_of(target):
+                if target and target not in self.roots and self.relevant_dir(target):
                     self.pending_scans.append(target)
             if kind in ("deleted", "moved") and src in self.roots:
                 self.check_roots()
