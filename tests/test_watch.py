@@ -290,7 +290,7 @@ def test_restart_records_nothing_twice(watcher: Watch, home: Path, results: Path
     write(results / "bad.json", "not json at all")
     watcher.start(str(results), "--settle", SETTLE)
     wait_for(lambda: entries(home) == 3 and db_count(home, "SELECT count(*) FROM files") == 4)
-    assert watcher.stop() [0] == 0
+    assert watcher.stop()[0] == 0
     write(results / "while-down.json", job("while-down"))
     watcher.start(str(results), "--settle", SETTLE)
     wait_for(lambda: entries(home) == 4, what="the file written while down")
