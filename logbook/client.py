@@ -83,10 +83,10 @@ class KeyTransport(httpx.AsyncBaseTransport):
             raw = url.raw_path
             sep = b"&" if b"?" in raw else b"?"
             url = url.copy_with(raw_path=raw + sep + self._param)
+        body = await request.aread()
         keyed = httpx.Request(
-            request.method, url, headers=headers, stream=request.stream,
-            extensions=request.extensions,
-        )  # fmt: skip
+            request.method, url, headers=headers, content=body, extensions=request.extensions
+        )
         try:
             response = await self.inner.handle_async_request(keyed)
         except httpx.TransportError as err:

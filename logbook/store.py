@@ -198,16 +198,15 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
     db = sqlite_utils.Database(conn)
     entries = db.table("entries")
     have = {c.name for c in entries.columns}
-    for name, typ in (
-        ("next_attempt_at", float),
-        ("lease_owner", str),
-        ("lease_until", float),
-        ("maybe_sent", int),
-        ("refreshed_at", str),
+    for name, typ, default in (
+        ("next_attempt_at", float, None),
+        ("lease_owner", str, None),
+        ("lease_until", float, None),
+        ("maybe_sent", int, 0),  # NOT NULL: max(NULL, 1) is NULL in SQLite
+        ("refreshed_at", str, None),
     ):
         if name not in have:
-            entries.add_column(name, typ)
-    conn.execute("UPDATE entries SET maybe_sent = 0 WHERE maybe_sent IS NULL")
+            entries.add_column(name, typ, not_null_default=default)
     conn.execute(
         "CREATE INDEX IF NOT EXISTS entries_remote ON entries (remote_status, id)"
         " WHERE state = 'synced'"
@@ -592,8 +591,18 @@ class Store:
 
     # sync: claim, settle, refresh
 
-    def claim(self, limit: int, *, lease_seconds: float, now: float | None = None) -> list[Entry]:
+    def claim(
+        self,
+        limit: int,
+        *,
+        lease_seconds: float,
+        now: float | None = None,
+        ignore_backoff: bool = False,
+    ) -> list[Entry]:
         """Take up to ``limit`` due entries for this process to send.
+
+        ``ignore_backoff`` takes pending entries whatever their next attempt
+        time (a sync the user asked for now).
 
         Entries left ``sending`` by a dead process or an expired lease are taken
         too, flagged ``maybe_sent`` so the sender looks them up before posting.
@@ -637,7 +646,7 @@ class Store:
                         "SELECT id FROM entries WHERE state = 'pending'"
                         " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
                         " ORDER BY id LIMIT ?",
-                        (now, limit - len(ids)),
+                        (float("inf") if ignore_backoff else now, limit - len(ids)),
                     )
                 ]
             if not ids:
@@ -661,6 +670,39 @@ class Store:
             (now, now, limit),
         )
         return [Entry.from_row(r) for r in rows]
+
+    def _stale_sending(self, now: float) -> int:
+        """``sending`` entries whose owner died or whose lease ran out."""
+        n = 0
+        for owner, count, latest in self._read(
+            "SELECT lease_owner, count(*), max(lease_until) FROM entries"
+            " WHERE state = 'sending' GROUP BY lease_owner"
+        ):
+            if not _owner_alive(owner):
+                n += count
+            elif latest is not None and latest < now:
+                n += self._read(
+                    "SELECT count(*) FROM entries WHERE state = 'sending'"
+                    " AND lease_owner IS ? AND lease_until < ?",
+                    (owner, now),
+                )[0][0]
+        return n
+
+    def count_due(self, now: float | None = None, *, ignore_backoff: bool = False) -> int:
+        """How many entries a sync would send now."""
+        now = time.time() if now is None else now
+        due = self._read(
+            "SELECT count(*) FROM entries WHERE state = 'pending'"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
+            (float("inf") if ignore_backoff else now,),
+        )[0][0]
+        return int(due) + self._stale_sending(now)
+
+    def count_left(self, now: float | None = None) -> int:
+        """Entries still to be sent: pending ones and those a dead sync left ``sending``."""
+        now = time.time() if now is None else now
+        pending = self._read("SELECT count(*) FROM entries WHERE state = 'pending'")[0][0]
+        return int(pending) + self._stale_sending(now)
 
     def next_due_at(self) -> float | None:
         """When the earliest pending entry becomes due (epoch seconds), if any."""
@@ -703,7 +745,7 @@ class Store:
             if pending:
                 conn.executemany(
                     "UPDATE entries SET state = 'pending', last_error = ?, next_attempt_at = ?,"
-                    " maybe_sent = max(maybe_sent, ?), attempts = attempts + 1,"
+                    " maybe_sent = CASE WHEN ? THEN 1 ELSE maybe_sent END, attempts = attempts + 1,"
                     " lease_owner = NULL, lease_until = NULL"
                     " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
                     pending,
