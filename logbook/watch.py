@@ -243,10 +243,12 @@ class _Syncer:
 
         self.echo(redact(line, self.cfg.api_key))
 
-    def _fail(self, message: str, delay: float) -> None:
-        if message != self.failing:
+    def _fail(self, message: str, delay: float, kind: str | None = None) -> None:
+        """Back off; say why once (per ``kind``, else per message), not on every retry."""
+        kind = kind or message
+        if kind != self.failing:
             self._say(f"sync: {message}; retrying in {delay:.0f} s (still recording)")
-            self.failing = message
+            self.failing = kind
         self.retry_at = time.monotonic() + delay
 
     def _next_backoff(self) -> float:
@@ -255,61 +257,68 @@ class _Syncer:
         return max(delay, 0.5)
 
     def _loop(self) -> None:
-        from .errors import AuthError, ConfigError, Unreachable
-
         while not self.stopping.is_set():
-            timeout = MAX_WAIT * 2
             if self.retry_at is not None:
-                timeout = max(0.0, min(timeout, self.retry_at - time.monotonic()))
-            fired = self.kicked.wait(timeout)
+                # Backing off: new entries wait for the retry too (the server is struggling).
+                remaining = self.retry_at - time.monotonic()
+                if remaining > 0:
+                    self.stopping.wait(min(remaining, 1.0))
+                    continue
+            elif not self.kicked.wait(1.0):
+                continue
             if self.stopping.is_set():
                 return
-            due = self.retry_at is not None and time.monotonic() >= self.retry_at
-            if not fired and not due:
-                continue
-            if fired and self.failing is not None and not due:
-                continue  # backing off: new entries wait for the retry
             self.kicked.clear()
             self.retry_at = None
-            try:
-                self.busy = True
-                report = self.run_sync(
-                    self.cfg,
-                    concurrency=self.cfg.concurrency,
-                    refresh=False,
-                    max_time=SYNC_MAX_TIME,
-                )
-            except AuthError as err:
-                self._fail(f"the server refused the key (401/403): {err}", SYNC_AUTH_RETRY)
-                continue
-            except Unreachable as err:
-                self._fail(f"cannot reach the server: {err}", self._next_backoff())
-                continue
-            except ConfigError as err:
-                self._fail(f"not configured: {err}", SYNC_AUTH_RETRY)
-                continue
-            except Exception as err:  # noqa: BLE001 - the sync thread must outlive any run
-                log.debug("sync run failed", exc_info=True)
-                self._fail(f"failed: {type(err).__name__}: {err}", self._next_backoff())
-                continue
-            finally:
-                self.busy = False
-            if self.failing is not None:
-                self._say("sync: working again")
-                self.failing = None
-            synced = getattr(report, "synced", 0)
-            rejected = getattr(report, "rejected", 0)
-            pending = getattr(report, "pending", 0)
-            if (synced or rejected) and not self.quiet:
-                self._say(f"synced {synced}, rejected {rejected}, pending {pending}")
-            if pending:
-                # Retryable failures (5xx, 429, time limit): come back after a back-off;
-                # progress resets it.
-                if synced:
-                    self.backoff = SYNC_BACKOFF_START
-                self.retry_at = time.monotonic() + self._next_backoff()
-            else:
-                self.backoff = SYNC_BACKOFF_START
+            self._run_once()
+
+    def _run_once(self) -> None:
+        from .errors import AuthError, ConfigError, Unreachable
+
+        try:
+            self.busy = True
+            report = self.run_sync(
+                self.cfg,
+                concurrency=self.cfg.concurrency,
+                refresh=False,
+                max_time=SYNC_MAX_TIME,
+                respect_backoff=True,
+            )
+        except AuthError as err:
+            self._fail(str(err), SYNC_AUTH_RETRY, "auth")
+            return
+        except Unreachable as err:
+            self._fail(str(err), self._next_backoff(), "unreachable")
+            return
+        except ConfigError as err:
+            self._fail(f"not configured: {err}", SYNC_AUTH_RETRY, "config")
+            return
+        except Exception as err:  # noqa: BLE001 - the sync thread must outlive any run
+            log.debug("sync run failed", exc_info=True)
+            self._fail(f"failed: {type(err).__name__}: {err}", self._next_backoff())
+            return
+        finally:
+            self.busy = False
+        synced = getattr(report, "synced", 0)
+        rejected = getattr(report, "rejected", 0)
+        pending = getattr(report, "pending", 0)
+        if self.failing is not None and (synced or not pending):
+            self._say("sync: working again")
+            self.failing = None
+        if (synced or rejected) and not self.quiet:
+            self._say(f"synced {synced}, rejected {rejected}, pending {pending}")
+        if not pending:
+            self.backoff = SYNC_BACKOFF_START
+            return
+        # Retryable failures (5xx, 429, the run's time limit): come back after a back-off;
+        # progress resets it.
+        if synced:
+            self.backoff = SYNC_BACKOFF_START
+            self.retry_at = time.monotonic() + self._next_backoff()
+            return
+        errors = getattr(report, "errors", None) or []
+        last = f" (last error: {errors[-1]})" if errors else ""
+        self._fail(f"{pending} entries still pending{last}", self._next_backoff(), "pending")
 
 
 # --- the watcher ----------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from logbook.emulator.testing import EmulatorProcess
+
 REPO = Path(__file__).resolve().parents[1]
 SETTLE = "0.1"
 
@@ -390,3 +392,82 @@ def test_burst_of_20000_files_while_stopped_loses_none(
     assert status["invalid_files"] == 0
     assert db_count(home, "SELECT count(*) FROM files") == n
     assert watcher.proc.poll() is None
+
+
+# --- --sync against the emulator ------------------------------------------------------------
+
+
+def test_sync_uploads_new_files(
+    watcher: Watch, home: Path, results: Path, emulator: EmulatorProcess
+) -> None:
+    write(results / "old.json", job("old"))
+    watcher.extra_env = emulator.env()
+    watcher.start(str(results), "--settle", SETTLE, "--sync")
+    for i in range(5):
+        write(results / f"s{i}.json", job(f"s{i}"))
+        time.sleep(0.05)
+    wait_for(lambda: emulator.stats()["jobs_created"] == 6, timeout=30, what="6 jobs uploaded")
+    wait_for(lambda: logbook(home, "status", "--json")["counts"]["synced"] == 6, timeout=30)
+    assert emulator.stats()["duplicates"] == 0
+    assert sorted(j["name"] for j in emulator.jobs()) == ["old", "s0", "s1", "s2", "s3", "s4"]
+    assert "synced" in watcher.stderr()
+    assert watcher.stop()[0] == 0
+
+
+def test_sync_keeps_recording_while_the_server_fails_then_catches_up(
+    watcher: Watch, home: Path, results: Path, emulator: EmulatorProcess
+) -> None:
+    emulator.set_faults(error_rate=1.0, error_status=503)
+    watcher.extra_env = emulator.env()
+    watcher.start(str(results), "--settle", SETTLE, "--sync")
+    for i in range(3):
+        write(results / f"f{i}.json", job(f"f{i}"))
+    wait_for(lambda: entries(home) == 3, what="recording during the outage")
+    assert logbook(home, "status", "--json")["counts"]["synced"] == 0
+    emulator.clear_faults()
+    wait_for(
+        lambda: logbook(home, "status", "--json")["counts"]["synced"] == 3,
+        timeout=40,
+        what="the upload after the outage",
+    )
+    assert emulator.stats()["duplicates"] == 0
+    code, took = watcher.stop()
+    assert code == 0 and took < 5.0
+
+
+def test_sync_with_unreachable_server_still_records(
+    watcher: Watch, home: Path, results: Path, emulator: EmulatorProcess
+) -> None:
+    watcher.extra_env = {**emulator.env(), "HAIQU_EDGE_URI": "http://127.0.0.1:9"}
+    watcher.start(str(results), "--settle", SETTLE, "--sync")
+    write(results / "u.json", job("u"))
+    wait_for(lambda: entries(home) == 1)
+    wait_for(lambda: "cannot reach" in watcher.stderr(), what="the unreachable message")
+    write(results / "u2.json", job("u2"))
+    wait_for(lambda: entries(home) == 2)
+    code, took = watcher.stop()
+    assert code == 0 and took < 5.0
+    assert watcher.stderr().count("cannot reach") == 1  # said once, not per retry
+
+
+def test_sync_with_a_refused_key_reports_once_and_keeps_recording(
+    watcher: Watch, home: Path, results: Path, emulator: EmulatorProcess
+) -> None:
+    watcher.extra_env = {**emulator.env(), "HAIQU_API_KEY": "wrong-key"}
+    watcher.start(str(results), "--settle", SETTLE, "--sync")
+    write(results / "k1.json", job("k1"))
+    wait_for(lambda: "refused the API key" in watcher.stderr(), what="the refused-key message")
+    write(results / "k2.json", job("k2"))
+    wait_for(lambda: entries(home) == 2)
+    log = watcher.stderr()
+    assert log.count("refused the API key") == 1
+    assert "wrong-key" not in log
+    assert logbook(home, "status", "--json")["counts"]["pending"] == 2
+    assert watcher.stop()[0] == 0
+
+
+def test_sync_without_endpoint_is_a_clear_error(watcher: Watch, results: Path) -> None:
+    watcher.start(str(results), "--sync", ready=False)
+    assert watcher.proc is not None
+    assert watcher.proc.wait(timeout=20) == 2
+    assert "HAIQU_EDGE_URI" in watcher.stderr()
