@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .ingest import DEFAULT_PATTERNS, is_ignored, matches, read_file
+from .ingest import DEFAULT_PATTERNS, ReadResult, is_ignored, matches, read_file
 from .store import Store
 
 if TYPE_CHECKING:
@@ -71,6 +71,8 @@ MAX_WAIT = 0.5
 #: At most this many queued events are taken per loop turn, so due files are
 #: recorded while a burst is still being drained.
 DRAIN_BATCH = 5000
+#: At most this many files are committed in one transaction.
+RECORD_BATCH = 256
 #: Polling observer: seconds between directory snapshots.
 POLL_INTERVAL = 1.0
 #: Sync back-off after a failed or unfinished run (seconds): doubled, jittered, capped.
@@ -108,6 +110,16 @@ class _Candidate:
     key: tuple[int, int]  # (size, mtime_ns) at the last observation
     since: float  # monotonic time when ``key`` was first observed
     due: float = 0.0
+
+
+@dataclass
+class _Ready:
+    """A settled file, read, waiting for its batch to commit."""
+
+    path: str
+    cand: _Candidate
+    res: ReadResult
+    seen: tuple[int, int, str, str] | None
 
 
 @dataclass
@@ -557,91 +569,129 @@ class Watcher:
     # settling and recording
 
     def check_due(self, budget: float = 0.25) -> None:
-        """Read and record the candidates whose settle time has come (for up to ``budget`` s)."""
+        """Read the candidates whose settle time has come and record them in batches.
+
+        Works for up to ``budget`` seconds so events keep being drained in a burst.
+        A batch is one transaction (one fsync): a burst of small files is bound by
+        fsyncs otherwise.  Each file's jobs and ledger row still commit together.
+        """
         start = time.monotonic()
+        batch: list[_Ready] = []
         while self.heap and not self.stop_flag.is_set():
             due, path = self.heap[0]
             now = time.monotonic()
             if due > now or now - start > budget:
-                return
+                break
             heapq.heappop(self.heap)
             cand = self.candidates.get(path)
             if cand is None or cand.due != due:
                 continue  # stale heap entry
             cand.due = 0.0
             try:
-                self.check(path, cand)
+                ready = self.check(path, cand)
             except Exception as err:  # noqa: BLE001 - one file never stops the watcher
-                from .errors import StoreError
+                self._failed(path, cand, err)
+                continue
+            if ready is not None:
+                batch.append(ready)
+                if len(batch) >= RECORD_BATCH:
+                    self.record(batch)
+                    batch = []
+        self.record(batch)
 
-                if isinstance(err, StoreError):
-                    # The store is busy or failing: keep the file and try again shortly.
-                    self.warn(f"{self.show(path)}: {err}; will retry")
-                    self._schedule(path, cand, time.monotonic() + 1.0)
-                else:
-                    log.debug("checking %s failed", path, exc_info=True)
-                    self.warn(f"{self.show(path)}: {type(err).__name__}: {err}")
-                    self.candidates.pop(path, None)
+    def _failed(self, path: str, cand: _Candidate, err: Exception) -> None:
+        from .errors import StoreError
 
-    def check(self, path: str, cand: _Candidate) -> None:
+        if isinstance(err, StoreError):
+            # The store is busy or failing: keep the file and try again shortly.
+            self.warn(f"{self.show(path)}: {err}; will retry")
+            self._schedule(path, cand, time.monotonic() + 1.0)
+        else:
+            log.debug("checking %s failed", path, exc_info=True)
+            self.warn(f"{self.show(path)}: {type(err).__name__}: {err}")
+            self.candidates.pop(path, None)
+
+    def check(self, path: str, cand: _Candidate) -> _Ready | None:
+        """Settle check for one due file: its read result when it is ready to record."""
         assert self.store is not None
         try:
             st = os.stat(path)
         except OSError:
             self.candidates.pop(path, None)
-            return
+            return None
         if not stat.S_ISREG(st.st_mode):
             self.candidates.pop(path, None)
-            return
+            return None
         now = time.monotonic()
         key = (st.st_size, st.st_mtime_ns)
         if key != cand.key:
             self.touch(path, st)  # changed since the last look: settle again
-            return
+            return None
         quiet = max(now - cand.since, time.time() - st.st_mtime_ns / 1e9)
         if quiet < self.settle:
             self._schedule(path, cand, now + self.settle - quiet)
-            return
+            return None
         seen = self.store.file_seen(path)
         if seen is not None and (seen[0], seen[1]) == key:
             self.candidates.pop(path, None)  # already handled, as it is now
-            return
+            return None
         res = read_file(path, experiment_id=self.opt.experiment_id, max_bytes=self.opt.max_bytes)
         if res.sha256 and (res.size, res.mtime_ns) != key:
             # It changed while we read it: settle again on what it is now.
             self.touch(path)
-            return
+            return None
         if not res.ok and quiet < self.grace and not self.stop_flag.is_set():
             # Maybe a writer paused half-way: give it the grace period before calling it invalid.
             self._schedule(path, cand, now + self.grace - quiet)
+            return None
+        return _Ready(path, cand, res, seen)
+
+    def record(self, batch: list[_Ready]) -> None:
+        """Commit a batch of read files (one transaction), then log each one."""
+        assert self.store is not None
+        if not batch:
             return
-        reason = "; ".join(res.errors) if res.errors else None
-        created, known = self.store.record_file(
-            path,
-            size=res.size,
-            mtime_ns=res.mtime_ns,
-            sha256=res.sha256,
-            jobs=res.jobs,
-            reason=reason,
-        )
-        self.candidates.pop(path, None)
-        self.stats.files += 1
-        self.stats.created += created
-        self.stats.known += known
-        same = (
-            seen is not None
-            and seen[2] == res.sha256
-            and seen[3] == ("invalid" if reason else "recorded")
-        )
-        if reason:
-            self.stats.invalid += 1
-            if not same:
-                extra = f" ({created} new recorded)" if created else ""
-                self.echo(f"invalid {self.show(path)}: {reason}{extra}")
-        elif not same:
-            tail = f", {known} already known" if known else ""
-            self.say(f"recorded {self.show(path)}: {created} new{tail}")
-        if created and self.syncer is not None:
+        items = [
+            {
+                "path": r.path,
+                "size": r.res.size,
+                "mtime_ns": r.res.mtime_ns,
+                "sha256": r.res.sha256,
+                "jobs": r.res.jobs,
+                "reason": "; ".join(r.res.errors) if r.res.errors else None,
+            }
+            for r in batch
+        ]
+        try:
+            counts = self.store.record_files(items)
+        except Exception as err:  # noqa: BLE001 - retried below, per file
+            for r in batch:
+                self._failed(r.path, r.cand, err)
+            return
+        any_created = False
+        for r, item, (created, known) in zip(batch, items, counts, strict=True):
+            if self.candidates.get(r.path) is r.cand:
+                self.candidates.pop(r.path, None)
+            reason = item["reason"]
+            self.stats.files += 1
+            self.stats.created += created
+            self.stats.known += known
+            any_created = any_created or bool(created)
+            seen = r.seen
+            same = (
+                seen is not None
+                and seen[2] == r.res.sha256
+                and seen[3] == ("invalid" if reason else "recorded")
+            )
+            if reason:
+                self.stats.invalid += 1
+                if not same:
+                    extra = f" ({created} new recorded)" if created else ""
+                    self.echo(f"invalid {self.show(r.path)}: {reason}{extra}")
+            elif not same:
+                tail = f", {known} already known" if known else ""
+                self.say(f"recorded {self.show(r.path)}: {created} new{tail}")
+        if any_created and self.syncer is not None:
             self.syncer.kick()
 
     # health
