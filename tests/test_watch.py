@@ -471,3 +471,38 @@ def test_sync_without_endpoint_is_a_clear_error(watcher: Watch, results: Path) -
     assert watcher.proc is not None
     assert watcher.proc.wait(timeout=20) == 2
     assert "HAIQU_EDGE_URI" in watcher.stderr()
+
+
+# --- supervision, in process ------------------------------------------------------------------
+
+
+def test_dead_observer_is_restarted_and_overflow_log_triggers_rescan(
+    home: Path, results: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+    import threading
+
+    from logbook.config import load_config
+    from logbook.watch import Watcher, WatchOptions
+
+    monkeypatch.setenv("LOGBOOK_HOME", str(home))
+    lines: list[str] = []
+    w = Watcher(load_config(), WatchOptions(dirs=[str(results)], settle=0.05), lines.append)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: any("watching" in ln for ln in lines), what="the watcher to start")
+        w.observer.stop()  # the observer thread dies
+        wait_for(lambda: any("restarting" in ln for ln in lines), what="the restart warning")
+        write(results / "after-restart.json", job("after-restart"))
+        wait_for(lambda: entries(home) == 1, what="a file seen by the new observer")
+        rescans = w.stats.rescans
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+        wait_for(lambda: w.stats.rescans > rescans, what="a rescan after the overflow")
+        assert any("overflowed; rescanning" in ln for ln in lines)
+    finally:
+        w.request_stop()
+        t.join(10)
+    assert not t.is_alive()
