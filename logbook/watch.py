@@ -83,7 +83,7 @@ SYNC_AUTH_RETRY = 300.0
 #: Upper bound of one sync run, so a slow server never holds a run (and a stop) for long.
 SYNC_MAX_TIME = 30.0
 #: How long a stop waits for a sync run in flight before leaving it to the next sync.
-SYNC_STOP_WAIT = 3.0
+SYNC_STOP_WAIT = 2.0
 
 _OVERFLOW_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
 _RESCAN = ("rescan", "", "", True)
@@ -413,7 +413,7 @@ class Watcher:
             return
         try:
             observer.stop()
-            observer.join(2.0)
+            observer.join(1.0)
         except Exception:  # noqa: BLE001 - a broken observer is being replaced anyway
             log.debug("stopping the observer failed", exc_info=True)
 
