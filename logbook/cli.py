@@ -495,8 +495,14 @@ def _progress_printer() -> Callable[[int, int], None]:
 @click.option("--endpoint", metavar="URL", help="API base URL for --sync.")
 @click.option("--auth", type=click.Choice(["query", "header"]), help="How the key is sent.")
 @click.option("--polling", is_flag=True, help="Poll instead of inotify (for NFS/SMB).")
-@click.option("--settle", type=click.FloatRange(min=0), help="Seconds a file must be unchanged.")
-@click.option("--rescan", type=click.FloatRange(min=0.5), help="Seconds between full rescans.")
+@click.option(
+    "--settle", type=click.FloatRange(min=0), help="Seconds a file must be unchanged (0.2)."
+)
+@click.option(
+    "--rescan",
+    type=click.FloatRange(min=0.5),
+    help="Seconds between full rescans (60; also after an event queue overflow).",
+)
 @pass_ctx
 @handle_errors
 def watch(

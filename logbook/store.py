@@ -805,23 +805,50 @@ class Store:
         source: str | None = None,
     ) -> tuple[int, int]:
         """Record a file's jobs and its ledger row in one transaction; ``(created, known)``."""
-        outcome = "invalid" if reason else "recorded"
+        return self.record_files(
+            [
+                {
+                    "path": path, "size": size, "mtime_ns": mtime_ns, "sha256": sha256,
+                    "jobs": jobs, "reason": reason, "source": source,
+                }
+            ]
+        )[0]  # fmt: skip
+
+    def record_files(self, files: Sequence[Mapping[str, Any]]) -> Sequence[tuple[int, int]]:
+        """``record_file`` for several files in one transaction (one fsync, not one per file).
+
+        Each item has the keyword arguments of ``record_file`` (``path``, ``size``,
+        ``mtime_ns``, ``sha256``, ``jobs``, ``reason``, optional ``source``).  Each
+        file's jobs and ledger row still commit together; returns ``(created, known)``
+        per file, in order.  The watcher uses it to keep up with a burst.
+        """
+        if not files:
+            return ()
         stamp = now_iso()
+        counts = []
         with self._write() as conn:
-            before = conn.total_changes
-            if jobs:
-                conn.executemany(_INSERT, [self._row(j, stamp, source or path) for j in jobs])
-            created = conn.total_changes - before
-            known = len(jobs) - created
-            conn.execute(
-                "INSERT INTO files (path, size, mtime_ns, sha256, outcome, reason, recorded,"
-                " known, seen_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET"
-                " size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256,"
-                " outcome = excluded.outcome, reason = excluded.reason,"
-                " recorded = excluded.recorded, known = excluded.known, seen_at = excluded.seen_at",
-                (path, size, mtime_ns, sha256, outcome, reason, created, known, stamp),
-            )
-        return created, known
+            for f in files:
+                path, jobs, reason = f["path"], f["jobs"], f["reason"]
+                before = conn.total_changes
+                if jobs:
+                    rows = [self._row(j, stamp, f.get("source") or path) for j in jobs]
+                    conn.executemany(_INSERT, rows)
+                created = conn.total_changes - before
+                known = len(jobs) - created
+                conn.execute(
+                    "INSERT INTO files (path, size, mtime_ns, sha256, outcome, reason, recorded,"
+                    " known, seen_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET"
+                    " size = excluded.size, mtime_ns = excluded.mtime_ns,"
+                    " sha256 = excluded.sha256, outcome = excluded.outcome,"
+                    " reason = excluded.reason, recorded = excluded.recorded,"
+                    " known = excluded.known, seen_at = excluded.seen_at",
+                    (
+                        path, f["size"], f["mtime_ns"], f["sha256"],
+                        "invalid" if reason else "recorded", reason, created, known, stamp,
+                    ),
+                )  # fmt: skip
+                counts.append((created, known))
+        return counts
 
     def file_counts(self) -> dict[str, int]:
         rows = self._read("SELECT outcome, count(*) FROM files GROUP BY outcome")
