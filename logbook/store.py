@@ -18,6 +18,7 @@ reclaimed with ``maybe_sent`` set, so the sync looks it up before posting.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import socket
@@ -598,7 +599,7 @@ class Store:
         lease_seconds: float,
         now: float | None = None,
         ignore_backoff: bool = False,
-    ) -> list[Entry]:
+    ) -> builtins.list[Entry]:
         """Take up to ``limit`` due entries for this process to send.
 
         ``ignore_backoff`` takes pending entries whatever their next attempt
@@ -660,7 +661,7 @@ class Store:
             rows = conn.execute(_SELECT + f" WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
         return [Entry.from_row(r) for r in rows]
 
-    def due(self, limit: int, *, now: float | None = None) -> list[Entry]:
+    def due(self, limit: int, *, now: float | None = None) -> builtins.list[Entry]:
         """What a sync would send now, without claiming it (for ``--dry-run``)."""
         now = time.time() if now is None else now
         rows = self._read(
@@ -764,7 +765,7 @@ class Store:
                     released,
                 )
 
-    def unfinished_remote(self, limit: int, after_id: int = 0) -> list[Entry]:
+    def unfinished_remote(self, limit: int, after_id: int = 0) -> builtins.list[Entry]:
         """Synced entries whose server status is not final yet, in id order."""
         marks = ",".join("?" * len(UNFINISHED_REMOTE))
         rows = self._read(
