@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [a.removeprefix("bench_").removesuffix(".py") for a in args] or names
     unknown = [w for w in wanted if w not in names]
     if unknown:
-        print(f"bench: unknown benchmark {unknown[0]!r} (known: {', '.join(names)})", file=sys.stderr)
+        print(
+            f"bench: unknown benchmark {unknown[0]!r} (known: {', '.join(names)})", file=sys.stderr
+        )
         return 2
     worst = 0
     for name in wanted:

@@ -86,4 +86,3 @@ def cli_runner() -> Iterator[Callable[..., Result]]:
         return runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
 
     yield invoke
-

@@ -22,7 +22,8 @@ HOST = socket.gethostname()
 
 
 def job(i: int | str, experiment: str = "exp", **fields: Any) -> dict[str, Any]:
-    return prepare({"experiment_id": experiment, "name": f"job {i}", "results": f'{{"n": "{i}"}}', **fields})
+    doc = {"experiment_id": experiment, "name": f"job {i}", "results": f'{{"n": "{i}"}}'}
+    return prepare({**doc, **fields})
 
 
 @pytest.fixture
@@ -395,16 +396,22 @@ def test_many_processes_open_a_new_store_and_record_at_once(tmp_path: Path) -> N
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _WRITER, str(path), f"w{k}", str(per)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )  # fmt: skip
         for k in range(writers)
     ]
     procs.append(
         subprocess.Popen(
             [sys.executable, "-c", _READER, str(path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )  # fmt: skip
     )
     time.sleep(0.5)  # let every interpreter start, then release them together
@@ -413,7 +420,7 @@ def test_many_processes_open_a_new_store_and_record_at_once(tmp_path: Path) -> N
         p.stdin.write("go\n")
         p.stdin.flush()
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert "locked" not in err and "Traceback" not in err, err
     assert outs[-1][0].startswith("reads")
