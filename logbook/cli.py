@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -30,7 +30,7 @@ class LogbookClickError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code = exit_code  # type: ignore[misc]
 
     def show(self, file: Any = None) -> None:
         click.echo(f"logbook: error: {self.format_message()}", err=True)
@@ -404,12 +404,12 @@ def export(c: Ctx, fmt: str, state: str | None, experiment: str | None) -> None:
     from .store import ENTRY_KEYS
 
     store = c.open(create=False)
-    entries = (
+    entries: Iterator[Entry] = (
         iter(())
         if store is None
         else store.iter_entries(state=state, experiment_id=experiment, newest_first=False)
     )
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     if fmt == "jsonl":
         for e in entries:
             out.write(json.dumps(e.to_dict(), ensure_ascii=False) + "\n")

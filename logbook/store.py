@@ -18,6 +18,7 @@ reclaimed with ``maybe_sent`` set, so the sync looks it up before posting.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import socket
@@ -592,7 +593,9 @@ class Store:
 
     # sync: claim, settle, refresh
 
-    def claim(self, limit: int, *, lease_seconds: float, now: float | None = None) -> list[Entry]:
+    def claim(
+        self, limit: int, *, lease_seconds: float, now: float | None = None
+    ) -> builtins.list[Entry]:
         """Take up to ``limit`` due entries for this process to send.
 
         Entries left ``sending`` by a dead process or an expired lease are taken
@@ -651,7 +654,7 @@ class Store:
             rows = conn.execute(_SELECT + f" WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
         return [Entry.from_row(r) for r in rows]
 
-    def due(self, limit: int, *, now: float | None = None) -> list[Entry]:
+    def due(self, limit: int, *, now: float | None = None) -> builtins.list[Entry]:
         """What a sync would send now, without claiming it (for ``--dry-run``)."""
         now = time.time() if now is None else now
         rows = self._read(
@@ -722,7 +725,7 @@ class Store:
                     released,
                 )
 
-    def unfinished_remote(self, limit: int, after_id: int = 0) -> list[Entry]:
+    def unfinished_remote(self, limit: int, after_id: int = 0) -> builtins.list[Entry]:
         """Synced entries whose server status is not final yet, in id order."""
         marks = ",".join("?" * len(UNFINISHED_REMOTE))
         rows = self._read(
