@@ -61,6 +61,10 @@ _INSERT = (
 )
 
 
+# json.dumps() with options builds a new encoder on every call; bulk import calls it per row.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def now_iso() -> str:
     """The current time as ISO 8601 UTC with an explicit Z."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -403,7 +407,7 @@ class Store:
             job["experiment_id"], job["hash"], job.get("circuit_hash") or "",
             job.get("name") or "", job.get("device_id") or "", job.get("shots") or "",
             job["status"], job["job_type"], job.get("results") or "",
-            json.dumps(job.get("metrics") or {}, separators=(",", ":")), created_at, source,
+            _compact_json(job.get("metrics") or {}), created_at, source,
         )  # fmt: skip
 
     def record(self, job: Mapping[str, Any], *, source: str | None = None) -> tuple[Entry, bool]:
