@@ -83,7 +83,7 @@ _RAW_INSERT = (
 def _row(i: int, tag: str) -> tuple[Any, ...]:
     return (
         "bench", f"{tag}-{i}", "", f"job {i}", "sim", "[1000]", "Done", "User local job",
-        json.dumps({"00": i % 1000, "11": 1000 - i % 1000}), '{"i":%d}' % i,
+        json.dumps({"00": i % 1000, "11": 1000 - i % 1000}), f'{{"i":{i}}}',
         "2025-01-01T00:00:00.000000Z", "bench",
     )  # fmt: skip
 
@@ -129,9 +129,14 @@ def bench_import(tmp: Path, n: int) -> None:
         for i in range(n):
             fh.write(
                 json.dumps(
-                    {"experiment_id": "bench", "name": f"job {i}", "device_id": "sim",
-                     "results": json.dumps({"00": i % 1000, "11": 1000 - i % 1000}),
-                     "shots": "[1000]", "metrics": {"i": i}}  # fmt: skip
+                    {
+                        "experiment_id": "bench",
+                        "name": f"job {i}",
+                        "device_id": "sim",
+                        "results": json.dumps({"00": i % 1000, "11": 1000 - i % 1000}),
+                        "shots": "[1000]",
+                        "metrics": {"i": i},
+                    }  # fmt: skip
                 )
                 + "\n"
             )
@@ -173,9 +178,19 @@ def build_large_store(path: Path, n: int) -> None:
     for lo in range(0, n, batch):
         rows = [
             (
-                f"exp{i % 50}", f"h{i}", "", f"job {i}", "sim", "[1000]", "Done",
-                "User local job", '{"00":1}', "{}", states[i % 100],
-                "2025-01-01T00:00:%02d.%06dZ" % (i // 1_000_000 % 60, i % 1_000_000), "bench",
+                f"exp{i % 50}",
+                f"h{i}",
+                "",
+                f"job {i}",
+                "sim",
+                "[1000]",
+                "Done",
+                "User local job",
+                '{"00":1}',
+                "{}",
+                states[i % 100],
+                f"2025-01-01T00:00:{i // 1_000_000 % 60:02d}.{i % 1_000_000:06d}Z",
+                "bench",
             )  # fmt: skip
             for i in range(lo, min(n, lo + batch))
         ]

@@ -124,3 +124,44 @@ def test_job_response_missing_required_field_fails() -> None:
     del body["hash"]
     with pytest.raises(ValidationError):
         Job.model_validate(body)
+
+
+FAST_PATH_DOCS = [
+    {"experiment_id": "e"},
+    {"experiment_id": "e", "name": "n" * 200, "device_id": "d", "results": '{"0": 1}'},
+    {"experiment_id": "e", "hash": "h", "circuit_hash": None, "shots": "[1]", "metrics": {"a": 1}},
+    {"experiment_id": "e", "status": "Running", "job_type": "SKQD", "results": ""},
+    # everything below must take the model's path and be judged the same way
+    {"experiment_id": "e", "name": "n" * 201},
+    {"experiment_id": "e", "status": "Finished"},
+    {"experiment_id": "e", "results": "{oops"},
+    {"experiment_id": "e", "name": 5},
+    {"experiment_id": "e", "extra": 1},
+    {"experiment_id": "", "name": "x"},
+    {"experiment_id": "e", "metrics": {1: "int key"}},
+    {"experiment_id": "e", "metrics": []},
+    {"experiment_id": 3},
+]
+
+
+@pytest.mark.parametrize("doc", FAST_PATH_DOCS)
+def test_prepare_fast_path_agrees_with_the_model(doc: dict[str, object]) -> None:
+    from logbook.jobs import _plainly_valid
+
+    data = {"status": "Done", "job_type": "User local job", "metrics": {}, **doc}
+    try:
+        expected = JobSubmit.model_validate(data).model_dump()
+    except ValidationError:
+        assert _plainly_valid(data) is None
+        with pytest.raises(InvalidJob):
+            prepare(doc)
+        return
+    for key in ("hash", "circuit_hash", "results", "device_id", "shots", "name"):
+        expected[key] = expected[key] or ""
+    fast = _plainly_valid(data)
+    if fast is not None:
+        assert fast == expected and list(fast) == list(expected)
+    job = prepare(doc)
+    assert {k: v for k, v in job.items() if k != "hash"} == {
+        k: v for k, v in expected.items() if k != "hash"
+    }
