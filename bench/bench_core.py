@@ -222,13 +222,20 @@ def bench_commands(tmp: Path, n: int, runs: int) -> None:
         ("logbook list --limit 20 --json", [*logbook, "list", "--limit", "20", "--json"], 0.3),
         ("logbook --help", [*logbook, "--help"], 0.15),
     ]
-    for label, cmd, target in checks:
+    def measure(label: str, cmd: list[str], target: float) -> None:
         took = _median_wall(cmd, env, runs)
         verdict(
             label,
             took <= target,
             f"{took * 1000:.0f} ms ({took / bare:.1f}x python -c pass; target <= {target} s)",
         )
+
+    for label, cmd, target in checks:
+        measure(label, cmd, target)
+    # A lab machine offline for a long time: everything still pending.
+    with sqlite3.connect(home / "logbook.db", isolation_level=None) as conn:
+        conn.execute("UPDATE entries SET state = 'pending'")
+    measure("logbook status --json (all pending)", checks[0][1], 0.3)
 
 
 def main(argv: list[str] | None = None) -> int:
