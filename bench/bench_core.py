@@ -80,12 +80,14 @@ _RAW_INSERT = (
 )
 
 
-def _row(i: int, tag: str) -> tuple[Any, ...]:
-    return (
-        "bench", f"{tag}-{i}", "", f"job {i}", "sim", "[1000]", "Done", "User local job",
-        json.dumps({"00": i % 1000, "11": 1000 - i % 1000}), f'{{"i":{i}}}',
-        "2025-01-01T00:00:00.000000Z", "bench",
-    )  # fmt: skip
+def _stored_rows(path: Path) -> list[tuple[Any, ...]]:
+    """The rows logbook stored, to replay into the reference: the very same values."""
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT experiment_id, hash, circuit_hash, name, device_id, shots, status, job_type,"
+            " results, metrics, created_at, source FROM entries WHERE experiment_id = 'bench'"
+            " ORDER BY id"
+        ).fetchall()
 
 
 # --- 1. logbook.log() ------------------------------------------------------------------
@@ -95,14 +97,6 @@ def bench_log(tmp: Path, n: int) -> None:
     import logbook
 
     print(f"logbook.log() x {n:,} (one durable commit each)")
-    conn = _raw_connection(tmp / "raw-log.db")
-    rows = [_row(i, "raw") for i in range(n)]
-    start = time.perf_counter()
-    for row in rows:
-        conn.execute(_RAW_INSERT, row)  # autocommit: one transaction per row
-    raw = n / (time.perf_counter() - start)
-    conn.close()
-
     db = tmp / "log.db"
     docs = [
         {"name": f"job {i}", "device_id": "sim", "results": {"00": i % 1000, "11": 1000 - i % 1000},
@@ -114,6 +108,15 @@ def bench_log(tmp: Path, n: int) -> None:
     for doc in docs:
         logbook.log(doc, experiment_id="bench", db=db)
     ours = n / (time.perf_counter() - start)
+
+    rows = _stored_rows(db)
+    assert len(rows) == n
+    conn = _raw_connection(tmp / "raw-log.db")
+    start = time.perf_counter()
+    for row in rows:
+        conn.execute(_RAW_INSERT, row)  # autocommit: one transaction per row
+    raw = n / (time.perf_counter() - start)
+    conn.close()
     ratio = ours / raw
     print(f"  raw sqlite3: {raw:,.0f} rows/s   logbook.log(): {ours:,.0f} records/s")
     verdict("log() vs raw sqlite3", ratio >= 0.5, f"ratio {ratio:.2f} (target >= 0.5)")
@@ -140,22 +143,20 @@ def bench_import(tmp: Path, n: int) -> None:
                 )
                 + "\n"
             )
+    home = tmp / "import-home"
+    took = _wall([sys.executable, "-m", "logbook", "import", str(src), "--json"], _env(home))
+    rows = _stored_rows(home / "logbook.db")
+    if len(rows) != n:
+        raise RuntimeError(f"import stored {len(rows)} of {n} entries")
+    ours = n / took
+
     conn = _raw_connection(tmp / "raw-import.db")
-    rows = [_row(i, "raw") for i in range(n)]
     start = time.perf_counter()
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany(_RAW_INSERT, rows)
     conn.execute("COMMIT")
     raw = n / (time.perf_counter() - start)
     conn.close()
-
-    home = tmp / "import-home"
-    took = _wall([sys.executable, "-m", "logbook", "import", str(src), "--json"], _env(home))
-    with sqlite3.connect(home / "logbook.db") as check:
-        stored = check.execute("SELECT count(*) FROM entries").fetchone()[0]
-    if stored != n:
-        raise RuntimeError(f"import stored {stored} of {n} entries")
-    ours = n / took
     ratio = ours / raw
     print(f"  raw executemany: {raw:,.0f} rows/s   logbook import: {ours:,.0f} entries/s"
           f" ({took:.2f} s)")  # fmt: skip
@@ -222,6 +223,7 @@ def bench_commands(tmp: Path, n: int, runs: int) -> None:
         ("logbook list --limit 20 --json", [*logbook, "list", "--limit", "20", "--json"], 0.3),
         ("logbook --help", [*logbook, "--help"], 0.15),
     ]
+
     def measure(label: str, cmd: list[str], target: float) -> None:
         took = _median_wall(cmd, env, runs)
         verdict(
