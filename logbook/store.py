@@ -300,6 +300,8 @@ class Store:
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         p = Path(self.path)
+        if p.is_dir():
+            raise StoreError(f"store {self.path} is a directory: give the path of a store file")
         try:
             if create and not p.exists():
                 p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
