@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -341,6 +342,27 @@ def test_unopenable_store_is_one_line_exit_1(run_cli: Any, tmp_path: Path) -> No
     res = run_cli("--db", blocker / "sub" / "store.db", "record", "-e", "e")
     assert res.returncode == 1
     assert_one_line_error(res.stderr)
+
+
+@pytest.mark.parametrize("command", [["status"], ["list"], ["record", "-e", "e"]])
+def test_store_path_is_a_directory(run_cli: Any, tmp_path: Path, command: list[str]) -> None:
+    res = run_cli("--db", tmp_path, *command)
+    assert res.returncode == 1
+    assert_one_line_error(res.stderr)
+    assert "is a directory" in res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_store_is_one_line_exit_1(run_cli: Any, db_path: Path) -> None:
+    assert run_cli("record", "-e", "e").returncode == 0
+    db_path.chmod(0)
+    try:
+        res = run_cli("list")
+        assert res.returncode == 1
+        assert_one_line_error(res.stderr)
+        assert str(db_path) in res.stderr
+    finally:
+        db_path.chmod(0o600)
 
 
 def test_store_from_a_newer_logbook(run_cli: Any, db_path: Path) -> None:
