@@ -35,7 +35,7 @@ venv_create() {
     echo "scripts: creating a fresh virtualenv in $VENV_DIR" >&2
     rm -rf "$VENV_DIR"
     "$py" -m venv "$VENV_DIR"
-    "$VENV_PY" -m pip install --quiet -e "$REPO_ROOT[dev]"
+    "$VENV_PY" -m pip install -qq -e "$REPO_ROOT[dev]"
     touch "$VENV_DIR/.logbook-ready"
 }
 
