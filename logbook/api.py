@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import load_config
-from .errors import InvalidJob
+from .errors import InvalidFile, InvalidJob
 from .jobs import JOB_FIELDS, prepare
 from .store import Entry, Store
 
@@ -38,19 +38,30 @@ def _is_counts(obj: Mapping[str, Any]) -> bool:
     )
 
 
-def job_from_object(obj: Any, experiment_id: str | None = None, **fields: Any) -> dict[str, Any]:
-    """The checked job for a Qiskit Result or job, a mapping of job fields, or a counts dict."""
+def _from_qiskit(obj: Any) -> dict[str, Any] | None:
+    """Job fields for a Qiskit Result, job or ``Result.to_dict()`` mapping; else None."""
     from . import qiskit_compat as qc
 
-    if qc.looks_like_qiskit_result(obj):
-        base: dict[str, Any] = qc.job_from_result(obj)
-    elif qc.looks_like_qiskit_job(obj):
-        base = qc.job_from_qiskit_job(obj)
-    elif isinstance(obj, Mapping) and _is_counts(obj):
+    try:
+        if qc.looks_like_qiskit_result(obj):
+            return qc.job_from_result(obj)
+        if qc.looks_like_qiskit_job(obj):
+            return qc.job_from_qiskit_job(obj)
+        if qc.is_result_dict(obj):  # the JSON of Result.to_dict(), as `import` reads it
+            return qc.job_from_result_dict(obj)
+    except (TypeError, ValueError, InvalidFile) as err:
+        raise InvalidJob(f"cannot log a {type(obj).__name__}: {err}") from None
+    return None
+
+
+def job_from_object(obj: Any, experiment_id: str | None = None, **fields: Any) -> dict[str, Any]:
+    """The checked job for a Qiskit Result or job, a mapping of job fields, or a counts dict."""
+    base = _from_qiskit(obj)
+    if base is None and isinstance(obj, Mapping) and _is_counts(obj):
         base = {"results": json.dumps(dict(obj)), "shots": json.dumps([sum(obj.values())])}
-    elif isinstance(obj, Mapping):
+    elif base is None and isinstance(obj, Mapping):
         base = dict(obj)
-    else:
+    elif base is None:
         raise InvalidJob(
             f"cannot log a {type(obj).__name__}: give a Qiskit Result or job,"
             " a mapping of job fields, or a counts dict"

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -105,6 +105,36 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
+def _one_line(err: click.UsageError) -> LogbookClickError:
+    """A usage error as one line (click's own display takes three), exit 2."""
+    hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+    return LogbookClickError(err.format_message() + hint, 2)
+
+
+class LogbookGroup(click.Group):
+    """The command group: usage errors print one line, like every other error."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # bare `logbook`: the help text, as click prints it
+        except click.UsageError as err:
+            raise _one_line(err) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as err:
+            raise _one_line(err) from None
+
+
 def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=None))
 
@@ -119,7 +149,7 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LogbookGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--db", metavar="PATH", help="Store file (default: $LOGBOOK_DB or $LOGBOOK_HOME/logbook.db)."
 )
@@ -374,7 +404,7 @@ def export(c: Ctx, fmt: str, state: str | None, experiment: str | None) -> None:
     from .store import ENTRY_KEYS
 
     store = c.open(create=False)
-    entries = (
+    entries: Iterator[Entry] = (
         iter(())
         if store is None
         else store.iter_entries(state=state, experiment_id=experiment, newest_first=False)

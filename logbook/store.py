@@ -61,6 +61,10 @@ _INSERT = (
 )
 
 
+# json.dumps() with options builds a new encoder on every call; bulk import calls it per row.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def now_iso() -> str:
     """The current time as ISO 8601 UTC with an explicit Z."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -295,6 +299,8 @@ class Store:
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         p = Path(self.path)
+        if p.is_dir():
+            raise StoreError(f"store {self.path} is a directory: give the path of a store file")
         try:
             if create and not p.exists():
                 p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -402,7 +408,7 @@ class Store:
             job["experiment_id"], job["hash"], job.get("circuit_hash") or "",
             job.get("name") or "", job.get("device_id") or "", job.get("shots") or "",
             job["status"], job["job_type"], job.get("results") or "",
-            json.dumps(job.get("metrics") or {}, separators=(",", ":")), created_at, source,
+            _compact_json(job.get("metrics") or {}), created_at, source,
         )  # fmt: skip
 
     def record(self, job: Mapping[str, Any], *, source: str | None = None) -> tuple[Entry, bool]:
@@ -528,8 +534,14 @@ class Store:
         return counts
 
     def oldest_pending(self) -> str | None:
+        # The first pending and the first sending entry by id, through the (state, id)
+        # index: min(created_at) over every pending row took 180 ms on a million.
+        # Entries are stamped when inserted, so id order is time order.
         rows = self._read(
-            "SELECT min(created_at) FROM entries WHERE state IN ('pending', 'sending')"
+            "SELECT min(created_at) FROM ("
+            " SELECT (SELECT created_at FROM entries WHERE state = 'pending' ORDER BY id LIMIT 1)"
+            " AS created_at UNION ALL"
+            " SELECT (SELECT created_at FROM entries WHERE state = 'sending' ORDER BY id LIMIT 1))"
         )
         return rows[0][0] if rows else None
 
