@@ -299,7 +299,7 @@ def _table(entries: Iterable[Entry]) -> None:
         "experiment_id",
         "name",
         "device_id",
-        "status",
+        "remote_status",
         "remote_id",
         "created_at",
     )
@@ -309,7 +309,7 @@ def _table(entries: Iterable[Entry]) -> None:
     if not rows:
         click.echo("no entries")
         return
-    heads = [h.replace("_id", "") if h != "remote_id" else "remote" for h in cols]
+    heads = ["id", "state", "experiment", "name", "device", "server status", "server id", "created"]
     widths = [min(36, max(len(h), *(len(r[i]) for r in rows))) for i, h in enumerate(heads)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
     for r in rows:

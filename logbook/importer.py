@@ -28,17 +28,21 @@ class ImportReport:
 
 
 def ingest_file(
-    store: Store, path: str, *, experiment_id: str | None, max_bytes: int
+    store: Store, path: str, *, experiment_id: str | None, max_bytes: int, workers: int = 1
 ) -> tuple[int, int, str | None]:
     """Read one result file and record its jobs with its ledger row, atomically.
 
     Returns ``(created, known, reason)``; ``reason`` is None for a valid file.
-    Shared by ``import`` and ``watch`` so both treat a file the same way.
+    ``workers`` > 1 parses a big JSON Lines file in that many processes while
+    its jobs are stored (only for single-threaded callers: it forks).
     """
     from .ingest import read_file
 
-    result = read_file(path, experiment_id=experiment_id, max_bytes=max_bytes)
-    reason = "; ".join(result.errors) if result.errors else None
+    result = read_file(path, experiment_id=experiment_id, max_bytes=max_bytes, workers=workers)
+
+    def reason() -> str | None:
+        return "; ".join(result.errors) if result.errors else None
+
     created, known = store.record_file(
         os.path.abspath(path),
         size=result.size,
@@ -47,12 +51,20 @@ def ingest_file(
         jobs=result.jobs,
         reason=reason,
     )
-    return created, known, reason
+    return created, known, reason()
 
 
 def import_paths(
-    store: Store, paths: Iterable[str], *, experiment_id: str | None, max_bytes: int
+    store: Store,
+    paths: Iterable[str],
+    *,
+    experiment_id: str | None,
+    max_bytes: int,
+    workers: int | None = None,
 ) -> ImportReport:
+    """Record every result file under ``paths``; big JSON Lines files use ``workers`` processes."""
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
     from .ingest import DEFAULT_PATTERNS, iter_result_files
 
     report = ImportReport()
@@ -64,8 +76,9 @@ def import_paths(
         for path in iter_result_files([top], DEFAULT_PATTERNS):
             report.files += 1
             created, known, reason = ingest_file(
-                store, str(path), experiment_id=experiment_id, max_bytes=max_bytes
-            )
+                store, str(path), experiment_id=experiment_id, max_bytes=max_bytes,
+                workers=workers,
+            )  # fmt: skip
             report.recorded += created
             report.known += known
             if reason:

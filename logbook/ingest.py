@@ -175,22 +175,24 @@ def _prepare_object(obj: Any, experiment_id: str | None) -> tuple[str, dict[str,
         raise InvalidJob(_job_reason(str(err), experiment_id)) from None
 
 
-def _read_jsonl(res: ReadResult, text: str, experiment_id: str | None) -> ReadResult:
-    """One job per line; good lines' jobs are kept whatever the bad lines say."""
-    res.kind = "jsonl"
+def _parse_lines(
+    lines: list[str], first_lineno: int, experiment_id: str | None
+) -> tuple[list[dict[str, Any]], list[str], int]:
+    """Jobs of some JSON Lines lines, the first few bad lines' reasons, and how many were bad."""
     loads = json.loads
+    jobs: list[dict[str, Any]] = []
     bad: list[str] = []
     nbad = 0
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(lines, first_lineno):
         if not line or line.isspace():
             continue
         try:
             obj = loads(line)
             if type(obj) is dict and not ("backend_name" in obj or "job_id" in obj):
                 # The hot path: a plain job document.
-                res.jobs.append(prepare(obj, experiment_id=experiment_id))
+                jobs.append(prepare(obj, experiment_id=experiment_id))
             else:
-                res.jobs.append(_prepare_object(obj, experiment_id)[1])
+                jobs.append(_prepare_object(obj, experiment_id)[1])
             continue
         except json.JSONDecodeError as err:
             reason = f"not JSON: {err.msg} at column {err.colno}"
@@ -203,12 +205,91 @@ def _read_jsonl(res: ReadResult, text: str, experiment_id: str | None) -> ReadRe
         nbad += 1
         if len(bad) < MAX_LINE_ERRORS:
             bad.append(f"line {lineno}: {reason}")
+    return jobs, bad, nbad
+
+
+def _finish_jsonl(res: ReadResult, njobs: int, bad: list[str], nbad: int) -> None:
+    bad = bad[:MAX_LINE_ERRORS]
     if nbad > len(bad):
         bad.append(f"and {nbad - len(bad)} more invalid lines")
-    if not res.jobs and not nbad:
-        return _invalid(res, "no job lines (only blank lines)")
+    if not njobs and not nbad:
+        res.kind = "invalid"
+        res.errors.append("no job lines (only blank lines)")
+        return
     res.errors.extend(bad)
+
+
+def _read_jsonl(
+    res: ReadResult, text: str, experiment_id: str | None, workers: int = 1
+) -> ReadResult:
+    """One job per line; good lines' jobs are kept whatever the bad lines say."""
+    res.kind = "jsonl"
+    lines = text.split("\n")
+    if workers > 1 and len(lines) >= PARALLEL_MIN_LINES and _can_fork():
+        res.jobs = _ParallelJobs(res, lines, experiment_id, workers)  # type: ignore[assignment]
+        return res
+    jobs, bad, nbad = _parse_lines(lines, 1, experiment_id)
+    res.jobs = jobs
+    _finish_jsonl(res, len(jobs), bad, nbad)
     return res
+
+
+# --- big JSON Lines files: parsed by forked workers while the caller stores them -----
+
+PARALLEL_MIN_LINES = 20_000
+_CHUNK_LINES = 4_000
+_fork_lines: list[str] = []
+_fork_experiment: str | None = None
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _parse_chunk(bounds: tuple[int, int]) -> tuple[list[dict[str, Any]], list[str], int]:
+    start, end = bounds
+    return _parse_lines(_fork_lines[start:end], start + 1, _fork_experiment)
+
+
+class _ParallelJobs:
+    """The jobs of a big JSON Lines file, parsed in worker processes, in file order.
+
+    Iterating it runs the workers; ``logbook import`` iterates it inside the
+    store's transaction, so parsing (in the workers) and inserting (here)
+    overlap.  The file's errors are in ``res.errors`` once iteration ends.
+    """
+
+    def __init__(
+        self, res: ReadResult, lines: list[str], experiment_id: str | None, workers: int
+    ) -> None:
+        self.res, self.lines, self.experiment_id, self.workers = res, lines, experiment_id, workers
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        global _fork_lines, _fork_experiment
+        n = len(self.lines)
+        bounds = [(s, min(s + _CHUNK_LINES, n)) for s in range(0, n, _CHUNK_LINES)]
+        njobs, bad, nbad = 0, [], 0
+        _fork_lines, _fork_experiment = self.lines, self.experiment_id
+        try:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
+                futures = [pool.submit(_parse_chunk, b) for b in bounds]
+                _fork_lines = []  # the workers have their copy
+                for fut in futures:
+                    jobs, chunk_bad, chunk_nbad = fut.result()
+                    njobs += len(jobs)
+                    bad += chunk_bad
+                    nbad += chunk_nbad
+                    yield from jobs
+        finally:
+            _fork_lines, _fork_experiment = [], None
+            self.lines = []
+        _finish_jsonl(self.res, njobs, bad, nbad)
 
 
 def _looks_like_jsonl(text: str) -> bool:
@@ -219,7 +300,7 @@ def _looks_like_jsonl(text: str) -> bool:
         return False
 
 
-def _parse(res: ReadResult, data: bytes, experiment_id: str | None) -> ReadResult:
+def _parse(res: ReadResult, data: bytes, experiment_id: str | None, workers: int = 1) -> ReadResult:
     if not data.strip():
         return _invalid(res, "empty file")
     if b"\x00" in data:
@@ -230,12 +311,12 @@ def _parse(res: ReadResult, data: bytes, experiment_id: str | None) -> ReadResul
         bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
         return _invalid(res, f"not UTF-8 text (bad byte at offset {err.start + bom})")
     if res.path.lower().endswith(_JSONL_SUFFIXES):
-        return _read_jsonl(res, text, experiment_id)
+        return _read_jsonl(res, text, experiment_id, workers)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data" and _looks_like_jsonl(text):
-            return _read_jsonl(res, text, experiment_id)
+            return _read_jsonl(res, text, experiment_id, workers)
         return _invalid(res, f"not JSON: {err.msg} at line {err.lineno} column {err.colno}")
     except RecursionError:
         return _invalid(res, "JSON nested too deeply")
@@ -262,8 +343,14 @@ def read_file(
     *,
     experiment_id: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    workers: int = 1,
 ) -> ReadResult:
     """Read one result file into jobs ready for the store; never raises for a bad file.
+
+    ``workers`` > 1 lets a big JSON Lines file be parsed by that many forked
+    processes: ``jobs`` is then an iterable that parses as it is consumed, and
+    ``errors`` is complete once it has been.  Only for single-threaded callers
+    (``logbook import``), since it forks.
 
     The bytes are read once and both hashed and parsed, so ``sha256`` always
     describes exactly what the jobs came from (a file rewritten meanwhile is
@@ -292,7 +379,7 @@ def read_file(
     res.size = len(data)
     res.sha256 = hashlib.sha256(data).hexdigest()
     try:
-        return _parse(res, data, experiment_id)
+        return _parse(res, data, experiment_id, workers)
     except RecursionError:
         res.jobs.clear()
         return _invalid(res, "JSON nested too deeply")

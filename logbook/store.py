@@ -19,12 +19,13 @@ reclaimed with ``maybe_sent`` set, so the sync looks it up before posting.
 from __future__ import annotations
 
 import builtins
+import itertools
 import json
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -813,8 +814,8 @@ class Store:
         size: int,
         mtime_ns: int,
         sha256: str,
-        jobs: Sequence[Mapping[str, Any]],
-        reason: str | None,
+        jobs: Iterable[Mapping[str, Any]],
+        reason: str | None | Callable[[], str | None],
         source: str | None = None,
     ) -> tuple[int, int]:
         """Record a file's jobs and its ledger row in one transaction; ``(created, known)``."""
@@ -831,7 +832,9 @@ class Store:
         """``record_file`` for several files in one transaction (one fsync, not one per file).
 
         Each item has the keyword arguments of ``record_file`` (``path``, ``size``,
-        ``mtime_ns``, ``sha256``, ``jobs``, ``reason``, optional ``source``).  Each
+        ``mtime_ns``, ``sha256``, ``jobs``, ``reason``, optional ``source``); ``jobs``
+        may be any iterable, consumed inside the transaction, and ``reason`` a
+        callable asked after it.  Each
         file's jobs and ledger row still commit together; returns ``(created, known)``
         per file, in order.  The watcher uses it to keep up with a burst.
         """
@@ -841,13 +844,18 @@ class Store:
         counts = []
         with self._write() as conn:
             for f in files:
-                path, jobs, reason = f["path"], f["jobs"], f["reason"]
+                path, jobs = f["path"], f["jobs"]
+                source = f.get("source") or path
                 before = conn.total_changes
-                if jobs:
-                    rows = [self._row(j, stamp, f.get("source") or path) for j in jobs]
-                    conn.executemany(_INSERT, rows)
+                counter = itertools.count()  # zip advances it once per job
+                conn.executemany(
+                    _INSERT,
+                    (self._row(j, stamp, source) for j, _ in zip(jobs, counter, strict=False)),
+                )
                 created = conn.total_changes - before
-                known = len(jobs) - created
+                known = next(counter) - created
+                # A streamed file (big JSON Lines) knows its errors only once read.
+                reason = f["reason"]() if callable(f["reason"]) else f["reason"]
                 conn.execute(
                     "INSERT INTO files (path, size, mtime_ns, sha256, outcome, reason, recorded,"
                     " known, seen_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET"
