@@ -197,6 +197,7 @@ class SyncEngine:
         self.auth_error: RequestFailed | None = None
         self.connect_error: RequestFailed | None = None
         self.any_success = False
+        self._settling: set[asyncio.Future[None]] = set()
         self.done = 0
         self.total = 0
         self._last_progress = 0.0
@@ -221,8 +222,7 @@ class SyncEngine:
             async with flush_lock:
                 batch = outcomes[:]
                 del outcomes[:]
-                await self.db.call("settle", batch)
-                self._count(batch)
+                await self._settle(batch)
 
         async def claimer() -> None:
             nonlocal claimed
@@ -287,13 +287,32 @@ class SyncEngine:
             await asyncio.shield(self._final_flush(outcomes, flush_lock))
         return claimed
 
+    async def _settle(self, batch: list[Outcome]) -> None:
+        """Write a batch of outcomes; a cancelled caller never loses it.
+
+        The write runs in its own task, shielded: cancelling the ticker or a
+        worker mid-write (the run is stopping) must not drop outcomes that
+        were already taken off the list, or entries stay ``sending`` and go
+        uncounted.
+        """
+        task = asyncio.ensure_future(self._write_batch(batch))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
+    async def _write_batch(self, batch: list[Outcome]) -> None:
+        await self.db.call("settle", batch)
+        self._count(batch)
+
     async def _final_flush(self, outcomes: list[Outcome], lock: asyncio.Lock) -> None:
+        # Writes started by cancelled callers first, then whatever is left.
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         async with lock:
             batch = outcomes[:]
             del outcomes[:]
             if batch:
-                await self.db.call("settle", batch)
-                self._count(batch)
+                await self._write_batch(batch)
 
     @property
     def stopped(self) -> bool:
