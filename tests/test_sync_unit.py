@@ -406,3 +406,68 @@ def test_transport_error_message_is_key_free() -> None:
     text = str(err) + repr(err)
     for form in (KEY, "k%2Bey%2Fwith%3Dchars%2B%2F%3D", "k ey/with=chars /="):
         assert form not in text
+
+
+# --- an interrupted step leaves nothing 'sending' -------------------------------------
+
+
+def _engine_run(
+    db_path: Path, handler: Handler, body: Callable[[Any], Any], concurrency: int = 1
+) -> None:
+    from logbook.sync import StoreThread, SyncEngine
+
+    async def go() -> None:
+        db = StoreThread(str(db_path))
+        client = ApiClient(ENDPOINT, KEY, transport=httpx.MockTransport(handler), deadline=10)
+        engine = SyncEngine(db, client, concurrency=concurrency)
+        try:
+            await body(engine)
+        finally:
+            await client.aclose()
+            db.close()
+
+    asyncio.run(go())
+
+
+def test_cancelled_step_marks_in_flight_maybe_sent_and_releases_the_rest(tmp_path: Path) -> None:
+    db = seed_store(tmp_path, 5)
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(10)
+        return httpx.Response(500)
+
+    async def body(engine: Any) -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(engine.sync_once(ignore_backoff=True), 0.3)
+
+    _engine_run(db, slow, body)
+    rows = entries(db)
+    assert [e["state"] for e in rows] == ["pending"] * 5
+    with Store(db) as store:
+        flags = [e.maybe_sent for e in store.iter_entries(newest_first=False)]
+    assert flags == [True, False, False, False, False]  # only the one whose POST started
+    assert rows[0]["last_error"] == "interrupted while sending" and rows[1]["attempts"] == 0
+
+
+def test_cancelled_while_claiming_releases_what_the_claim_took(tmp_path: Path) -> None:
+    db = seed_store(tmp_path, 4)
+    posted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posted.append(request.url.path)
+        return httpx.Response(200, json=job_doc(json.loads(request.content)))
+
+    async def body(engine: Any) -> None:
+        real_claim = engine.db.store.claim
+
+        def slow_claim(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(0.3)  # on the store thread: the claim commits after the cancel
+            return real_claim(*args, **kwargs)
+
+        engine.db.store.claim = slow_claim
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(engine.sync_once(ignore_backoff=True), 0.1)
+
+    _engine_run(db, handler, body, concurrency=4)
+    assert {e["state"] for e in entries(db)} == {"pending"}
+    assert posted == []
