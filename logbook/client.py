@@ -115,7 +115,12 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     def __init__(self, connections: int, per_shard: int = 2) -> None:
         shards = max(1, (connections + per_shard - 1) // per_shard)
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        self.shards = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(shards)]
+        # One SSL context for all shards: each transport would otherwise load the CA
+        # bundle itself (about 40 ms each, 1.3 s for 32 shards, before any request).
+        ssl_context = httpx.create_ssl_context()
+        self.shards = [
+            httpx.AsyncHTTPTransport(limits=limits, verify=ssl_context) for _ in range(shards)
+        ]
         self.busy = [0] * shards
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
