@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
+import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -586,3 +588,22 @@ async def _run(
 def _short(failure: RequestFailed) -> str:
     text = str(failure)
     return text.split(": ", 2)[-1] if ": " in text else text
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as ``logbook.sync(...)``.
+
+    Importing ``logbook.sync`` (which ``logbook.sync()`` itself does, and so do
+    the CLI and the watcher) makes Python set the package attribute ``sync`` to
+    this module, replacing the ``logbook.sync`` function of the public API: the
+    second ``logbook.sync()`` in a process raised "'module' object is not
+    callable".  Calling the module runs the API function instead.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SyncReport:
+        from .api import sync
+
+        return sync(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -471,3 +471,21 @@ def test_cancelled_while_claiming_releases_what_the_claim_took(tmp_path: Path) -
     _engine_run(db, handler, body, concurrency=4)
     assert {e["state"] for e in entries(db)} == {"pending"}
     assert posted == []
+
+
+def test_logbook_sync_stays_callable_after_the_module_is_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    import logbook
+
+    importlib.import_module("logbook.sync")  # sets the package attribute to the module
+    assert callable(logbook.sync)
+    seed_store(tmp_path, 2)
+    monkeypatch.setenv("LOGBOOK_HOME", str(tmp_path))
+    monkeypatch.setenv("HAIQU_API_KEY", KEY)
+    server = FakeServer()
+    report = logbook.sync(endpoint=ENDPOINT, transport=httpx.MockTransport(server))
+    assert report.synced == 2
+    assert logbook.sync(endpoint=ENDPOINT, transport=httpx.MockTransport(server)).synced == 0
