@@ -146,3 +146,31 @@ def test_library_logs_and_errors_never_hold_the_key(
     if mode in ("401", UNREACHABLE):
         assert error is not None
     _check_store(db, key)
+
+
+@pytest.mark.parametrize("engine", ["httpx", "aiohttp"])
+@pytest.mark.parametrize("auth", ["query", "header"])
+def test_responses_from_real_transports_carry_no_key(
+    emulator: EmulatorProcess, engine: str, auth: str
+) -> None:
+    import asyncio
+    import json
+
+    from logbook.client import ApiClient
+
+    key = emulator.key
+    body = json.dumps({"experiment_id": "e", "hash": "h"}).encode()
+
+    async def go() -> list[Any]:
+        async with ApiClient(emulator.url, key, auth=auth, engine=engine) as client:
+            ok = await client.http.post("/jobs", content=body)
+            missing = await client.http.get("/jobs/nope")
+            return [ok, missing]
+
+    for response in asyncio.run(go()):
+        assert response.status_code in (200, 404), response.text  # the key was accepted
+        text = " ".join(
+            [str(response.request.url), repr(response.request), repr(response)]
+            + [f"{k}: {v}" for k, v in response.request.headers.items()]
+        )
+        assert_no_key(text, key, "the response's request")

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -168,9 +169,7 @@ def test_emulator_stopped_exit_4(tmp_path: Path, emulator: EmulatorProcess) -> N
     assert entries(db) == before
 
 
-def test_one_rejected_the_rest_synced_then_retry(
-    tmp_path: Path, emulator: EmulatorProcess
-) -> None:
+def test_one_rejected_the_rest_synced_then_retry(tmp_path: Path, emulator: EmulatorProcess) -> None:
     db = seed_store(tmp_path, 10)
     bad = entries(db)[3]
     # Local validation refuses a bad status, so craft one in the store.
@@ -226,6 +225,20 @@ def test_json_report_dry_run_limit_and_refresh(tmp_path: Path, emulator: Emulato
     assert run_cli(tmp_path, "sync", "--json", env=env).json()["refreshed"] == 0
 
 
+@pytest.mark.parametrize("fmt", ["seconds", "date"])
+def test_retry_after_is_honoured(tmp_path: Path, emulator: EmulatorProcess, fmt: str) -> None:
+    db = seed_store(tmp_path, 2)
+    emulator.set_faults(rate_limit_next=2, retry_after=2, retry_after_format=fmt)
+    t = time.monotonic()
+    run = run_cli(tmp_path, "sync", "--json", "--no-refresh", env=emulator.env())
+    elapsed = time.monotonic() - t
+    assert run.code == 0, run
+    # an HTTP date has whole seconds, so "2 s from now" may be a little over 1 s
+    assert elapsed >= (1.9 if fmt == "seconds" else 0.9), elapsed
+    assert emulator.stats()["requests"]["POST /jobs"] == 4  # no retry before it was due
+    assert_exactly_once(db, emulator)
+
+
 def test_auth_header(tmp_path: Path, emulator: EmulatorProcess) -> None:
     db = seed_store(tmp_path, 5)
     run = run_cli(tmp_path, "sync", "--auth", "header", "--json", env=emulator.env())
@@ -246,6 +259,8 @@ def test_request_deadline_against_a_trickling_server(
     assert run.json()["pending"] == 3
     for e in entries(db):
         assert e["state"] == "pending" and e["remote_id"] is None
+    with sqlite3.connect(db) as conn:  # each one may have reached the server
+        assert conn.execute("SELECT min(maybe_sent) FROM entries").fetchone()[0] == 1
     assert emulator.stats()["jobs_created"] == 3  # stored, but no answer arrived in time
     emulator.clear_faults()
     sync_until_done(tmp_path, emulator.env(), "--no-refresh")
