@@ -98,6 +98,29 @@ def test_kill_9_mid_backlog_then_resync(tmp_path: Path, emulator: EmulatorProces
     assert emulator.stats()["requests"]["GET /experiments/{experiment_id}/jobs/{job_hash}"] > 0
 
 
+def test_ctrl_c_mid_backlog_leaves_nothing_sending(
+    tmp_path: Path, emulator: EmulatorProcess
+) -> None:
+    n = 600
+    db = seed_store(tmp_path, n)
+    emulator.set_faults(latency_ms=50)
+    with started(tmp_path, "sync", "--concurrency", "8", env=emulator.env()) as proc:
+        deadline = time.monotonic() + 30
+        while emulator.stats()["jobs_created"] < n * 0.2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    left = states(db)
+    assert left["sending"] == 0, left  # released or marked maybe_sent, none stuck
+    assert 0 < left["synced"] < n
+    emulator.clear_faults()
+    sync_until_done(tmp_path, emulator.env(), "--no-refresh")
+    assert_exactly_once(db, emulator)
+
+
 def test_two_syncs_at_once(tmp_path: Path, emulator: EmulatorProcess) -> None:
     n = 600
     db = seed_store(tmp_path, n)
