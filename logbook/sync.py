@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
 import time
+import types
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -197,6 +199,7 @@ class SyncEngine:
         self.auth_error: RequestFailed | None = None
         self.connect_error: RequestFailed | None = None
         self.any_success = False
+        self._settling: set[asyncio.Future[None]] = set()
         self.done = 0
         self.total = 0
         self._last_progress = 0.0
@@ -211,9 +214,18 @@ class SyncEngine:
         page = max(32, self.concurrency * 2)
         queue: asyncio.Queue[Entry | None] = asyncio.Queue(maxsize=page * 2)
         outcomes: list[Outcome] = []
+        # Every entry this step claimed and has not settled yet, and those of
+        # them whose request has started: an interrupted step releases the
+        # first kind and marks the second maybe_sent, so none stays 'sending'.
+        held: dict[int, Entry] = {}
         in_flight: dict[int, Entry] = {}
+        claims: set[asyncio.Future[list[Entry]]] = set()
         claimed = 0
         flush_lock = asyncio.Lock()
+
+        def done(outcome: Outcome) -> None:
+            held.pop(outcome.entry_id, None)
+            outcomes.append(outcome)
 
         async def flush(force: bool = False) -> None:
             if not outcomes or (not force and len(outcomes) < SETTLE_BATCH):
@@ -221,18 +233,29 @@ class SyncEngine:
             async with flush_lock:
                 batch = outcomes[:]
                 del outcomes[:]
-                await self.db.call("settle", batch)
-                self._count(batch)
+                await self._settle(batch)
+
+        def took(fut: asyncio.Future[list[Entry]]) -> None:
+            claims.discard(fut)
+            if not fut.cancelled() and fut.exception() is None:
+                held.update((e.id, e) for e in fut.result())
 
         async def claimer() -> None:
             nonlocal claimed
             try:
                 while not self.stopped and (limit is None or claimed < limit):
                     want = page if limit is None else min(page, limit - claimed)
-                    entries = await self.db.call(
-                        "claim", want, lease_seconds=self.lease_seconds,
-                        ignore_backoff=ignore_backoff,
+                    # Shielded: once the claim runs on the store thread it commits,
+                    # so a cancelled step must still learn which entries it took.
+                    fut: asyncio.Future[list[Entry]] = asyncio.ensure_future(
+                        self.db.call(
+                            "claim", want, lease_seconds=self.lease_seconds,
+                            ignore_backoff=ignore_backoff,
+                        )
                     )  # fmt: skip
+                    claims.add(fut)
+                    fut.add_done_callback(took)
+                    entries = await asyncio.shield(fut)
                     if not entries:
                         break
                     claimed += len(entries)
@@ -248,15 +271,19 @@ class SyncEngine:
                 if entry is None:
                     return
                 if self.stopped:
-                    outcomes.append(Outcome(entry.id, "released"))
+                    done(Outcome(entry.id, "released"))
                     continue
                 await self.limit.acquire()
                 in_flight[entry.id] = entry
                 try:
-                    outcomes.append(await self._deliver(entry))
+                    outcome = await self._deliver(entry)
                 finally:
-                    in_flight.pop(entry.id, None)
                     self.limit.release()
+                # Only now: a cancelled send stays in in_flight, so it is settled
+                # as maybe_sent (gather lets every worker unwind before our
+                # finally runs, so popping in a finally here would hide it).
+                in_flight.pop(entry.id, None)
+                done(outcome)
                 if len(outcomes) >= SETTLE_BATCH:
                     await flush()
 
@@ -274,26 +301,58 @@ class SyncEngine:
             tick.cancel()
             for t in tasks:
                 t.cancel()
-            # Whatever was in flight when we were interrupted may have arrived.
-            outcomes.extend(
-                Outcome(e.id, "pending", error="interrupted while sending", maybe_sent=True,
-                        next_attempt_at=time.time())
-                for e in in_flight.values()
-            )  # fmt: skip
-            while not queue.empty():
-                item = queue.get_nowait()
-                if item is not None:
-                    outcomes.append(Outcome(item.id, "released"))
-            await asyncio.shield(self._final_flush(outcomes, flush_lock))
+            await asyncio.shield(self._interrupted(claims, held, in_flight, outcomes, flush_lock))
         return claimed
 
+    async def _interrupted(
+        self,
+        claims: set[asyncio.Future[list[Entry]]],
+        held: dict[int, Entry],
+        in_flight: dict[int, Entry],
+        outcomes: list[Outcome],
+        lock: asyncio.Lock,
+    ) -> None:
+        """Settle everything a step still holds when it ends (normally or cancelled)."""
+        if claims:  # a claim committed on the store thread after we were cancelled
+            await asyncio.gather(*list(claims), return_exceptions=True)
+        now = time.time()
+        for e in list(held.values()):
+            if e.id in in_flight:  # the request started: it may have arrived
+                outcomes.append(
+                    Outcome(e.id, "pending", error="interrupted while sending",
+                            maybe_sent=True, next_attempt_at=now)
+                )  # fmt: skip
+            else:
+                outcomes.append(Outcome(e.id, "released"))
+        held.clear()
+        await self._final_flush(outcomes, lock)
+
+    async def _settle(self, batch: list[Outcome]) -> None:
+        """Write a batch of outcomes; a cancelled caller never loses it.
+
+        The write runs in its own task, shielded: cancelling the ticker or a
+        worker mid-write (the run is stopping) must not drop outcomes that
+        were already taken off the list, or entries stay ``sending`` and go
+        uncounted.
+        """
+        task = asyncio.ensure_future(self._write_batch(batch))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
+    async def _write_batch(self, batch: list[Outcome]) -> None:
+        await self.db.call("settle", batch)
+        self._count(batch)
+
     async def _final_flush(self, outcomes: list[Outcome], lock: asyncio.Lock) -> None:
+        # Writes started by cancelled callers first, then whatever is left.
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         async with lock:
             batch = outcomes[:]
             del outcomes[:]
             if batch:
-                await self.db.call("settle", batch)
-                self._count(batch)
+                await self._write_batch(batch)
 
     @property
     def stopped(self) -> bool:
@@ -529,3 +588,22 @@ async def _run(
 def _short(failure: RequestFailed) -> str:
     text = str(failure)
     return text.split(": ", 2)[-1] if ": " in text else text
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as ``logbook.sync(...)``.
+
+    Importing ``logbook.sync`` (which ``logbook.sync()`` itself does, and so do
+    the CLI and the watcher) makes Python set the package attribute ``sync`` to
+    this module, replacing the ``logbook.sync`` function of the public API: the
+    second ``logbook.sync()`` in a process raised "'module' object is not
+    callable".  Calling the module runs the API function instead.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SyncReport:
+        from .api import sync
+
+        return sync(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
