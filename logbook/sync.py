@@ -564,7 +564,7 @@ async def _run(
                 f"the server refused the API key (HTTP {engine.auth_error.status}):"
                 " check HAIQU_API_KEY; no entry was changed"
             )
-        if engine.connect_error is not None:
+        if engine.connect_error is not None and not engine.any_success:
             raise Unreachable(
                 f"cannot reach {endpoint}: {_short(engine.connect_error)}; no entry was changed"
             )
