@@ -53,14 +53,10 @@ def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "logbook", *args]
 
 
-def run_cli(
-    home: Path,
-    *args: str,
-    env: Mapping[str, str] | None = None,
-    timeout: float = CLI_TIMEOUT,
-) -> Run:
-    """Run ``logbook ARGS`` to completion; killed by PID if it overruns."""
-    proc = subprocess.Popen(
+def _spawn(
+    home: Path, args: tuple[str, ...], env: Mapping[str, str] | None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         cli_cmd(*args),
         env=base_env(home, env),
         stdout=subprocess.PIPE,
@@ -68,6 +64,16 @@ def run_cli(
         stdin=subprocess.DEVNULL,
         text=True,
     )
+
+
+def run_cli(
+    home: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    timeout: float = CLI_TIMEOUT,
+) -> Run:
+    """Run ``logbook ARGS`` to completion; killed by PID if it overruns."""
+    proc = _spawn(home, args, env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -84,14 +90,7 @@ def started(
     home: Path, *args: str, env: Mapping[str, str] | None = None
 ) -> Iterator[subprocess.Popen[str]]:
     """A ``logbook`` process running in the background; killed by PID on the way out."""
-    proc = subprocess.Popen(
-        cli_cmd(*args),
-        env=base_env(home, env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
+    proc = _spawn(home, args, env)
     try:
         yield proc
     finally:
