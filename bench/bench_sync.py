@@ -143,7 +143,10 @@ def run_cli(
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        # cwd matters: ``python -m`` puts it first on sys.path, ahead of PYTHONPATH.
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=CLI_ROOT
+        )
         if sample_rss:
             import psutil
 
@@ -431,6 +434,16 @@ def main(argv: list[str] | None = None) -> int:
         CLI_ROOT = str(Path(args.logbook).resolve())
         if not (Path(CLI_ROOT) / "logbook" / "__main__.py").exists():
             p.error(f"no logbook package in {CLI_ROOT}")
+        where = subprocess.run(
+            [sys.executable, "-c", "import logbook; print(logbook.__file__)"],
+            cwd=CLI_ROOT,
+            env={**os.environ, "PYTHONPATH": CLI_ROOT},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if not where.startswith(CLI_ROOT + os.sep):
+            p.error(f"the CLI would import logbook from {where}, not from {CLI_ROOT}")
     latencies = tuple(args.latency) if args.latency else LATENCIES
     # SIGTERM unwinds like Ctrl-C, so the emulator and temp stores are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
