@@ -163,8 +163,8 @@ def test_responses_from_real_transports_carry_no_key(
 
     async def go() -> list[Any]:
         async with ApiClient(emulator.url, key, auth=auth, engine=engine) as client:
-            ok = await client.http.post("/jobs", content=body)
-            missing = await client.http.get("/jobs/nope")
+            ok = await client.send("POST", "/jobs", body)
+            missing = await client.send("GET", "/jobs/nope")
             return [ok, missing]
 
     for response in asyncio.run(go()):

@@ -382,7 +382,7 @@ def test_key_is_percent_encoded_in_the_query_and_absent_from_httpx_requests() ->
 def test_key_absent_from_response_request_url() -> None:
     async def go() -> httpx.Response:
         async with ApiClient(ENDPOINT, KEY, transport=httpx.MockTransport(FakeServer())) as c:
-            return await c.http.post("/jobs", content=json.dumps(BODY).encode())
+            return await c.send("POST", "/jobs", json.dumps(BODY).encode())
 
     response = asyncio.run(go())
     url = str(response.request.url)
