@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .store import Store
+from .store import Store, now_iso
 
 
 @dataclass
@@ -36,19 +36,28 @@ def ingest_file(
     ``workers`` > 1 parses a big JSON Lines file in that many processes while
     its jobs are stored (only for single-threaded callers: it forks).
     """
-    from .ingest import read_file
+    from functools import partial
 
-    result = read_file(path, experiment_id=experiment_id, max_bytes=max_bytes, workers=workers)
+    from .ingest import ParallelJobs, read_file
+
+    abspath = os.path.abspath(path)
+    # Big JSON Lines files: the workers also build the store's rows.
+    row = partial(Store.row, created_at=now_iso(), source=abspath)
+    result = read_file(
+        path, experiment_id=experiment_id, max_bytes=max_bytes, workers=workers, transform=row
+    )
 
     def reason() -> str | None:
         return "; ".join(result.errors) if result.errors else None
 
+    streamed = isinstance(result.jobs, ParallelJobs)
     created, known = store.record_file(
-        os.path.abspath(path),
+        abspath,
         size=result.size,
         mtime_ns=result.mtime_ns,
         sha256=result.sha256,
-        jobs=result.jobs,
+        jobs=() if streamed else result.jobs,
+        row_chunks=result.jobs.chunks() if isinstance(result.jobs, ParallelJobs) else None,
         reason=reason,
     )
     return created, known, reason()

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,13 +220,17 @@ def _finish_jsonl(res: ReadResult, njobs: int, bad: list[str], nbad: int) -> Non
 
 
 def _read_jsonl(
-    res: ReadResult, text: str, experiment_id: str | None, workers: int = 1
+    res: ReadResult,
+    text: str,
+    experiment_id: str | None,
+    workers: int = 1,
+    transform: Callable[[dict[str, Any]], Any] | None = None,
 ) -> ReadResult:
     """One job per line; good lines' jobs are kept whatever the bad lines say."""
     res.kind = "jsonl"
     lines = text.split("\n")
     if workers > 1 and len(lines) >= PARALLEL_MIN_LINES and _can_fork():
-        res.jobs = _ParallelJobs(res, lines, experiment_id, workers)  # type: ignore[assignment]
+        res.jobs = ParallelJobs(res, lines, experiment_id, workers, transform)  # type: ignore[assignment]
         return res
     jobs, bad, nbad = _parse_lines(lines, 1, experiment_id)
     res.jobs = jobs
@@ -240,6 +244,7 @@ PARALLEL_MIN_LINES = 20_000
 _CHUNK_LINES = 4_000
 _fork_lines: list[str] = []
 _fork_experiment: str | None = None
+_fork_transform: Callable[[dict[str, Any]], Any] | None = None
 
 
 def _can_fork() -> bool:
@@ -248,33 +253,48 @@ def _can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-def _parse_chunk(bounds: tuple[int, int]) -> tuple[list[dict[str, Any]], list[str], int]:
+def _parse_chunk(bounds: tuple[int, int]) -> tuple[list[Any], list[str], int]:
     start, end = bounds
-    return _parse_lines(_fork_lines[start:end], start + 1, _fork_experiment)
+    jobs, bad, nbad = _parse_lines(_fork_lines[start:end], start + 1, _fork_experiment)
+    if _fork_transform is not None:
+        return [_fork_transform(j) for j in jobs], bad, nbad
+    return jobs, bad, nbad
 
 
-class _ParallelJobs:
+class ParallelJobs:
     """The jobs of a big JSON Lines file, parsed in worker processes, in file order.
 
-    Iterating it runs the workers; ``logbook import`` iterates it inside the
-    store's transaction, so parsing (in the workers) and inserting (here)
-    overlap.  The file's errors are in ``res.errors`` once iteration ends.
+    ``chunks()`` runs the workers and yields their results chunk by chunk, each
+    job passed through ``transform`` in the worker (``logbook import`` builds
+    the store's rows there and inserts each chunk as it arrives, so parsing and
+    inserting overlap).  The file's errors are in ``res.errors`` once done.
     """
 
     def __init__(
-        self, res: ReadResult, lines: list[str], experiment_id: str | None, workers: int
+        self,
+        res: ReadResult,
+        lines: list[str],
+        experiment_id: str | None,
+        workers: int,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
-        self.res, self.lines, self.experiment_id, self.workers = res, lines, experiment_id, workers
+        self.res, self.lines, self.experiment_id = res, lines, experiment_id
+        self.workers, self.transform = workers, transform
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Any]:
+        for chunk in self.chunks():
+            yield from chunk
+
+    def chunks(self) -> Iterator[list[Any]]:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        global _fork_lines, _fork_experiment
+        global _fork_lines, _fork_experiment, _fork_transform
         n = len(self.lines)
         bounds = [(s, min(s + _CHUNK_LINES, n)) for s in range(0, n, _CHUNK_LINES)]
         njobs, bad, nbad = 0, [], 0
         _fork_lines, _fork_experiment = self.lines, self.experiment_id
+        _fork_transform = self.transform
         try:
             ctx = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
@@ -285,9 +305,9 @@ class _ParallelJobs:
                     njobs += len(jobs)
                     bad += chunk_bad
                     nbad += chunk_nbad
-                    yield from jobs
+                    yield jobs
         finally:
-            _fork_lines, _fork_experiment = [], None
+            _fork_lines, _fork_experiment, _fork_transform = [], None, None
             self.lines = []
         _finish_jsonl(self.res, njobs, bad, nbad)
 
@@ -300,7 +320,13 @@ def _looks_like_jsonl(text: str) -> bool:
         return False
 
 
-def _parse(res: ReadResult, data: bytes, experiment_id: str | None, workers: int = 1) -> ReadResult:
+def _parse(
+    res: ReadResult,
+    data: bytes,
+    experiment_id: str | None,
+    workers: int = 1,
+    transform: Callable[[dict[str, Any]], Any] | None = None,
+) -> ReadResult:
     if not data.strip():
         return _invalid(res, "empty file")
     if b"\x00" in data:
@@ -311,12 +337,12 @@ def _parse(res: ReadResult, data: bytes, experiment_id: str | None, workers: int
         bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
         return _invalid(res, f"not UTF-8 text (bad byte at offset {err.start + bom})")
     if res.path.lower().endswith(_JSONL_SUFFIXES):
-        return _read_jsonl(res, text, experiment_id, workers)
+        return _read_jsonl(res, text, experiment_id, workers, transform)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data" and _looks_like_jsonl(text):
-            return _read_jsonl(res, text, experiment_id, workers)
+            return _read_jsonl(res, text, experiment_id, workers, transform)
         return _invalid(res, f"not JSON: {err.msg} at line {err.lineno} column {err.colno}")
     except RecursionError:
         return _invalid(res, "JSON nested too deeply")
@@ -344,12 +370,14 @@ def read_file(
     experiment_id: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     workers: int = 1,
+    transform: Callable[[dict[str, Any]], Any] | None = None,
 ) -> ReadResult:
     """Read one result file into jobs ready for the store; never raises for a bad file.
 
     ``workers`` > 1 lets a big JSON Lines file be parsed by that many forked
-    processes: ``jobs`` is then an iterable that parses as it is consumed, and
-    ``errors`` is complete once it has been.  Only for single-threaded callers
+    processes: ``jobs`` is then a ``ParallelJobs`` that parses as it is consumed
+    (its items passed through ``transform`` in the workers), and ``errors`` is
+    complete once it has been.  Only for single-threaded callers
     (``logbook import``), since it forks.
 
     The bytes are read once and both hashed and parsed, so ``sha256`` always
@@ -379,7 +407,7 @@ def read_file(
     res.size = len(data)
     res.sha256 = hashlib.sha256(data).hexdigest()
     try:
-        return _parse(res, data, experiment_id, workers)
+        return _parse(res, data, experiment_id, workers, transform)
     except RecursionError:
         res.jobs.clear()
         return _invalid(res, "JSON nested too deeply")

@@ -19,7 +19,6 @@ reclaimed with ``maybe_sent`` set, so the sync looks it up before posting.
 from __future__ import annotations
 
 import builtins
-import itertools
 import json
 import os
 import socket
@@ -404,7 +403,8 @@ class Store:
     # recording
 
     @staticmethod
-    def _row(job: Mapping[str, Any], created_at: str, source: str | None) -> tuple[Any, ...]:
+    def row(job: Mapping[str, Any], created_at: str, source: str | None) -> tuple[Any, ...]:
+        """The stored row of a prepared job: pure, so import's worker processes build rows too."""
         return (
             job["experiment_id"], job["hash"], job.get("circuit_hash") or "",
             job.get("name") or "", job.get("device_id") or "", job.get("shots") or "",
@@ -420,7 +420,7 @@ class Store:
         """
         created_at = now_iso()
         with self._write() as conn:
-            cur = conn.execute(_INSERT, self._row(job, created_at, source))
+            cur = conn.execute(_INSERT, self.row(job, created_at, source))
             if cur.rowcount == 1:
                 new_id = cur.lastrowid
             else:
@@ -447,7 +447,7 @@ class Store:
         created = known = 0
         rows: list[tuple[Any, ...]] = []
         for job in jobs:
-            rows.append(self._row(job, now_iso(), source))
+            rows.append(self.row(job, now_iso(), source))
             if len(rows) >= batch:
                 c = self._insert_rows(rows)
                 created, known = created + c, known + len(rows) - c
@@ -814,16 +814,17 @@ class Store:
         size: int,
         mtime_ns: int,
         sha256: str,
-        jobs: Iterable[Mapping[str, Any]],
+        jobs: Sequence[Mapping[str, Any]] = (),
         reason: str | None | Callable[[], str | None],
         source: str | None = None,
+        row_chunks: Iterable[Sequence[tuple[Any, ...]]] | None = None,
     ) -> tuple[int, int]:
         """Record a file's jobs and its ledger row in one transaction; ``(created, known)``."""
         return self.record_files(
             [
                 {
                     "path": path, "size": size, "mtime_ns": mtime_ns, "sha256": sha256,
-                    "jobs": jobs, "reason": reason, "source": source,
+                    "jobs": jobs, "reason": reason, "source": source, "row_chunks": row_chunks,
                 }
             ]
         )[0]  # fmt: skip
@@ -833,8 +834,8 @@ class Store:
 
         Each item has the keyword arguments of ``record_file`` (``path``, ``size``,
         ``mtime_ns``, ``sha256``, ``jobs``, ``reason``, optional ``source``); ``jobs``
-        may be any iterable, consumed inside the transaction, and ``reason`` a
-        callable asked after it.  Each
+        may instead be ``row_chunks``, an iterable of lists of ``Store.row`` rows
+        consumed inside the transaction, and ``reason`` a callable asked after it.  Each
         file's jobs and ledger row still commit together; returns ``(created, known)``
         per file, in order.  The watcher uses it to keep up with a burst.
         """
@@ -844,16 +845,21 @@ class Store:
         counts = []
         with self._write() as conn:
             for f in files:
-                path, jobs = f["path"], f["jobs"]
+                path = f["path"]
                 source = f.get("source") or path
                 before = conn.total_changes
-                counter = itertools.count()  # zip advances it once per job
-                conn.executemany(
-                    _INSERT,
-                    (self._row(j, stamp, source) for j, _ in zip(jobs, counter, strict=False)),
-                )
+                if f.get("row_chunks") is not None:
+                    # Rows built by import's workers, inserted as each chunk arrives.
+                    seen = 0
+                    for rows in f["row_chunks"]:
+                        conn.executemany(_INSERT, rows)
+                        seen += len(rows)
+                else:
+                    rows = [self.row(j, stamp, source) for j in f["jobs"]]
+                    conn.executemany(_INSERT, rows)
+                    seen = len(rows)
                 created = conn.total_changes - before
-                known = next(counter) - created
+                known = seen - created
                 # A streamed file (big JSON Lines) knows its errors only once read.
                 reason = f["reason"]() if callable(f["reason"]) else f["reason"]
                 conn.execute(
