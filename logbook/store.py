@@ -293,6 +293,7 @@ class Store:
         if not create and not os.path.exists(self.path):
             raise NotFound(f"no store at {self.path}")
         self.owner = _owner_id()
+        self._last_pending = 0
         self.conn = self._connect(create)
 
     # connection and migrations
@@ -612,11 +613,13 @@ class Store:
         lease_seconds: float,
         now: float | None = None,
         ignore_backoff: bool = False,
+        after_id: int = 0,
     ) -> builtins.list[Entry]:
         """Take up to ``limit`` due entries for this process to send.
 
         ``ignore_backoff`` takes pending entries whatever their next attempt
-        time (a sync the user asked for now).
+        time (a sync the user asked for now); ``after_id`` skips pending entries
+        up to that id (a step that walks the backlog once).
 
         Entries left ``sending`` by a dead process or an expired lease are taken
         too, flagged ``maybe_sent`` so the sender looks them up before posting.
@@ -657,12 +660,14 @@ class Store:
                 ids += [
                     r[0]
                     for r in conn.execute(
-                        "SELECT id FROM entries WHERE state = 'pending'"
+                        "SELECT id FROM entries WHERE state = 'pending' AND id > ?"
                         " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
                         " ORDER BY id LIMIT ?",
-                        (float("inf") if ignore_backoff else now, limit - len(ids)),
+                        (after_id, float("inf") if ignore_backoff else now, limit - len(ids)),
                     )
                 ]
+                if len(ids) > len(stale):
+                    self._last_pending = ids[-1]
             if not ids:
                 return []
             conn.executemany(
@@ -674,16 +679,38 @@ class Store:
             rows = conn.execute(_SELECT + f" WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
         return [Entry.from_row(r) for r in rows]
 
+    def last_claimed_pending(self) -> int:
+        """The highest pending id the last ``claim`` took (0 if none yet)."""
+        return self._last_pending
+
+    def renew_leases(self, lease_seconds: float) -> None:
+        """Extend the lease of every entry this process holds."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE entries SET lease_until = ? WHERE state = 'sending' AND lease_owner = ?",
+                (time.time() + lease_seconds, self.owner),
+            )
+
     def due(self, limit: int, *, now: float | None = None) -> builtins.list[Entry]:
-        """What a sync would send now, without claiming it (for ``--dry-run``)."""
+        """What ``logbook sync`` would send now, without claiming it (for ``--dry-run``).
+
+        The same rules as a sync the user runs: every pending entry (retry
+        delays do not hold it back), and ``sending`` entries a dead process left.
+        """
         now = time.time() if now is None else now
-        rows = self._read(
-            _SELECT + " WHERE (state = 'pending' AND (next_attempt_at IS NULL"
-            " OR next_attempt_at <= ?)) OR (state = 'sending' AND lease_until < ?)"
-            " ORDER BY id LIMIT ?",
-            (now, now, limit),
-        )
-        return [Entry.from_row(r) for r in rows]
+        stale = [
+            i
+            for i, owner, until in self._read(
+                "SELECT id, lease_owner, lease_until FROM entries WHERE state = 'sending'"
+            )
+            if not _owner_alive(owner) or (until or 0) < now
+        ]
+        rows = self._read(_SELECT + " WHERE state = 'pending' ORDER BY id LIMIT ?", (limit,))
+        if stale:
+            marks = ",".join("?" * len(stale))
+            rows += self._read(_SELECT + f" WHERE id IN ({marks})", stale)
+            rows.sort(key=lambda r: r[0])
+        return [Entry.from_row(r) for r in rows[:limit]]
 
     def _stale_sending(self, now: float) -> int:
         """``sending`` entries whose owner died or whose lease ran out."""

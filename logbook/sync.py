@@ -50,8 +50,11 @@ log = logging.getLogger("logbook.sync")
 DEFAULT_CONCURRENCY = 64
 BASE_BACKOFF = 0.5
 MAX_BACKOFF = 300.0
-#: Within one run, keep retrying while the next retry falls due this soon.
+#: Within one run, keep retrying while the next retry falls due this soon...
 RETRY_WINDOW = 15.0
+#: ...and while the server lets some entries through: stop after this many steps
+#: in a row in which nothing was synced or rejected.
+MAX_STALLS = 3
 SETTLE_BATCH = 256
 SETTLE_INTERVAL = 0.05
 
@@ -221,6 +224,9 @@ class SyncEngine:
         in_flight: dict[int, Entry] = {}
         claims: set[asyncio.Future[list[Entry]]] = set()
         claimed = 0
+        # Ignoring backoff, the step walks the pending entries once in id order:
+        # one that fails now is not claimed again in this step.
+        cursor = 0
         flush_lock = asyncio.Lock()
 
         def done(outcome: Outcome) -> None:
@@ -241,7 +247,7 @@ class SyncEngine:
                 held.update((e.id, e) for e in fut.result())
 
         async def claimer() -> None:
-            nonlocal claimed
+            nonlocal claimed, cursor
             try:
                 while not self.stopped and (limit is None or claimed < limit):
                     want = page if limit is None else min(page, limit - claimed)
@@ -250,7 +256,7 @@ class SyncEngine:
                     fut: asyncio.Future[list[Entry]] = asyncio.ensure_future(
                         self.db.call(
                             "claim", want, lease_seconds=self.lease_seconds,
-                            ignore_backoff=ignore_backoff,
+                            ignore_backoff=ignore_backoff, after_id=cursor,
                         )
                     )  # fmt: skip
                     claims.add(fut)
@@ -258,6 +264,8 @@ class SyncEngine:
                     entries = await asyncio.shield(fut)
                     if not entries:
                         break
+                    if ignore_backoff:
+                        cursor = max(cursor, await self.db.call("last_claimed_pending"))
                     claimed += len(entries)
                     for e in entries:
                         await queue.put(e)
@@ -274,6 +282,10 @@ class SyncEngine:
                     done(Outcome(entry.id, "released"))
                     continue
                 await self.limit.acquire()
+                if self.stopped:  # a 401 or lost connection while we waited
+                    self.limit.release()
+                    done(Outcome(entry.id, "released"))
+                    continue
                 in_flight[entry.id] = entry
                 try:
                     outcome = await self._deliver(entry)
@@ -288,9 +300,14 @@ class SyncEngine:
                     await flush()
 
         async def ticker() -> None:
+            renewed = time.monotonic()
             while True:
                 await asyncio.sleep(SETTLE_INTERVAL)
                 await flush(force=True)
+                if time.monotonic() - renewed > self.lease_seconds / 4:
+                    # Entries waiting behind a cut limit must not look abandoned.
+                    renewed = time.monotonic()
+                    await self.db.call("renew_leases", self.lease_seconds)
 
         tick = asyncio.create_task(ticker())
         tasks = [asyncio.create_task(claimer())]
@@ -381,6 +398,8 @@ class SyncEngine:
                 if job is not None:
                     self.report.reconciled += 1
                     return self._synced(entry, job)
+                if self.stopped:  # a 401 arrived during the lookup: post nothing new
+                    return Outcome(entry.id, "released")
             job = await self.client.submit(entry.job_body())
             return self._synced(entry, job)
         except RequestFailed as failure:
@@ -534,7 +553,9 @@ async def _run(
             engine.total = min(engine.total, limit)
         sent = 0
         first = not respect_backoff
+        stalls = 0  # steps in a row in which nothing was synced or rejected
         while True:
+            settled = engine.report.synced + engine.report.rejected
             left = None if limit is None else limit - sent
             if left is not None and left <= 0:
                 break
@@ -548,6 +569,9 @@ async def _run(
             else:
                 sent += await step
             if engine.stopped:
+                break
+            stalls = 0 if engine.report.synced + engine.report.rejected > settled else stalls + 1
+            if stalls >= MAX_STALLS:  # the server keeps failing: leave the rest for later
                 break
             next_due = await db.call("next_due_at")
             if next_due is None:
@@ -575,8 +599,9 @@ async def _run(
                     f"the server refused the API key (HTTP {engine.auth_error.status}):"
                     " check HAIQU_API_KEY"
                 )
-        if engine.any_success:
-            await db.call("set_meta", "last_sync", now_iso())
+            if engine.connect_error is not None and not engine.any_success:
+                raise Unreachable(f"cannot reach {endpoint}: {_short(engine.connect_error)}")
+        await db.call("set_meta", "last_sync", now_iso())
         engine.report.pending = await db.call("count_left")
         engine.report.elapsed = time.monotonic() - started
         return engine.report

@@ -192,6 +192,50 @@ def test_emulator_stopped_exit_4(tmp_path: Path, emulator: EmulatorProcess) -> N
     assert entries(db) == before
 
 
+def test_refresh_against_a_stopped_server_exits_4(
+    tmp_path: Path, emulator: EmulatorProcess
+) -> None:
+    """Nothing left to send, statuses still unfinished, server gone: exit 4, not 0."""
+    db = seed_store(tmp_path, 5)
+    env = emulator.env()
+    assert run_cli(tmp_path, "sync", "--no-refresh", env=env).code == 0
+    assert {e["remote_status"] for e in entries(db)} == {"Submitted"}
+    emulator.stop()
+    before = entries(db)
+    run = run_cli(tmp_path, "sync", env=env)
+    assert run.code == 4, run
+    assert "cannot reach" in run.err and len(run.err.strip().splitlines()) == 1
+    assert entries(db) == before
+
+
+def test_last_sync_is_recorded_even_with_nothing_to_send(
+    tmp_path: Path, emulator: EmulatorProcess
+) -> None:
+    run = run_cli(tmp_path, "sync", "--json", env=emulator.env())
+    assert run.code == 0 and run.json() == {
+        "synced": 0,
+        "rejected": 0,
+        "pending": 0,
+        "refreshed": 0,
+    }
+    status = run_cli(tmp_path, "status", "--json").json()
+    assert status["last_sync"] and status["last_sync"].endswith("Z")
+
+
+def test_dry_run_lists_what_a_sync_then_sends(tmp_path: Path, emulator: EmulatorProcess) -> None:
+    """Entries waiting out a retry delay are still sent by a sync the user runs."""
+    db = seed_store(tmp_path, 6)
+    env = emulator.env()
+    emulator.set_faults(error_rate=1.0, error_status=500)
+    assert run_cli(tmp_path, "sync", "--max-time", "2", env=env).code == 1
+    assert all(e["attempts"] >= 1 and e["state"] == "pending" for e in entries(db))
+    dry = run_cli(tmp_path, "sync", "--dry-run", "--json", env=env).json()
+    emulator.clear_faults()
+    run = run_cli(tmp_path, "sync", "--json", "--no-refresh", env=env).json()
+    assert dry["would_send"] == 6 == run["synced"]
+    assert_exactly_once(db, emulator)
+
+
 def test_one_rejected_the_rest_synced_then_retry(tmp_path: Path, emulator: EmulatorProcess) -> None:
     db = seed_store(tmp_path, 10)
     bad = entries(db)[3]

@@ -489,3 +489,44 @@ def test_logbook_sync_stays_callable_after_the_module_is_imported(
     report = logbook.sync(endpoint=ENDPOINT, transport=httpx.MockTransport(server))
     assert report.synced == 2
     assert logbook.sync(endpoint=ENDPOINT, transport=httpx.MockTransport(server)).synced == 0
+
+
+# --- a failing server: bounded, polite runs -------------------------------------------
+
+
+def test_failing_server_gets_each_entry_once_per_step_and_the_run_ends(tmp_path: Path) -> None:
+    """A 503 on everything: the first step tries each entry once (it does not
+    re-claim what just failed), and the run gives up after a few steps without
+    progress instead of retrying until the server recovers."""
+    db = seed_store(tmp_path, 300)
+    server = FakeServer()
+    server.post_status = 503
+    started = time.monotonic()
+    report = run_sync(
+        config(tmp_path), transport=httpx.MockTransport(server), refresh=False, concurrency=8
+    )
+    assert time.monotonic() - started < 30
+    assert report.exit_code == 1 and report.pending == 300 and report.synced == 0
+    posts = [p for m, p in server.requests if m == "POST"]
+    # step 1: one POST each; later steps only re-send entries whose backoff ran out
+    assert 300 <= len(posts) <= 300 * 3, len(posts)
+    first_step = [json.loads(r.content)["hash"] for r in server.seen if r.method == "POST"][:300]
+    assert len(set(first_step)) == 300  # every entry once before any is retried
+    states = {e["state"] for e in entries(db)}
+    assert states == {"pending"}
+
+
+def test_first_step_sends_every_entry_once_before_any_retry(tmp_path: Path) -> None:
+    db = seed_store(tmp_path, 100)
+    server = FakeServer()
+    server.post_status = 503
+    run_sync(
+        config(tmp_path), transport=httpx.MockTransport(server), refresh=False, concurrency=4,
+        retry_window=0,
+    )  # fmt: skip
+    hashes = [json.loads(r.content)["hash"] for r in server.seen if r.method == "POST"]
+    # the first step sends each entry once; only a retry whose (jittered) delay
+    # has already run out may follow it
+    assert len(set(hashes[:100])) == 100
+    assert len(hashes) < 120
+    assert min(e["attempts"] for e in entries(db)) == 1
