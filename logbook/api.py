@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,9 +32,10 @@ def open_store(db: str | Path | None = None) -> Store:
 
 
 def _is_counts(obj: Mapping[str, Any]) -> bool:
+    # numbers.Integral: numpy's integer counts are counts too.
     return (
         bool(obj)
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in obj.values())
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in obj.values())
         and not (set(obj) & set(JOB_FIELDS))
     )
 
@@ -58,7 +60,8 @@ def job_from_object(obj: Any, experiment_id: str | None = None, **fields: Any) -
     """The checked job for a Qiskit Result or job, a mapping of job fields, or a counts dict."""
     base = _from_qiskit(obj)
     if base is None and isinstance(obj, Mapping) and _is_counts(obj):
-        base = {"results": json.dumps(dict(obj)), "shots": json.dumps([sum(obj.values())])}
+        counts = {str(k): int(v) for k, v in obj.items()}
+        base = {"results": json.dumps(counts), "shots": json.dumps([sum(counts.values())])}
     elif base is None and isinstance(obj, Mapping):
         base = dict(obj)
     elif base is None:

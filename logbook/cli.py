@@ -37,7 +37,16 @@ class LogbookClickError(click.ClickException):
 
 
 def _secret() -> str | None:
-    return os.environ.get("HAIQU_API_KEY")
+    """The key to redact from any error line: the environment's or the config file's."""
+    key = os.environ.get("HAIQU_API_KEY")
+    if key:
+        return key
+    try:
+        from .config import load_config
+
+        return load_config().api_key
+    except Exception:
+        return None
 
 
 def handle_errors(fn: F) -> F:
@@ -174,9 +183,11 @@ def _parse_metric(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--metric")
+    from .models import reject_constant
+
     try:
-        return key, json.loads(value)
-    except ValueError:
+        return key, json.loads(value, parse_constant=reject_constant)
+    except ValueError:  # not JSON (or NaN/Infinity): keep the text
         return key, value
 
 
@@ -346,6 +357,8 @@ def show(c: Ctx, entry_id: str, as_json: bool) -> None:
     """Show one entry."""
     from .errors import NotFound
 
+    if not entry_id.isdigit():
+        raise click.BadParameter(f"not an entry id: {entry_id!r}", param_hint="ID")
     store = c.open(create=False)
     if store is None:
         raise NotFound(f"no entry with id {entry_id} (the store is empty)")

@@ -90,7 +90,11 @@ def load_config(
     home = home_dir()
     path = home / "config.toml"
     data = read_config_file(path)
-    db_path = db or os.environ.get("LOGBOOK_DB") or _typed(data, "db", str, path)
+    db_path = db or os.environ.get("LOGBOOK_DB")
+    if not db_path and _typed(data, "db", str, path):
+        # A relative db in the config file is relative to LOGBOOK_HOME, not to
+        # wherever cron happens to start.
+        db_path = str(home / Path(data["db"]).expanduser())
     key = os.environ.get("HAIQU_API_KEY") or None
     key_source = "HAIQU_API_KEY" if key else None
     if not key and data.get("api_key"):
@@ -112,6 +116,12 @@ def load_config(
         config_file=path if path.exists() else None,
         key_source=key_source,
     )
+    if cfg.concurrency is not None and not 1 <= cfg.concurrency <= 512:
+        raise ConfigError(f"{path}: concurrency must be between 1 and 512")
+    for name in ("max_file_bytes", "request_timeout", "settle"):
+        value = data.get(name)
+        if value is not None and value <= 0 and not (name == "settle" and value == 0):
+            raise ConfigError(f"{path}: {name} must be positive")
     if cfg.auth not in AUTH_MODES:
         raise ConfigError(f"auth must be one of {', '.join(AUTH_MODES)}, not {cfg.auth!r}")
     if cfg.endpoint:

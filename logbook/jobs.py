@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import InvalidJob
-from .models import JOB_TYPES, MAX_TEXT, STATUSES, JobSubmit
+from .models import JOB_TYPES, MAX_TEXT, STATUSES, JobSubmit, reject_constant
 
 #: The ``POST /jobs`` body fields, in the API's order.
 JOB_FIELDS: tuple[str, ...] = (
@@ -42,7 +42,9 @@ _TEXT_FIELDS = ("hash", "circuit_hash", "results", "device_id", "shots", "name")
 
 
 # One encoder, made once: json.dumps() with options builds a new encoder per call.
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 
 
 def canonical_json(value: Any) -> str:
@@ -76,7 +78,7 @@ def _describe(err: Any) -> str:
     return "; ".join(parts)
 
 
-_decode = json.JSONDecoder().decode
+_decode = json.JSONDecoder(parse_constant=reject_constant).decode
 
 
 def _is_json_text(value: str) -> bool:
@@ -146,7 +148,10 @@ def prepare(doc: Mapping[str, Any], *, experiment_id: str | None = None) -> dict
         data["experiment_id"] = experiment_id
     for key in ("results", "shots"):
         if key in data:
-            data[key] = _as_json_text(data[key])
+            try:
+                data[key] = _as_json_text(data[key])
+            except ValueError:  # NaN or Infinity inside
+                raise InvalidJob(f"{key}: NaN and Infinity are not JSON") from None
     if not data.get("status"):
         data["status"] = DEFAULT_STATUS
     if not data.get("job_type"):
@@ -162,6 +167,13 @@ def prepare(doc: Mapping[str, Any], *, experiment_id: str | None = None) -> dict
         for key in _TEXT_FIELDS:
             if job[key] is None:
                 job[key] = ""
+    if job["metrics"]:
+        try:
+            canonical_json(job["metrics"])
+        except ValueError:
+            raise InvalidJob("metrics: NaN and Infinity are not JSON") from None
+        except TypeError as err:
+            raise InvalidJob(f"metrics: {err}") from None
     if not job["hash"]:
         job["hash"] = content_hash(job)
     return job

@@ -48,11 +48,16 @@ UNFINISHED: frozenset[str] = frozenset(
 TERMINAL: frozenset[str] = frozenset({"Cancelled", "Done", "Error"})
 
 
+def reject_constant(name: str) -> Any:
+    """NaN and Infinity: Python's json reads them, but they are not JSON."""
+    raise ValueError(f"{name} is not JSON")
+
+
 def _json_text(value: str | None, field: str) -> str | None:
     if value is None or value == "":
         return value
     try:
-        json.loads(value)
+        json.loads(value, parse_constant=reject_constant)
     except ValueError:
         raise ValueError(f"{field} must be JSON text") from None
     return value
