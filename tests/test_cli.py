@@ -246,9 +246,9 @@ def test_show_text_json_and_missing(cli_runner: Any) -> None:
     assert json.loads(js.stdout) == entry
     text = cli_runner("show", entry["id"]).stdout
     assert "shown" in text and entry["hash"] in text and '{"k": 1}' in text
-    for missing in ("999", "abc"):
+    for missing, code in (("999", 1), ("abc", 2)):  # no such entry; not an id (bad input)
         res = cli_runner("show", missing)
-        assert res.exit_code == 1
+        assert res.exit_code == code
         assert_one_line_error(res.stderr)
 
 
