@@ -36,30 +36,40 @@ def ingest_file(
     ``workers`` > 1 parses a big JSON Lines file in that many processes while
     its jobs are stored (only for single-threaded callers: it forks).
     """
-    from functools import partial
+    import tempfile
 
     from .ingest import ParallelJobs, read_file
+    from .store import MAX_ROW_FILES, write_rows_file
 
     abspath = os.path.abspath(path)
-    # Big JSON Lines files: the workers also build the store's rows.
-    row = partial(Store.row, created_at=now_iso(), source=abspath)
-    result = read_file(
-        path, experiment_id=experiment_id, max_bytes=max_bytes, workers=workers, transform=row
-    )
+    stamp = now_iso()
+    with tempfile.TemporaryDirectory(prefix="logbook-import-") as scratch:
 
-    def reason() -> str | None:
-        return "; ".join(result.errors) if result.errors else None
+        def to_rows_file(jobs: list[dict[str, Any]], index: int) -> tuple[str, int]:
+            # Runs in a worker: the store's rows, in a scratch file the store copies in.
+            rows = [Store.row(j, stamp, abspath) for j in jobs]
+            return write_rows_file(os.path.join(scratch, f"chunk-{index}.db"), rows)
 
-    streamed = isinstance(result.jobs, ParallelJobs)
-    created, known = store.record_file(
-        abspath,
-        size=result.size,
-        mtime_ns=result.mtime_ns,
-        sha256=result.sha256,
-        jobs=() if streamed else result.jobs,
-        row_chunks=result.jobs.chunks() if isinstance(result.jobs, ParallelJobs) else None,
-        reason=reason,
-    )
+        result = read_file(
+            path, experiment_id=experiment_id, max_bytes=max_bytes, workers=workers,
+            transform=to_rows_file,
+        )  # fmt: skip
+
+        def reason() -> str | None:
+            return "; ".join(result.errors) if result.errors else None
+
+        parallel = isinstance(result.jobs, ParallelJobs)
+        if isinstance(result.jobs, ParallelJobs):
+            result.jobs.max_chunks = MAX_ROW_FILES  # one attached scratch file per chunk
+        created, known = store.record_file(
+            abspath,
+            size=result.size,
+            mtime_ns=result.mtime_ns,
+            sha256=result.sha256,
+            jobs=() if parallel else result.jobs,
+            row_files=result.jobs.chunks() if isinstance(result.jobs, ParallelJobs) else None,
+            reason=reason,
+        )
     return created, known, reason()
 
 

@@ -224,7 +224,7 @@ def _read_jsonl(
     text: str,
     experiment_id: str | None,
     workers: int = 1,
-    transform: Callable[[dict[str, Any]], Any] | None = None,
+    transform: Callable[[list[dict[str, Any]], int], Any] | None = None,
 ) -> ReadResult:
     """One job per line; good lines' jobs are kept whatever the bad lines say."""
     res.kind = "jsonl"
@@ -244,7 +244,7 @@ PARALLEL_MIN_LINES = 20_000
 _CHUNK_LINES = 4_000
 _fork_lines: list[str] = []
 _fork_experiment: str | None = None
-_fork_transform: Callable[[dict[str, Any]], Any] | None = None
+_fork_transform: Callable[[list[dict[str, Any]], int], Any] | None = None
 
 
 def _can_fork() -> bool:
@@ -253,21 +253,22 @@ def _can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-def _parse_chunk(bounds: tuple[int, int]) -> tuple[list[Any], list[str], int]:
-    start, end = bounds
+def _parse_chunk(bounds: tuple[int, int, int]) -> tuple[Any, int, list[str], int]:
+    index, start, end = bounds
     jobs, bad, nbad = _parse_lines(_fork_lines[start:end], start + 1, _fork_experiment)
     if _fork_transform is not None:
-        return [_fork_transform(j) for j in jobs], bad, nbad
-    return jobs, bad, nbad
+        return _fork_transform(jobs, index), len(jobs), bad, nbad
+    return jobs, len(jobs), bad, nbad
 
 
 class ParallelJobs:
     """The jobs of a big JSON Lines file, parsed in worker processes, in file order.
 
-    ``chunks()`` runs the workers and yields their results chunk by chunk, each
-    job passed through ``transform`` in the worker (``logbook import`` builds
-    the store's rows there and inserts each chunk as it arrives, so parsing and
-    inserting overlap).  The file's errors are in ``res.errors`` once done.
+    ``chunks()`` runs the workers and yields their results chunk by chunk: each
+    chunk's jobs, or what ``transform(jobs, chunk_index)`` made of them in the
+    worker (``logbook import`` has the store write them to a scratch file
+    there, and copies each in as it arrives, so parsing and inserting
+    overlap).  The file's errors are in ``res.errors`` once done.
     """
 
     def __init__(
@@ -276,22 +277,28 @@ class ParallelJobs:
         lines: list[str],
         experiment_id: str | None,
         workers: int,
-        transform: Callable[[dict[str, Any]], Any] | None = None,
+        transform: Callable[[list[dict[str, Any]], int], Any] | None = None,
     ) -> None:
         self.res, self.lines, self.experiment_id = res, lines, experiment_id
         self.workers, self.transform = workers, transform
+        self.max_chunks: int | None = None  # None: chunks of _CHUNK_LINES lines
 
     def __iter__(self) -> Iterator[Any]:
+        if self.transform is not None:
+            raise TypeError("iterate chunks() when a transform is set")
         for chunk in self.chunks():
             yield from chunk
 
-    def chunks(self) -> Iterator[list[Any]]:
+    def chunks(self) -> Iterator[Any]:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         global _fork_lines, _fork_experiment, _fork_transform
         n = len(self.lines)
-        bounds = [(s, min(s + _CHUNK_LINES, n)) for s in range(0, n, _CHUNK_LINES)]
+        size = _CHUNK_LINES
+        if self.max_chunks is not None:
+            size = max(size, -(-n // self.max_chunks))
+        bounds = [(i, s, min(s + size, n)) for i, s in enumerate(range(0, n, size))]
         njobs, bad, nbad = 0, [], 0
         _fork_lines, _fork_experiment = self.lines, self.experiment_id
         _fork_transform = self.transform
@@ -301,11 +308,11 @@ class ParallelJobs:
                 futures = [pool.submit(_parse_chunk, b) for b in bounds]
                 _fork_lines = []  # the workers have their copy
                 for fut in futures:
-                    jobs, chunk_bad, chunk_nbad = fut.result()
-                    njobs += len(jobs)
+                    chunk, count, chunk_bad, chunk_nbad = fut.result()
+                    njobs += count
                     bad += chunk_bad
                     nbad += chunk_nbad
-                    yield jobs
+                    yield chunk
         finally:
             _fork_lines, _fork_experiment, _fork_transform = [], None, None
             self.lines = []
@@ -325,7 +332,7 @@ def _parse(
     data: bytes,
     experiment_id: str | None,
     workers: int = 1,
-    transform: Callable[[dict[str, Any]], Any] | None = None,
+    transform: Callable[[list[dict[str, Any]], int], Any] | None = None,
 ) -> ReadResult:
     if not data.strip():
         return _invalid(res, "empty file")
@@ -370,7 +377,7 @@ def read_file(
     experiment_id: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     workers: int = 1,
-    transform: Callable[[dict[str, Any]], Any] | None = None,
+    transform: Callable[[list[dict[str, Any]], int], Any] | None = None,
 ) -> ReadResult:
     """Read one result file into jobs ready for the store; never raises for a bad file.
 

@@ -54,11 +54,42 @@ _SELECT = (
     " results, metrics, state, attempts, last_error, remote_id, remote_status, created_at,"
     " synced_at, source, maybe_sent, next_attempt_at FROM entries"
 )
+_ROW_COLUMNS = (
+    "experiment_id, hash, circuit_hash, name, device_id, shots, status, job_type, results,"
+    " metrics, created_at, source"
+)
 _INSERT = (
-    "INSERT INTO entries (experiment_id, hash, circuit_hash, name, device_id, shots, status,"
-    " job_type, results, metrics, created_at, source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO entries ({_ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT(experiment_id, hash) DO NOTHING"
 )
+_INSERT_FROM_CHUNK = (
+    f"INSERT INTO main.entries ({_ROW_COLUMNS}) SELECT {_ROW_COLUMNS} FROM {{alias}}.rows"
+    " ORDER BY seq ON CONFLICT(experiment_id, hash) DO NOTHING"
+)
+#: SQLite attaches at most 10 databases to a connection.
+MAX_ROW_FILES = 8
+
+
+def write_rows_file(path: str, rows: Sequence[tuple[Any, ...]]) -> tuple[str, int]:
+    """Write ``Store.row`` rows to a new scratch SQLite file; returns ``(path, len(rows))``.
+
+    Import's worker processes hand their rows to the store this way: no journal
+    and no fsync (the file is thrown away), and ``record_file(row_files=...)``
+    copies it in with one ``INSERT ... SELECT`` instead of a Python call per row.
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute(f"CREATE TABLE rows (seq INTEGER PRIMARY KEY, {_ROW_COLUMNS})")
+        conn.execute("BEGIN")
+        conn.executemany(
+            f"INSERT INTO rows ({_ROW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return path, len(rows)
 
 
 # json.dumps() with options builds a new encoder on every call; bulk import calls it per row.
@@ -844,14 +875,14 @@ class Store:
         jobs: Sequence[Mapping[str, Any]] = (),
         reason: str | None | Callable[[], str | None],
         source: str | None = None,
-        row_chunks: Iterable[Sequence[tuple[Any, ...]]] | None = None,
+        row_files: Iterable[tuple[str, int]] | None = None,
     ) -> tuple[int, int]:
         """Record a file's jobs and its ledger row in one transaction; ``(created, known)``."""
         return self.record_files(
             [
                 {
                     "path": path, "size": size, "mtime_ns": mtime_ns, "sha256": sha256,
-                    "jobs": jobs, "reason": reason, "source": source, "row_chunks": row_chunks,
+                    "jobs": jobs, "reason": reason, "source": source, "row_files": row_files,
                 }
             ]
         )[0]  # fmt: skip
@@ -861,26 +892,49 @@ class Store:
 
         Each item has the keyword arguments of ``record_file`` (``path``, ``size``,
         ``mtime_ns``, ``sha256``, ``jobs``, ``reason``, optional ``source``); ``jobs``
-        may instead be ``row_chunks``, an iterable of lists of ``Store.row`` rows
-        consumed inside the transaction, and ``reason`` a callable asked after it.  Each
+        may instead be ``row_files``, an iterable of ``(path, rows)`` from
+        ``write_rows_file`` consumed inside the transaction, and ``reason`` a
+        callable asked after it.  Each
         file's jobs and ledger row still commit together; returns ``(created, known)``
         per file, in order.  The watcher uses it to keep up with a burst.
         """
         if not files:
             return ()
         stamp = now_iso()
-        counts = []
+        counts: builtins.list[tuple[int, int]] = []
+        attached: builtins.list[str] = []
+        try:
+            return self._record_files(files, stamp, counts, attached)
+        finally:
+            for alias in attached:
+                self.conn.execute(f"DETACH DATABASE {alias}")
+
+    def _record_files(
+        self,
+        files: Sequence[Mapping[str, Any]],
+        stamp: str,
+        counts: builtins.list[tuple[int, int]],
+        attached: builtins.list[str],
+    ) -> Sequence[tuple[int, int]]:
         with self._write() as conn:
             for f in files:
                 path = f["path"]
                 source = f.get("source") or path
                 before = conn.total_changes
-                if f.get("row_chunks") is not None:
-                    # Rows built by import's workers, inserted as each chunk arrives.
+                if f.get("row_files") is not None:
+                    # Rows that import's workers wrote to scratch files
+                    # (write_rows_file), copied in as each chunk arrives: the
+                    # copy runs inside SQLite, with no Python work per row.  A
+                    # file read in a transaction can only be detached after it.
                     seen = 0
-                    for rows in f["row_chunks"]:
-                        conn.executemany(_INSERT, rows)
-                        seen += len(rows)
+                    for chunk_path, n in f["row_files"]:
+                        if len(attached) >= MAX_ROW_FILES:
+                            raise StoreError(f"more than {MAX_ROW_FILES} row files for one file")
+                        alias = f"chunk{len(attached)}"
+                        conn.execute(f"ATTACH DATABASE ? AS {alias}", (chunk_path,))
+                        attached.append(alias)
+                        conn.execute(_INSERT_FROM_CHUNK.format(alias=alias))
+                        seen += n
                 else:
                     rows = [self.row(j, stamp, source) for j in f["jobs"]]
                     conn.executemany(_INSERT, rows)
