@@ -393,27 +393,19 @@ def test_many_processes_open_a_new_store_and_record_at_once(tmp_path: Path) -> N
     path = tmp_path / "fresh" / "store.db"  # neither the file nor its directory exist
     writers, per = 6, 200
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(path), f"w{k}", str(per)],
+
+    def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, str(path), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-        )  # fmt: skip
-        for k in range(writers)
-    ]
-    procs.append(
-        subprocess.Popen(
-            [sys.executable, "-c", _READER, str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )  # fmt: skip
-    )
+        )
+
+    procs = [spawn(_WRITER, f"w{k}", str(per)) for k in range(writers)]
+    procs.append(spawn(_READER))
     time.sleep(0.5)  # let every interpreter start, then release them together
     for p in procs:
         assert p.stdin is not None
