@@ -83,11 +83,16 @@ class Ctx:
         self.db_option = db
         self.verbose = verbose
         self.quiet = quiet
+        self._configs: dict[tuple[tuple[str, Any], ...], Config] = {}
 
     def config(self, **overrides: Any) -> Config:
+        """The configuration for this command (read once; the options given win)."""
         from .config import load_config
 
-        return load_config(db=self.db_option, **overrides)
+        key = tuple(sorted(overrides.items()))
+        if key not in self._configs:
+            self._configs[key] = load_config(db=self.db_option, **overrides)
+        return self._configs[key]
 
     def open(self, *, create: bool = True) -> Store | None:
         """The store; ``None`` when it does not exist and ``create`` is false."""
