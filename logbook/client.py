@@ -395,6 +395,14 @@ class ApiClient:
             raise self._failure("GET", display, response)
         return self._job("GET", display, response)
 
+    async def probe(self) -> tuple[int, str]:
+        """Status and content type of a lookup that cannot match (for ``doctor``).
+
+        The Jobs API answers 404 in JSON; a wrong base URL gets some web server's 404.
+        """
+        response = await self._request("GET", "/experiments/logbook-doctor/jobs/0")
+        return response.status_code, response.headers.get("content-type", "")
+
     async def get_job(self, remote_id: str) -> Any | None:
         """``GET /jobs/{id}``: the job, or None on 404."""
         response = await self._request("GET", f"/jobs/{quote(remote_id, safe='')}")

@@ -108,16 +108,22 @@ async def _probe(cfg: Config) -> Check:
     ) as client:
         started = time.monotonic()
         try:
-            # A lookup that cannot match: 404 proves the API answers and takes the key.
-            await client.find_by_hash("logbook-doctor", "0")
+            code, content_type = await client.probe()
         except RequestFailed as failure:
-            if failure.kind == "auth":
-                return Check(
-                    "server", "fail", f"the server refused the key (HTTP {failure.status})"
-                )
             return Check("server", "fail", redact(str(failure), cfg.api_key))
         ms = (time.monotonic() - started) * 1000
-        return Check("server", "ok", f"{cfg.endpoint} answers and accepts the key ({ms:.0f} ms)")
+        if code in (401, 403):
+            return Check("server", "fail", f"the server refused the key (HTTP {code})")
+        json_answer = content_type.startswith("application/json")
+        if code in (200, 404) and json_answer:
+            return Check(
+                "server", "ok", f"{cfg.endpoint} answers and accepts the key ({ms:.0f} ms)"
+            )
+        return Check(
+            "server", "fail",
+            f"{cfg.endpoint} answered HTTP {code}"
+            f"{'' if json_answer else ' (not JSON)'}: is this the Jobs API's base URL?",
+        )  # fmt: skip
 
 
 def check_server(cfg: Config) -> list[Check]:
