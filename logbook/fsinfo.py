@@ -13,16 +13,11 @@ NETWORK_FS = frozenset(
 )  # fmt: skip
 
 
-def filesystem_type(path: str | os.PathLike[str]) -> str | None:
+def filesystem_type(path: str | os.PathLike[str], mounts: str = "/proc/mounts") -> str | None:
     """The type of the filesystem holding ``path`` (from /proc/mounts), or None if unknown."""
-    target = os.path.realpath(path)
-    while not os.path.exists(target):
-        parent = os.path.dirname(target)
-        if parent == target:
-            break
-        target = parent
+    target = os.path.realpath(path)  # resolves links in the part that exists
     try:
-        with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
+        with open(mounts, encoding="utf-8", errors="replace") as f:
             mounts = [line.split() for line in f]
     except OSError:
         return None
@@ -37,9 +32,9 @@ def filesystem_type(path: str | os.PathLike[str]) -> str | None:
     return best_type
 
 
-def network_filesystem(path: str | os.PathLike[str]) -> str | None:
+def network_filesystem(path: str | os.PathLike[str], mounts: str = "/proc/mounts") -> str | None:
     """The filesystem type if ``path`` is on a network filesystem, else None."""
-    fstype = filesystem_type(path)
+    fstype = filesystem_type(path, mounts)
     if fstype and (fstype in NETWORK_FS or fstype.startswith(("nfs", "fuse.sshfs"))):
         return fstype
     return None
