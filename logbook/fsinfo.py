@@ -18,11 +18,11 @@ def filesystem_type(path: str | os.PathLike[str], mounts: str = "/proc/mounts") 
     target = os.path.realpath(path)  # resolves links in the part that exists
     try:
         with open(mounts, encoding="utf-8", errors="replace") as f:
-            mounts = [line.split() for line in f]
+            table = [line.split() for line in f]
     except OSError:
         return None
     best, best_type = "", None
-    for fields in mounts:
+    for fields in table:
         if len(fields) < 3:
             continue
         mount_point = fields[1].replace("\\040", " ")
