@@ -175,11 +175,14 @@ def _prepare_object(obj: Any, experiment_id: str | None) -> tuple[str, dict[str,
         raise InvalidJob(_job_reason(str(err), experiment_id)) from None
 
 
+_LINE_DECODER = json.JSONDecoder()
+
+
 def _parse_lines(
     lines: list[str], first_lineno: int, experiment_id: str | None
 ) -> tuple[list[dict[str, Any]], list[str], int]:
     """Jobs of some JSON Lines lines, the first few bad lines' reasons, and how many were bad."""
-    loads = json.loads
+    raw_decode = _LINE_DECODER.raw_decode
     jobs: list[dict[str, Any]] = []
     bad: list[str] = []
     nbad = 0
@@ -187,7 +190,12 @@ def _parse_lines(
         if not line or line.isspace():
             continue
         try:
-            obj = loads(line)
+            try:  # decode() without its whitespace regexes; anything odd takes json.loads
+                obj, end = raw_decode(line)
+                if end != len(line):
+                    obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj = json.loads(line)
             if type(obj) is dict and not ("backend_name" in obj or "job_id" in obj):
                 # The hot path: a plain job document.
                 jobs.append(prepare(obj, experiment_id=experiment_id))

@@ -78,12 +78,21 @@ def _describe(err: Any) -> str:
     return "; ".join(parts)
 
 
-_decode = json.JSONDecoder(parse_constant=reject_constant).decode
+_json_text = json.JSONDecoder(parse_constant=reject_constant)
 
 
 def _is_json_text(value: str) -> bool:
+    # raw_decode skips decode()'s two whitespace regexes; text with surrounding
+    # whitespace (or trailing garbage) takes the full decode, which decides.
     try:
-        _decode(value)
+        return _json_text.raw_decode(value)[1] == len(value) or _full_decode(value)
+    except (ValueError, RecursionError):
+        return _full_decode(value)
+
+
+def _full_decode(value: str) -> bool:
+    try:
+        _json_text.decode(value)
     except (ValueError, RecursionError):
         return False
     return True
@@ -167,13 +176,13 @@ def prepare(doc: Mapping[str, Any], *, experiment_id: str | None = None) -> dict
         for key in _TEXT_FIELDS:
             if job[key] is None:
                 job[key] = ""
-    if job["metrics"]:
-        try:
+    try:
+        if not job["hash"]:
+            job["hash"] = content_hash(job)  # its encoder also refuses NaN in metrics
+        elif job["metrics"]:
             canonical_json(job["metrics"])
-        except ValueError:
-            raise InvalidJob("metrics: NaN and Infinity are not JSON") from None
-        except TypeError as err:
-            raise InvalidJob(f"metrics: {err}") from None
-    if not job["hash"]:
-        job["hash"] = content_hash(job)
+    except ValueError:
+        raise InvalidJob("metrics: NaN and Infinity are not JSON") from None
+    except TypeError as err:
+        raise InvalidJob(f"metrics: {err}") from None
     return job

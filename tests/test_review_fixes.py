@@ -60,3 +60,44 @@ def test_relative_db_in_config_is_under_logbook_home(run_cli, logbook_home: Path
     assert run_cli("record", "-e", "x", "--results", "{}").returncode == 0
     assert (logbook_home / "lab.db").exists()
     assert json.loads(run_cli("status", "--json").stdout)["db"] == str(logbook_home / "lab.db")
+
+
+# --- the fast JSON checks decide exactly as json.loads does ------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, ok",
+    [
+        ('{"00": 5}', True),
+        ('  {"00": 5}\n', True),  # whitespace around JSON text is fine
+        ("[1024]", True),
+        ('{"00": 5} x', False),  # trailing garbage
+        ('{"00": 5}{}', False),
+        ("[1, 2", False),
+        ("NaN", False),
+        ("", True),  # empty means "no results", as the API's default
+    ],
+)
+def test_results_text_check(text: str, ok: bool) -> None:
+    from logbook.jobs import prepare
+
+    doc = {"experiment_id": "e", "results": text}
+    if ok:
+        assert prepare(doc)["results"] == text
+    else:
+        with pytest.raises(InvalidJob):
+            prepare(doc)
+
+
+def test_jsonl_lines_with_crlf_and_spaces(tmp_path: Path) -> None:
+    from logbook.ingest import read_file
+
+    src = tmp_path / "win.jsonl"
+    src.write_bytes(
+        b'{"experiment_id": "e", "name": "a"}\r\n'
+        b'   {"experiment_id": "e", "name": "b"}   \n'
+        b'{"experiment_id": "e", "name": "c"} trailing\n'
+    )
+    res = read_file(src)
+    assert [j["name"] for j in res.jobs] == ["a", "b"]
+    assert res.errors == ["line 3: not JSON: Extra data at column 37"]
