@@ -188,7 +188,7 @@ def _parse_metric(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--metric")
-    from .models import reject_constant
+    from .vocab import reject_constant
 
     try:
         return key, json.loads(value, parse_constant=reject_constant)

@@ -11,10 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
-
 from .errors import InvalidJob
-from .models import JOB_TYPES, MAX_TEXT, STATUSES, JobSubmit, reject_constant
+from .vocab import JOB_TYPES, MAX_TEXT, STATUSES, reject_constant
 
 #: The ``POST /jobs`` body fields, in the API's order.
 JOB_FIELDS: tuple[str, ...] = (
@@ -169,6 +167,10 @@ def prepare(doc: Mapping[str, Any], *, experiment_id: str | None = None) -> dict
         data["metrics"] = {}
     job = _plainly_valid(data)
     if job is None:  # something to coerce or to reject: let the model decide and explain
+        from pydantic import ValidationError
+
+        from .models import JobSubmit
+
         try:
             job = JobSubmit.model_validate(data).model_dump()
         except ValidationError as err:

@@ -8,49 +8,20 @@ an older logbook.  Submissions are checked strictly, before anything is stored.
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-MAX_TEXT = 200
-
-
-class JobStatus(StrEnum):
-    SUBMITTED = "Submitted"
-    INITIALIZING = "Initializing"
-    QUEUED = "Queued"
-    VALIDATING = "Validating"
-    RUNNING = "Running"
-    CANCELLED = "Cancelled"
-    DONE = "Done"
-    ERROR = "Error"
-
-
-class JobType(StrEnum):
-    USER_LOCAL_JOB = "User local job"
-    ANALYTICS = "Analytics"
-    DEVICE_SPECIFIC_ANALYTICS = "Device specific analytics"
-    DATA_LOADING = "Data Loading"
-    RUN = "Run"
-    STATE_COMPRESSION = "State Compression"
-    TRANSPILATION = "Transpilation"
-    VARIATIONAL = "Variational"
-    PRETRAINING = "Pretraining"
-    SKQD = "SKQD"
-
-
-STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
-JOB_TYPES: tuple[str, ...] = tuple(t.value for t in JobType)
-UNFINISHED: frozenset[str] = frozenset(
-    {"Submitted", "Initializing", "Queued", "Validating", "Running"}
+from .vocab import (  # noqa: F401  (re-exported: the API's vocabulary)
+    JOB_TYPES,
+    MAX_TEXT,
+    STATUSES,
+    TERMINAL,
+    UNFINISHED,
+    JobStatus,
+    JobType,
+    reject_constant,
 )
-TERMINAL: frozenset[str] = frozenset({"Cancelled", "Done", "Error"})
-
-
-def reject_constant(name: str) -> Any:
-    """NaN and Infinity: Python's json reads them, but they are not JSON."""
-    raise ValueError(f"{name} is not JSON")
 
 
 def _json_text(value: str | None, field: str) -> str | None:

@@ -1,0 +1,49 @@
+"""The API's vocabulary: job statuses, job types and limits (``api/openapi.yaml``).
+
+No pydantic here, so the hot paths (import of 100,000 lines, ``status``) can
+check a job without loading it; ``models`` builds the pydantic shapes on top.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+MAX_TEXT = 200
+
+
+class JobStatus(StrEnum):
+    SUBMITTED = "Submitted"
+    INITIALIZING = "Initializing"
+    QUEUED = "Queued"
+    VALIDATING = "Validating"
+    RUNNING = "Running"
+    CANCELLED = "Cancelled"
+    DONE = "Done"
+    ERROR = "Error"
+
+
+class JobType(StrEnum):
+    USER_LOCAL_JOB = "User local job"
+    ANALYTICS = "Analytics"
+    DEVICE_SPECIFIC_ANALYTICS = "Device specific analytics"
+    DATA_LOADING = "Data Loading"
+    RUN = "Run"
+    STATE_COMPRESSION = "State Compression"
+    TRANSPILATION = "Transpilation"
+    VARIATIONAL = "Variational"
+    PRETRAINING = "Pretraining"
+    SKQD = "SKQD"
+
+
+STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
+JOB_TYPES: tuple[str, ...] = tuple(t.value for t in JobType)
+UNFINISHED: frozenset[str] = frozenset(
+    {"Submitted", "Initializing", "Queued", "Validating", "Running"}
+)
+TERMINAL: frozenset[str] = frozenset({"Cancelled", "Done", "Error"})
+
+
+def reject_constant(name: str) -> Any:
+    """NaN and Infinity: Python's json reads them, but they are not JSON."""
+    raise ValueError(f"{name} is not JSON")
