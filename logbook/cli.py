@@ -551,6 +551,13 @@ def _progress_printer() -> Callable[[int, int], None]:
     type=click.FloatRange(min=0.5),
     help="Seconds between full rescans (60; also after an event queue overflow).",
 )
+@click.option(
+    "--refresh",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="With --sync: seconds between refreshes of unfinished server statuses (0: never).",
+)
 @pass_ctx
 @handle_errors
 def watch(
@@ -564,6 +571,7 @@ def watch(
     polling: bool,
     settle: float | None,
     rescan: float | None,
+    refresh: float,
 ) -> None:
     """Watch directories and record each new result file (until SIGINT/SIGTERM)."""
     from .watch import WatchOptions, run_watch
@@ -579,6 +587,7 @@ def watch(
         rescan=rescan,
         max_bytes=cfg.max_file_bytes,
         quiet=c.quiet,
+        refresh=refresh,
     )
     code = run_watch(cfg, options, echo=lambda line: click.echo(line, err=True))
     sys.exit(code)

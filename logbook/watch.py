@@ -101,6 +101,7 @@ class WatchOptions:
     rescan: float | None = None
     max_bytes: int = 64 * 1024 * 1024
     quiet: bool = False
+    refresh: float = 300.0  # seconds between remote status refreshes with --sync; 0: never
 
 
 @dataclass
@@ -223,8 +224,17 @@ class _Syncer:
     the watcher keeps recording (exit code stays 0 on SIGTERM).
     """
 
-    def __init__(self, cfg: Config, echo: Echo, quiet: bool, run_sync: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        echo: Echo,
+        quiet: bool,
+        run_sync: Callable[..., Any],
+        refresh_every: float = 300.0,
+    ) -> None:
         self.cfg = cfg
+        self.refresh_every = refresh_every
+        self.refreshed_at = time.monotonic()
         self.echo = echo
         self.quiet = quiet
         self.run_sync = run_sync
@@ -276,7 +286,7 @@ class _Syncer:
                 if remaining > 0:
                     self.stopping.wait(min(remaining, 1.0))
                     continue
-            elif not self.kicked.wait(1.0):
+            elif not self.kicked.wait(1.0) and not self._refresh_due():
                 continue
             if self.stopping.is_set():
                 return
@@ -284,15 +294,20 @@ class _Syncer:
             self.retry_at = None
             self._run_once()
 
+    def _refresh_due(self) -> bool:
+        """Time to ask the server for unfinished statuses (``--refresh``)."""
+        return self.refresh_every > 0 and time.monotonic() - self.refreshed_at >= self.refresh_every
+
     def _run_once(self) -> None:
         from .errors import AuthError, ConfigError, Unreachable
 
+        refresh = self._refresh_due()
         try:
             self.busy = True
             report = self.run_sync(
                 self.cfg,
                 concurrency=self.cfg.concurrency,
-                refresh=False,
+                refresh=refresh,
                 max_time=SYNC_MAX_TIME,
                 respect_backoff=True,
             )
@@ -311,6 +326,8 @@ class _Syncer:
             return
         finally:
             self.busy = False
+        if refresh:
+            self.refreshed_at = time.monotonic()
         synced = getattr(report, "synced", 0)
         rejected = getattr(report, "rejected", 0)
         pending = getattr(report, "pending", 0)
@@ -849,7 +866,7 @@ def run_watch(cfg: Config, options: WatchOptions, echo: Echo) -> int:
             )
         from .sync import run_sync
 
-        watcher.syncer = _Syncer(cfg, echo, options.quiet, run_sync)
+        watcher.syncer = _Syncer(cfg, echo, options.quiet, run_sync, options.refresh)
     if not options.polling and not options.quiet:
         for root in roots:
             fstype = network_filesystem(root)

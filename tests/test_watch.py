@@ -414,6 +414,24 @@ def test_sync_uploads_new_files(
     assert watcher.stop()[0] == 0
 
 
+def test_sync_refreshes_unfinished_statuses(
+    watcher: Watch, home: Path, results: Path, emulator: EmulatorProcess
+) -> None:
+    """Left running, the watcher keeps the server's statuses fresh (--refresh)."""
+    watcher.extra_env = emulator.env()
+    watcher.start(str(results), "--settle", SETTLE, "--sync", "--refresh", "1")
+    write(results / "r.json", job("r"))
+    wait_for(lambda: logbook(home, "status", "--json")["counts"]["synced"] == 1, timeout=30)
+    # The emulator moves a job to Done over 1 s; only a refresh can tell us.
+    wait_for(
+        lambda: logbook(home, "list", "--json")[0]["remote_status"] == "Done",
+        timeout=30,
+        what="the remote status refreshed to Done",
+    )
+    assert emulator.stats()["requests"].get("GET /jobs/{job_id}", 0) > 0
+    assert watcher.stop()[0] == 0
+
+
 def test_sync_keeps_recording_while_the_server_fails_then_catches_up(
     watcher: Watch, home: Path, results: Path, emulator: EmulatorProcess
 ) -> None:
