@@ -70,6 +70,11 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, min(seconds, RETRY_AFTER_CAP))
 
 
+def key_param(key: str) -> str:
+    """The query parameter that carries the key, percent-encoded (a raw ``+`` is a space)."""
+    return "HAIQU_API_KEY=" + quote(key, safe="")
+
+
 # --- transports -------------------------------------------------------------------
 
 
@@ -80,7 +85,7 @@ class KeyTransport(httpx.AsyncBaseTransport):
         self.inner = inner
         self.key = key
         self.auth = auth
-        self._param = b"HAIQU_API_KEY=" + quote(key, safe="").encode("ascii")
+        self._param = key_param(key).encode("ascii")
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url, headers = request.url, request.headers.copy()
@@ -151,7 +156,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self.connections = connections
         self.key = key
         self.auth = auth
-        self._param = "HAIQU_API_KEY=" + quote(key, safe="") if key else ""
+        self._param = key_param(key) if key else ""
         self._wire: dict[str, Any] = {}
         self._session: Any = None
 

@@ -16,7 +16,6 @@ from .vocab import (  # noqa: F401  (re-exported: the API's vocabulary)
     JOB_TYPES,
     MAX_TEXT,
     STATUSES,
-    TERMINAL,
     UNFINISHED,
     JobStatus,
     JobType,

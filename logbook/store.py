@@ -32,15 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NotFound, StoreBusy, StoreError
+from .vocab import UNFINISHED
 
 STATES: tuple[str, ...] = ("pending", "sending", "synced", "rejected")
-UNFINISHED_REMOTE: tuple[str, ...] = (
-    "Submitted",
-    "Initializing",
-    "Queued",
-    "Validating",
-    "Running",
-)
+UNFINISHED_REMOTE: tuple[str, ...] = tuple(sorted(UNFINISHED))
 BUSY_TIMEOUT_S = 30.0
 
 #: Columns that ``list --json`` / ``show --json`` print, in order.
@@ -99,12 +94,6 @@ _compact_json = json.JSONEncoder(separators=(",", ":")).encode
 def now_iso() -> str:
     """The current time as ISO 8601 UTC with an explicit Z."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def iso_from_epoch(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass

@@ -70,7 +70,6 @@ class SyncReport:
     pending: int = 0
     refreshed: int = 0
     reconciled: int = 0
-    retried: int = 0
     elapsed: float = 0.0
     errors: list[str] = field(default_factory=list)
 
@@ -381,8 +380,6 @@ class SyncEngine:
                 self.report.synced += 1
             elif o.state == "rejected":
                 self.report.rejected += 1
-            elif o.state == "pending":
-                self.report.retried += 1
         self.done += sum(1 for o in batch if o.state in ("synced", "rejected"))
         if self.progress and self.total:
             now = time.monotonic()

@@ -41,7 +41,6 @@ JOB_TYPES: tuple[str, ...] = tuple(t.value for t in JobType)
 UNFINISHED: frozenset[str] = frozenset(
     {"Submitted", "Initializing", "Queued", "Validating", "Running"}
 )
-TERMINAL: frozenset[str] = frozenset({"Cancelled", "Done", "Error"})
 
 
 def reject_constant(name: str) -> Any:

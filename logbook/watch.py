@@ -802,6 +802,11 @@ class Watcher:
                     return 1
                 next_health = time.monotonic() + HEALTH_INTERVAL
             self.check_due()
+        st = self.stats
+        self.say(
+            f"stopped: {st.files} files read, {st.created} new entries, {st.known} already"
+            f" known, {st.invalid} invalid; {st.rescans} rescans, {st.overflows} overflows"
+        )
         return 0
 
     def _drain(self, wait: float, limit: int | None = DRAIN_BATCH) -> None:
