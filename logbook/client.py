@@ -5,12 +5,17 @@ Two facts from FINDINGS.md shape it:
 - The key must never leak.  httpx logs every URL at INFO, and its exceptions
   and ``repr(request)`` carry the URL.  So the key is added *below* httpx, in
   a transport wrapper, on the way to the wire: no ``httpx.Request`` that
-  httpx logs, raises or returns ever holds it.
-- One ``httpx.AsyncClient`` slows down badly as its pool grows.  Callers keep
-  the httpx API; underneath, the bytes go through aiohttp's connection pool
-  and C parser when aiohttp is installed (``pip install logbook[fast]``), or
-  else through many small httpx pools, with each request going to the
-  least busy one.
+  httpx logs, raises or returns ever holds it.  The wire engine writes it
+  into the request bytes only; its errors name the host, never the request.
+- One ``httpx.AsyncClient`` slows down badly as its pool grows.  So the
+  bytes go, by default, through ``wire``: logbook's own small HTTP/1.1
+  engine, which does only what this API needs and keeps a 64-request sync
+  at the server's own pace (README, "Performance").  httpx stays the
+  interface for everything else: ``LOGBOOK_HTTP_ENGINE=httpx`` sends through
+  many small httpx pools (each request to the least busy one), and tests
+  inject any ``httpx.AsyncBaseTransport`` (``httpx.MockTransport``).  Both
+  engines answer with the same ``wire.Response``, so the classification
+  below is one piece of code.
 
 Every failure is classified into a ``RequestFailed`` whose ``maybe_sent``
 says whether the server may have stored the job: that flag is what keeps
@@ -32,8 +37,9 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import RequestFailed
+from .errors import ConfigError, RequestFailed
 from .secrets import redact
+from .wire import ConnectFailed, Pool, Response, WireError
 
 log = logging.getLogger("logbook.client")
 # httpx/httpcore log URLs and headers; nothing of ours is worth that risk.
@@ -143,98 +149,19 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             await shard.aclose()
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    """httpx requests carried by aiohttp's pool and C parser.
-
-    It adds the key itself on the way to the wire (like ``KeyTransport``), from
-    a cache of wire URLs, so a request is not rebuilt.  Errors map to httpx's
-    own classes, keeping the one distinction that matters here: a failed
-    connect (nothing sent) versus anything later (the server may have the job).
-    """
-
-    def __init__(self, connections: int, *, key: str | None = None, auth: str = "query") -> None:
-        self.connections = connections
-        self.key = key
-        self.auth = auth
-        self._param = key_param(key) if key else ""
-        self._wire: dict[str, Any] = {}
-        self._session: Any = None
-
-    def _wire_url(self, url: httpx.URL) -> Any:
-        import yarl
-
-        text = str(url)
-        wire = self._wire.get(text)
-        if wire is None:
-            keyed = text
-            if self._param and self.auth != "header":
-                keyed += ("&" if "?" in text else "?") + self._param
-            wire = yarl.URL(keyed, encoded=True)
-            if len(self._wire) < 64:  # POST /jobs and a few others; GET paths vary
-                self._wire[text] = wire
-        return wire
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        import aiohttp
-
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.connections, ttl_dns_cache=300),
-                auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
-            )
-        timeouts = request.extensions.get("timeout", {})
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=timeouts.get("connect"),
-            sock_read=timeouts.get("read"),
-        )
-        url = self._wire_url(request.url)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in request.headers.raw}
-        if self.key and self.auth == "header":
-            headers["authorization"] = self.key
-        body = request.content if request.method not in ("GET", "HEAD") else None
-        try:
-            async with self._session.request(
-                request.method, url, headers=headers, data=body,
-                allow_redirects=False, timeout=timeout,
-            ) as resp:  # fmt: skip
-                content = await resp.read()
-                status, raw_headers = resp.status, list(resp.raw_headers)
-        except aiohttp.ConnectionTimeoutError:
-            raise httpx.ConnectTimeout("timed out connecting", request=request) from None
-        except aiohttp.ClientConnectorError as err:
-            raise httpx.ConnectError(f"cannot connect: {err.os_error}", request=request) from None
-        except (aiohttp.SocketTimeoutError, aiohttp.ServerTimeoutError, TimeoutError):
-            raise httpx.ReadTimeout("timed out waiting for the response", request=request) from None
-        except aiohttp.ServerDisconnectedError:
-            raise httpx.RemoteProtocolError(
-                "server closed the connection without a response", request=request
-            ) from None
-        except aiohttp.ClientPayloadError:
-            raise httpx.ReadError("response body cut short", request=request) from None
-        except aiohttp.ClientError as err:
-            raise httpx.ReadError(
-                f"connection failed: {type(err).__name__}", request=request
-            ) from None
-        return httpx.Response(status, headers=raw_headers, content=content, request=request)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+ENGINES = ("wire", "httpx")
 
 
 def default_engine() -> str:
-    """``aiohttp`` when it is installed, else ``httpx``; ``LOGBOOK_HTTP_ENGINE`` overrides."""
+    """``wire`` (logbook's own HTTP/1.1 engine); ``LOGBOOK_HTTP_ENGINE=httpx`` picks httpx."""
     choice = os.environ.get("LOGBOOK_HTTP_ENGINE", "").strip().lower()
-    if choice in ("httpx", "aiohttp"):
-        return choice
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:
-        return "httpx"
-    return "aiohttp"
+    return "httpx" if choice == "httpx" else "wire"
+
+
+def _reply(response: httpx.Response) -> Response:
+    """An httpx response (read to the end) as the engine-neutral ``Response``."""
+    headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in response.headers.raw]
+    return Response(response.status_code, response.reason_phrase, headers, response.content)
 
 
 # --- the client -------------------------------------------------------------------
@@ -258,16 +185,27 @@ class ApiClient:
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
         self.key = key
+        self.auth = auth
         self.deadline = deadline
         self.engine = "custom" if transport is not None else (engine or default_engine())
-        # The transport is called directly, without httpx.AsyncClient: its per-request
-        # URL merging and header handling cost more CPU than the HTTP work itself
-        # (three URL parses per request).  Same types, same transport API.
-        if self.engine == "aiohttp":
-            self.transport: httpx.AsyncBaseTransport = AiohttpTransport(
-                connections, key=key, auth=auth
-            )
+        if self.engine not in ENGINES + ("custom",):
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        self._pool: Pool | None = None
+        self.transport: httpx.AsyncBaseTransport | None = None
+        if self.engine == "wire":
+            # Bytes straight to the socket: no per-request objects beyond the response.
+            # The overall deadline (below) bounds a slow read, as read_timeout would.
+            self._pool = Pool(self.endpoint, limit=connections, connect_timeout=connect_timeout)
+            self._wire_heads: dict[tuple[str, str], bytes] = {}
+            self._wire_auth = ""
+            if auth == "header":
+                if not key.isprintable() or not key.isascii():
+                    raise ConfigError("the API key has characters that cannot go in a header")
+                self._wire_auth = f"Authorization: {key}\r\n"
         else:
+            # The transport is called directly, without httpx.AsyncClient: its per-request
+            # URL merging and header handling cost more CPU than the HTTP work itself
+            # (three URL parses per request).  Same types, same transport API.
             inner = transport if transport is not None else ShardedTransport(connections)
             self.transport = KeyTransport(inner, key, auth)
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=None).as_dict()
@@ -277,7 +215,10 @@ class ApiClient:
         self._jobs_url = httpx.URL(self.endpoint + "/jobs")
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
+        if self._pool is not None:
+            await self._pool.aclose()
+        if self.transport is not None:
+            await self.transport.aclose()
 
     async def __aenter__(self) -> ApiClient:
         return self
@@ -288,37 +229,73 @@ class ApiClient:
     def _redact(self, text: str) -> str:
         return redact(text, self.key)
 
-    async def send(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
-        """One raw request (read to the end), with no classification and no deadline."""
+    def _wire_head(self, method: str, path: str, body: bytes | None) -> bytes:
+        """The request line and headers, key included, as they go on the wire."""
+        cached = self._wire_heads.get((method, path))
+        if cached is None:
+            assert self._pool is not None
+            target = self._pool.prefix + path
+            if self.auth != "header":
+                target += ("&" if "?" in target else "?") + key_param(self.key)
+            text = (
+                f"{method} {target} HTTP/1.1\r\nHost: {self._pool.authority}\r\n"
+                f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n{self._wire_auth}"
+            )
+            if body is not None:
+                text += "Content-Type: application/json\r\n"
+            cached = text.encode("ascii")
+            if path == "/jobs":  # GET paths vary: only POST /jobs is worth keeping
+                self._wire_heads[(method, path)] = cached
+        if body is None:
+            return cached + b"\r\n"
+        return cached + b"Content-Length: %d\r\n\r\n" % len(body)
+
+    async def _exchange(self, method: str, path: str, body: bytes | None = None) -> Response:
+        """One request, read to the end, with no classification and no deadline."""
+        if self._pool is not None:
+            return await self._pool.request(
+                self._wire_head(method, path, body), body, method=method
+            )
+        assert self.transport is not None
         url = self._jobs_url if path == "/jobs" else httpx.URL(self.endpoint + path)
         request = httpx.Request(
             method, url, content=body, extensions={"timeout": self._timeout},
             headers=self._post_headers if body is not None else self._get_headers,
         )  # fmt: skip
         response = await self.transport.handle_async_request(request)
-        response.request = request  # as httpx.AsyncClient does: the key-free request
         try:
             await response.aread()
         finally:
             await response.aclose()
-        return response
+        return _reply(response)
 
-    async def _request(
-        self, method: str, path: str, *, body: bytes | None = None
-    ) -> httpx.Response:
+    async def send(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
+        """One raw request as an ``httpx.Response`` whose request holds no key."""
+        reply = await self._exchange(method, path, body)
+        request = httpx.Request(method, self.endpoint + path, content=body)
+        return httpx.Response(
+            reply.status, headers=reply.headers, content=reply.content, request=request
+        )
+
+    async def _request(self, method: str, path: str, *, body: bytes | None = None) -> Response:
         """One request under an overall deadline (httpx's timeouts are per socket operation)."""
         try:
             async with asyncio.timeout(self.deadline):
-                return await self.send(method, path, body)
+                return await self._exchange(method, path, body)
         except TimeoutError:
             raise RequestFailed(
                 f"{method} {path}: no complete response within {self.deadline:g} s",
                 kind="retry", maybe_sent=method == "POST",
             ) from None  # fmt: skip
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
+        except (ConnectFailed, httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as err:
             raise RequestFailed(
                 self._redact(f"{method} {path}: cannot connect to {self.endpoint}: {err}"),
                 kind="retry", maybe_sent=False, connect_failed=True,
+            ) from None  # fmt: skip
+        except WireError as err:
+            raise RequestFailed(
+                self._redact(f"{method} {path}: {err}"),
+                kind="retry", maybe_sent=method == "POST" and err.sent,
             ) from None  # fmt: skip
         except httpx.TransportError as err:
             raise RequestFailed(
@@ -326,8 +303,8 @@ class ApiClient:
                 kind="retry", maybe_sent=method == "POST",
             ) from None  # fmt: skip
 
-    def _failure(self, method: str, path: str, response: httpx.Response) -> RequestFailed:
-        code = response.status_code
+    def _failure(self, method: str, path: str, response: Response) -> RequestFailed:
+        code = response.status
         detail = self._reason(response)
         msg = self._redact(f"{method} {path}: HTTP {code}{': ' + detail if detail else ''}")
         if code in AUTH_CODES:
@@ -335,7 +312,7 @@ class ApiClient:
         if code in RETRY_CODES or code >= 500:
             return RequestFailed(
                 msg, kind="retry", status=code,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                retry_after=parse_retry_after(response.header("retry-after")),
                 maybe_sent=code >= 500 and method == "POST",
             )  # fmt: skip
         if code in REJECT_CODES or 400 <= code < 500:
@@ -343,9 +320,9 @@ class ApiClient:
         return RequestFailed(msg, kind="retry", status=code, maybe_sent=method == "POST")
 
     @staticmethod
-    def _reason(response: httpx.Response) -> str:
+    def _reason(response: Response) -> str:
         """The server's reason, short: FastAPI-style ``detail`` when there is one."""
-        text = response.text[:2000]
+        text = response.content[:2000].decode("utf-8", "replace")
         try:
             data = json.loads(text)
         except ValueError:
@@ -362,7 +339,7 @@ class ApiClient:
             return "; ".join(parts)[:300]
         return str(detail)[:300]
 
-    def _job(self, method: str, path: str, response: httpx.Response) -> Any:
+    def _job(self, method: str, path: str, response: Response) -> Any:
         from pydantic import ValidationError
 
         from .models import Job
@@ -371,21 +348,21 @@ class ApiClient:
             return Job.model_validate_json(response.content)
         except (ValidationError, ValueError):
             raise RequestFailed(
-                f"{method} {path}: HTTP {response.status_code} with a body that is not a Job",
-                kind="retry", status=response.status_code, maybe_sent=method == "POST",
+                f"{method} {path}: HTTP {response.status} with a body that is not a Job",
+                kind="retry", status=response.status, maybe_sent=method == "POST",
             ) from None  # fmt: skip
 
     async def submit(self, body: dict[str, Any]) -> Any:
         """``POST /jobs``; the created ``Job``, or ``RequestFailed``."""
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         response = await self._request("POST", "/jobs", body=payload)
-        if not response.is_success:
+        if not 200 <= response.status < 300:
             raise self._failure("POST", "/jobs", response)
         job = self._job("POST", "/jobs", response)
         if job.hash != body.get("hash"):
             raise RequestFailed(
                 "POST /jobs: the server answered with a job for another hash",
-                kind="retry", status=response.status_code, maybe_sent=True,
+                kind="retry", status=response.status, maybe_sent=True,
             )  # fmt: skip
         return job
 
@@ -394,9 +371,9 @@ class ApiClient:
         path = f"/experiments/{quote(experiment_id, safe='')}/jobs/{quote(job_hash, safe='')}"
         display = "GET /experiments/{experiment_id}/jobs/{hash}"
         response = await self._request("GET", path)
-        if response.status_code == 404:
+        if response.status == 404:
             return None
-        if not response.is_success:
+        if not 200 <= response.status < 300:
             raise self._failure("GET", display, response)
         return self._job("GET", display, response)
 
@@ -406,13 +383,13 @@ class ApiClient:
         The Jobs API answers 404 in JSON; a wrong base URL gets some web server's 404.
         """
         response = await self._request("GET", "/experiments/logbook-doctor/jobs/0")
-        return response.status_code, response.headers.get("content-type", "")
+        return response.status, response.header("content-type") or ""
 
     async def get_job(self, remote_id: str) -> Any | None:
         """``GET /jobs/{id}``: the job, or None on 404."""
         response = await self._request("GET", f"/jobs/{quote(remote_id, safe='')}")
-        if response.status_code == 404:
+        if response.status == 404:
             return None
-        if not response.is_success:
+        if not 200 <= response.status < 300:
             raise self._failure("GET", "/jobs/{id}", response)
         return self._job("GET", "/jobs/{id}", response)

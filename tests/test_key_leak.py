@@ -106,7 +106,7 @@ def _exception_text(err: BaseException) -> str:
     return "\n".join(parts)
 
 
-LIB_CASES = [(m, "aiohttp") for m in ("500", "drop", "bad-json", "trickle", "401", BAD_ROW)]
+LIB_CASES = [(m, "wire") for m in ("500", "drop", "bad-json", "trickle", "401", BAD_ROW)]
 LIB_CASES += [(m, "httpx") for m in ("drop", "trickle", "bad-json", UNREACHABLE)]
 
 
@@ -148,7 +148,7 @@ def test_library_logs_and_errors_never_hold_the_key(
     _check_store(db, key)
 
 
-@pytest.mark.parametrize("engine", ["httpx", "aiohttp"])
+@pytest.mark.parametrize("engine", ["httpx", "wire"])
 @pytest.mark.parametrize("auth", ["query", "header"])
 def test_responses_from_real_transports_carry_no_key(
     emulator: EmulatorProcess, engine: str, auth: str

@@ -62,7 +62,7 @@ def test_faults_end_exactly_once(tmp_path: Path, emulator: EmulatorProcess, faul
     assert sum(injected.values()) > 0, "the fault never fired"
 
 
-@pytest.mark.parametrize("engine", ["httpx", "aiohttp"])
+@pytest.mark.parametrize("engine", ["httpx", "wire"])
 def test_both_http_engines(tmp_path: Path, emulator: EmulatorProcess, engine: str) -> None:
     db = seed_store(tmp_path, 150)
     env = {**emulator.env(), "LOGBOOK_HTTP_ENGINE": engine}
