@@ -67,7 +67,11 @@ class ServerJobSubmit(JobSubmit):
 
 
 class Job(BaseModel):
-    """A job as the server returns it; extra fields and new enum values are kept."""
+    """A job as the server returns it; extra fields and new enum values are kept.
+
+    The whole shape, for library users and the tests; the sync itself reads
+    only id, status and hash (``client.JobRef``), without loading pydantic.
+    """
 
     model_config = ConfigDict(extra="allow")
 

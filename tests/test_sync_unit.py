@@ -90,6 +90,31 @@ def test_2xx_bad_json_is_uncertain() -> None:
     assert err.kind == "retry" and err.maybe_sent
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        [],
+        "job-1",
+        {"id": "", "hash": "h1", "status": "Done"},
+        {"id": 7, "hash": "h1", "status": "Done"},
+        {"id": "j", "hash": "h1"},
+        {"id": "j", "status": "Done"},
+        {"id": "j", "hash": "h1", "status": None},
+    ],
+)
+def test_2xx_without_id_hash_and_status_is_uncertain(body: Any) -> None:
+    err = failure(answer(200, body))
+    assert err.kind == "retry" and err.maybe_sent and "not a Job" in str(err)
+
+
+def test_2xx_reads_only_what_it_needs() -> None:
+    """A server that drops or changes the fields logbook does not use still works."""
+    job = call(
+        answer(200, {"id": "srv-9", "hash": "h1", "status": "Quantum Queued"}), "submit", BODY
+    )
+    assert (job.id, job.status, job.hash) == ("srv-9", "Quantum Queued", "h1")
+
+
 @pytest.mark.parametrize("status", [400, 404, 413, 422])
 def test_client_errors_reject_with_the_reason(status: int) -> None:
     detail = [{"loc": ["body", "status"], "msg": "Input should be 'Done'", "type": "enum"}]
