@@ -226,7 +226,12 @@ class ApiClient:
             inner = transport if transport is not None else ShardedTransport(connections)
             self.transport = KeyTransport(inner, key, auth)
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=None).as_dict()
-        base = {"user-agent": USER_AGENT, "accept": "application/json"}
+        # identity: RFC 9110 reads no Accept-Encoding as "anything", brotli included.
+        base = {
+            "user-agent": USER_AGENT,
+            "accept": "application/json",
+            "accept-encoding": "identity",
+        }
         self._get_headers = httpx.Headers(base)
         self._post_headers = httpx.Headers({**base, "content-type": "application/json"})
         self._jobs_url = httpx.URL(self.endpoint + "/jobs")
@@ -256,7 +261,8 @@ class ApiClient:
                 target += ("&" if "?" in target else "?") + key_param(self.key)
             text = (
                 f"{method} {target} HTTP/1.1\r\nHost: {self._pool.authority}\r\n"
-                f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n{self._wire_auth}"
+                f"User-Agent: {USER_AGENT}\r\nAccept: application/json\r\n"
+                f"Accept-Encoding: identity\r\n{self._wire_auth}"
             )
             if body is not None:
                 text += "Content-Type: application/json\r\n"
@@ -287,12 +293,15 @@ class ApiClient:
         return _reply(response)
 
     async def send(self, method: str, path: str, body: bytes | None = None) -> httpx.Response:
-        """One raw request as an ``httpx.Response`` whose request holds no key."""
-        reply = await self._exchange(method, path, body)
+        """One raw request under the deadline, as an ``httpx.Response`` with a key-free request."""
+        async with asyncio.timeout(self.deadline):
+            reply = await self._exchange(method, path, body)
         request = httpx.Request(method, self.endpoint + path, content=body)
-        return httpx.Response(
-            reply.status, headers=reply.headers, content=reply.content, request=request
-        )
+        # The body is decoded already: httpx must not decode it again.
+        headers = [
+            (k, v) for k, v in reply.headers if k not in ("content-encoding", "content-length")
+        ]
+        return httpx.Response(reply.status, headers=headers, content=reply.content, request=request)
 
     async def _request(self, method: str, path: str, *, body: bytes | None = None) -> Response:
         """One request under an overall deadline (httpx's timeouts are per socket operation)."""

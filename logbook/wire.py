@@ -28,7 +28,7 @@ import asyncio
 import ssl
 import zlib
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 __all__ = ["ConnectFailed", "Pool", "Response", "WireError"]
 
@@ -218,12 +218,12 @@ class _Connection(asyncio.Protocol):
         if self._no_body or status in (204, 304):
             self._framing, self._length = "length", 0
         elif te:
-            if te.rsplit(",", 1)[-1].strip() != "chunked":
+            if te.strip() != "chunked":  # "gzip, chunked" would need a layer we never ask for
                 raise _Malformed(f"unsupported transfer-encoding {te!r}")
             self._framing = "chunked"
         elif cl is not None:
             lengths = {v.strip() for k, v in headers if k == "content-length"}
-            if len(lengths) != 1 or not cl.strip().isdigit():
+            if len(lengths) != 1 or not (cl.strip().isascii() and cl.strip().isdigit()):
                 raise _Malformed("bad content-length")
             self._length = int(cl)
             if self._length > MAX_BODY:
@@ -235,7 +235,8 @@ class _Connection(asyncio.Protocol):
             self.reusable = "close" not in connection
         else:
             self.reusable = "keep-alive" in connection
-        self.reusable = self.reusable and self._framing != "close"
+        # Both framings at once (RFC 9112 6.3) smells of request smuggling: use it once.
+        self.reusable = self.reusable and self._framing != "close" and not (te and cl)
         self._head = (status, parts[2] if len(parts) > 2 else "", headers)
 
     def _read_chunks(self) -> bool:
@@ -280,7 +281,7 @@ class _Connection(asyncio.Protocol):
 
 
 def _decode(body: bytes, headers: list[tuple[str, str]]) -> bytes:
-    """Undo a gzip or deflate content-encoding (we ask for none, but a server may send it)."""
+    """Undo a gzip or deflate content-encoding (we ask for identity; a server may not listen)."""
     if not body:
         return body
     encoding = ""
@@ -291,20 +292,17 @@ def _decode(body: bytes, headers: list[tuple[str, str]]) -> bytes:
         return body
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise _Malformed(f"unsupported content-encoding {encoding!r}")
-    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
-    try:
+    tries = [zlib.MAX_WBITS, -zlib.MAX_WBITS] if encoding == "deflate" else [16 + zlib.MAX_WBITS]
+    for wbits in tries:  # deflate: zlib-wrapped, or raw as some servers send it
         d = zlib.decompressobj(wbits)
-        out = d.decompress(body, MAX_BODY)
+        try:
+            out = d.decompress(body, MAX_BODY)
+        except zlib.error:
+            continue
         if d.unconsumed_tail:
             raise _Malformed("response body too large")
         return out
-    except zlib.error:
-        if encoding == "deflate":  # raw deflate, as some servers send it
-            try:
-                return zlib.decompress(body, -zlib.MAX_WBITS)
-            except zlib.error:
-                pass
-        raise _Malformed(f"bad {encoding} body") from None
+    raise _Malformed(f"bad {encoding} body")
 
 
 class Pool:
@@ -325,11 +323,12 @@ class Pool:
         self.tls = parts.scheme == "https"
         self.port = parts.port or (443 if self.tls else 80)
         default_port = self.port == (443 if self.tls else 80)
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.host if self.host.isascii() else self.host.encode("idna").decode("ascii")
+        host = f"[{host}]" if ":" in host else host
         #: The value of the Host header, and where errors say we tried to go.
         self.authority = host if default_port else f"{host}:{self.port}"
-        #: The endpoint's path prefix (``https://host/api`` -> ``/api``).
-        self.prefix = parts.path.rstrip("/")
+        #: The endpoint's path prefix (``https://host/api`` -> ``/api``), percent-encoded.
+        self.prefix = quote(parts.path.rstrip("/"), safe="/%:@!$&'()*+,;=~")
         self.limit = limit
         self.connect_timeout = connect_timeout
         self._ssl = ssl_context
@@ -380,9 +379,12 @@ class Pool:
             context = self._ssl
         try:
             async with asyncio.timeout(self.connect_timeout):
+                # Happy eyeballs: a host whose IPv6 route drops packets must not
+                # use up the whole timeout before IPv4 is tried.
                 _, conn = await loop.create_connection(
                     _Connection, self.host, self.port, ssl=context,
                     server_hostname=self.host if context else None,
+                    happy_eyeballs_delay=0.25, interleave=1,
                 )  # fmt: skip
         except TimeoutError:
             raise ConnectFailed(f"timed out connecting to {self.authority}") from None
@@ -391,7 +393,7 @@ class Pool:
                 f"TLS certificate of {self.authority} not trusted: {err.verify_message}"
             ) from None
         except (OSError, ssl.SSLError) as err:
-            reason = getattr(err, "strerror", None) or type(err).__name__
+            reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
             raise ConnectFailed(f"cannot connect to {self.authority}: {reason}") from None
         self._all.add(conn)
         return conn

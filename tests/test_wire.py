@@ -476,6 +476,7 @@ def test_client_request_bytes(auth: str) -> None:
         assert line == b"POST /v1/jobs HTTP/1.1"
         assert f"Authorization: {KEY}\r\n".encode() in rest
     assert b"Content-Type: application/json\r\n" in rest
+    assert b"Accept-Encoding: identity\r\n" in rest  # no Accept-Encoding would mean "any"
     assert rest.endswith(b'\r\n\r\n{"experiment_id":"e","hash":"h"}')
 
 
@@ -485,3 +486,122 @@ def test_client_refuses_a_key_that_cannot_be_a_header() -> None:
 
     with pytest.raises(ConfigError, match="cannot go in a header"):
         ApiClient("http://127.0.0.1:9", "bad\r\nX-Injected: 1", auth="header", engine="wire")
+
+
+# --- what a real network and real servers do -------------------------------------------
+
+
+def test_an_address_that_drops_packets_does_not_use_up_the_connect_timeout() -> None:
+    """Happy eyeballs: a host's first address black-holed (say IPv6), the next one tried."""
+    import socket
+    import time
+
+    async def go() -> tuple[Response, float]:
+        async with Server(OK) as server:
+            good = server.server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            hole = socket.socket()  # a full accept queue: the kernel drops further SYNs
+            hole.bind(("127.0.0.1", 0))
+            hole.listen(0)
+            bad = hole.getsockname()[1]
+            fillers = []
+            for _ in range(4):
+                c = socket.socket()
+                c.setblocking(False)
+                try:
+                    c.connect(("127.0.0.1", bad))
+                except BlockingIOError:
+                    pass
+                fillers.append(c)
+            await asyncio.sleep(0.1)
+            loop = asyncio.get_running_loop()
+
+            async def two_addresses(host: str, port: int, *a: Any, **kw: Any) -> list[Any]:
+                af, st = socket.AF_INET, socket.SOCK_STREAM
+                return [(af, st, 6, "", ("127.0.0.1", bad)), (af, st, 6, "", ("127.0.0.1", good))]
+
+            loop.getaddrinfo = two_addresses  # type: ignore[method-assign]
+            pool = Pool(f"http://api.test:{good}", connect_timeout=3)
+            start = time.monotonic()
+            try:
+                got = await pool.request(head(), None)
+            finally:
+                await pool.aclose()
+                for c in fillers:
+                    c.close()
+                hole.close()
+            return got, time.monotonic() - start
+
+    got, seconds = run(go())
+    assert got.status == 200
+    assert seconds < 2, f"took {seconds:.2f} s: the second address waited for the timeout"
+
+
+def test_transfer_encoding_other_than_chunked_is_refused() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+
+    async def go() -> list[Any]:
+        async with Server(answer) as server:
+            return await requests(server, (head(), None))
+
+    (err,) = run(go())
+    assert isinstance(err, WireError) and "transfer-encoding" in str(err)
+
+
+def test_both_framings_at_once_close_the_connection_after_use() -> None:
+    both = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+        b"2\r\nok\r\n0\r\n\r\n"
+    )
+
+    async def go() -> tuple[list[Any], Server]:
+        async with Server(both, OK) as server:
+            return await requests(server, (head(), None), (head(), None)), server
+
+    got, server = run(go())
+    assert [r.content for r in got] == [b"ok", b"{}"]  # chunked wins, as RFC 9112 says
+    assert server.connections == 2
+
+
+def test_non_ascii_digits_are_not_a_content_length() -> None:
+    answer = "HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\nab".encode("latin-1")
+
+    async def go() -> list[Any]:
+        async with Server(answer) as server:
+            return await requests(server, (head(), None))
+
+    (err,) = run(go())
+    assert isinstance(err, WireError) and "bad content-length" in str(err)
+
+
+def test_path_prefix_is_percent_encoded_and_host_idna() -> None:
+    pool = Pool("https://bücher.example/my api/v1")
+    assert pool.authority == "xn--bcher-kva.example"
+    assert pool.prefix == "/my%20api/v1"
+
+
+def test_client_send_decodes_once_and_has_a_deadline() -> None:
+    """``send`` hands back an httpx.Response: decoded once, and never waiting forever."""
+    from logbook.client import ApiClient
+
+    data = b'{"detail": "compressed"}'
+    packed = gzip.compress(data)
+    gz = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(packed)
+
+    async def stall(_r: Any, _w: asyncio.StreamWriter, _req: bytes) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    async def go() -> tuple[Any, BaseException | None]:
+        async with Server(gz + packed, stall) as server:
+            async with ApiClient(server.url, KEY, engine="wire", deadline=0.3) as client:
+                response = await client.send("GET", "/jobs/x")
+                try:
+                    await client.send("GET", "/jobs/y")
+                except TimeoutError as err:
+                    return response, err
+                return response, None
+
+    response, err = run(go())
+    assert response.status_code == 200 and response.content == data
+    assert response.json() == {"detail": "compressed"}
+    assert isinstance(err, TimeoutError)
