@@ -25,10 +25,13 @@ may carry the key).
 from __future__ import annotations
 
 import asyncio
-import ssl
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["ConnectFailed", "Pool", "Response", "WireError"]
 
@@ -373,7 +376,9 @@ class Pool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         context = None
-        if self.tls:
+        if self.tls:  # ssl is imported only for https: plain http starts sooner
+            import ssl
+
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
@@ -388,11 +393,12 @@ class Pool:
                 )  # fmt: skip
         except TimeoutError:
             raise ConnectFailed(f"timed out connecting to {self.authority}") from None
-        except ssl.SSLCertVerificationError as err:
-            raise ConnectFailed(
-                f"TLS certificate of {self.authority} not trusted: {err.verify_message}"
-            ) from None
-        except (OSError, ssl.SSLError) as err:
+        except OSError as err:  # ssl.SSLError included
+            verify_message = getattr(err, "verify_message", None)
+            if verify_message:  # ssl.SSLCertVerificationError
+                raise ConnectFailed(
+                    f"TLS certificate of {self.authority} not trusted: {verify_message}"
+                ) from None
             reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
             raise ConnectFailed(f"cannot connect to {self.authority}: {reason}") from None
         self._all.add(conn)
