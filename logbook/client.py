@@ -42,7 +42,6 @@ from .wire import ConnectFailed, Pool, Response, WireError
 if TYPE_CHECKING:
     import httpx
 
-log = logging.getLogger("logbook.client")
 # httpx/httpcore log URLs and headers; nothing of ours is worth that risk.
 for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)

@@ -42,7 +42,7 @@ from .store import Entry, Outcome, Store, now_iso
 if TYPE_CHECKING:
     import httpx
 
-    from .client import ApiClient
+    from .client import ApiClient, JobRef
     from .config import Config
 
 log = logging.getLogger("logbook.sync")
@@ -402,7 +402,7 @@ class SyncEngine:
         except RequestFailed as failure:
             return self._failed(entry, failure)
 
-    def _synced(self, entry: Entry, job: Any) -> Outcome:
+    def _synced(self, entry: Entry, job: JobRef) -> Outcome:
         self.any_success = True
         self.limit.success()
         return Outcome(entry.id, "synced", remote_id=job.id, remote_status=job.status)
