@@ -83,6 +83,19 @@ def _typed(data: dict[str, Any], key: str, typ: type, path: Path) -> Any:
     return value
 
 
+def _check_url(url: str) -> None:
+    """A URL the HTTP engines can connect to: a host, and a port that is a number in range."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError as err:
+        raise ConfigError(f"endpoint is not a valid URL: {url!r} ({err})") from None
+    if not parts.hostname:
+        raise ConfigError(f"endpoint has no host: {url!r}")
+
+
 def load_config(
     *, db: str | None = None, endpoint: str | None = None, auth: str | None = None
 ) -> Config:
@@ -128,4 +141,5 @@ def load_config(
         cfg.endpoint = cfg.endpoint.rstrip("/")
         if not cfg.endpoint.startswith(("http://", "https://")):
             raise ConfigError(f"endpoint must start with http:// or https://: {cfg.endpoint!r}")
+        _check_url(cfg.endpoint)
     return cfg

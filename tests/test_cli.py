@@ -418,3 +418,26 @@ def test_config_file_sets_the_store(run_cli: Any, logbook_home: Path, tmp_path: 
     assert run_cli("import", f).returncode == 0
     with Store(target) as s:
         assert [e.experiment_id for e in s.list()] == ["cfg-exp"]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "word"),
+    [
+        ("http://127.0.0.1:99999", "Port out of range"),
+        ("http://127.0.0.1:abc", "Port could not be cast"),
+        ("https://[::1", "Invalid IPv6 URL"),
+        ("http:///jobs", "no host"),
+    ],
+)
+def test_bad_endpoint_is_one_line_and_changes_nothing(
+    run_cli: Any, endpoint: str, word: str
+) -> None:
+    assert run_cli("record", "--experiment", "e", "--name", "kept").returncode == 0
+    env = {"HAIQU_EDGE_URI": endpoint, "HAIQU_API_KEY": "k+ey/with=chars+/="}
+    for cmd in (["sync"], ["doctor"]):
+        r = run_cli(*cmd, env=env)
+        assert r.returncode == 2, r.stderr
+        assert word in r.stderr and "Traceback" not in r.stderr
+        assert r.stderr.count("\n") == 1 and "unexpected" not in r.stderr
+    status = json.loads(run_cli("status", "--json").stdout)
+    assert status["counts"]["pending"] == 1
