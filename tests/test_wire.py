@@ -97,6 +97,16 @@ async def requests(server: Server, *heads: tuple[bytes, bytes | None], **kw: Any
     return out
 
 
+def gets(*answers: bytes | Answer, count: int = 1) -> tuple[list[Any], Server]:
+    """``count`` GETs on one pool against a server giving ``answers``; results and server."""
+
+    async def go() -> tuple[list[Any], Server]:
+        async with Server(*answers) as server:
+            return await requests(server, *[(head(), None)] * count), server
+
+    return run(go())
+
+
 def test_keep_alive_reuses_one_connection() -> None:
     async def go() -> tuple[list[Any], Server]:
         async with Server(OK, OK, OK) as server:
@@ -116,11 +126,7 @@ def test_keep_alive_reuses_one_connection() -> None:
 def test_connection_close_is_honoured() -> None:
     closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nA"
 
-    async def go() -> tuple[list[Any], Server]:
-        async with Server(closing, OK) as server:
-            return await requests(server, (head(), None), (head(), None)), server
-
-    got, server = run(go())
+    got, server = gets(closing, OK, count=2)
     assert [r.content for r in got] == [b"A", b"{}"]
     assert server.connections == 2
 
@@ -131,11 +137,7 @@ def test_chunked_body_with_extensions_and_trailers() -> None:
         b"5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Trailer: yes\r\n\r\n"
     )
 
-    async def go() -> tuple[list[Any], Server]:
-        async with Server(chunked, OK) as server:
-            return await requests(server, (head(), None), (head(), None)), server
-
-    got, server = run(go())
+    got, server = gets(chunked, OK, count=2)
     assert got[0].status == 201 and got[0].reason == "Created"
     assert got[0].content == b"hello 0123456789"
     assert got[1].content == b"{}"
@@ -163,11 +165,7 @@ def test_body_until_close_and_http_1_0() -> None:
 def test_interim_100_continue_is_skipped() -> None:
     answer = b"HTTP/1.1 100 Continue\r\n\r\n" + OK
 
-    async def go() -> list[Any]:
-        async with Server(answer) as server:
-            return await requests(server, (head(), None))
-
-    (got,) = run(go())
+    (got,), _ = gets(answer)
     assert got.status == 200 and got.content == b"{}"
 
 
@@ -181,11 +179,7 @@ def test_response_arriving_a_byte_at_a_time() -> None:
             await asyncio.sleep(0.001)
         return True
 
-    async def go() -> tuple[list[Any], Server]:
-        async with Server(slowly, slowly) as server:
-            return await requests(server, (head(), None), (head(), None)), server
-
-    got, server = run(go())
+    got, server = gets(slowly, slowly, count=2)
     assert [r.content for r in got] == [b"abc", b"abc"]
     assert server.connections == 1
 
@@ -198,11 +192,7 @@ def test_compressed_bodies_are_decoded(encoding: str) -> None:
         f"HTTP/1.1 200 OK\r\nContent-Encoding: {encoding}\r\nContent-Length: {len(packed)}\r\n\r\n"
     ).encode() + packed
 
-    async def go() -> list[Any]:
-        async with Server(answer) as server:
-            return await requests(server, (head(), None))
-
-    (got,) = run(go())
+    (got,), _ = gets(answer)
     assert got.content == data
 
 
@@ -284,11 +274,7 @@ def test_unreadable_answers_fail_as_maybe_received(answer: bytes, message: str) 
         await w.drain()
         return False
 
-    async def go() -> list[Any]:
-        async with Server(send_and_close) as server:
-            return await requests(server, (head(), None))
-
-    (err,) = run(go())
+    (err,), _ = gets(send_and_close)
     assert isinstance(err, WireError) and err.sent
     assert message in str(err)
 
@@ -539,11 +525,7 @@ def test_an_address_that_drops_packets_does_not_use_up_the_connect_timeout() -> 
 def test_transfer_encoding_other_than_chunked_is_refused() -> None:
     answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
 
-    async def go() -> list[Any]:
-        async with Server(answer) as server:
-            return await requests(server, (head(), None))
-
-    (err,) = run(go())
+    (err,), _ = gets(answer)
     assert isinstance(err, WireError) and "transfer-encoding" in str(err)
 
 
@@ -553,11 +535,7 @@ def test_both_framings_at_once_close_the_connection_after_use() -> None:
         b"2\r\nok\r\n0\r\n\r\n"
     )
 
-    async def go() -> tuple[list[Any], Server]:
-        async with Server(both, OK) as server:
-            return await requests(server, (head(), None), (head(), None)), server
-
-    got, server = run(go())
+    got, server = gets(both, OK, count=2)
     assert [r.content for r in got] == [b"ok", b"{}"]  # chunked wins, as RFC 9112 says
     assert server.connections == 2
 
@@ -565,11 +543,7 @@ def test_both_framings_at_once_close_the_connection_after_use() -> None:
 def test_non_ascii_digits_are_not_a_content_length() -> None:
     answer = "HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\nab".encode("latin-1")
 
-    async def go() -> list[Any]:
-        async with Server(answer) as server:
-            return await requests(server, (head(), None))
-
-    (err,) = run(go())
+    (err,), _ = gets(answer)
     assert isinstance(err, WireError) and "bad content-length" in str(err)
 
 
