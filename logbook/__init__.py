@@ -20,7 +20,7 @@ _EXPORTS = {
     "open_store": "api",
     "Store": "store",
     "Entry": "store",
-    "SyncReport": "sync",
+    "SyncReport": "engine",
     "LogbookError": "errors",
     "InvalidJob": "errors",
     "InvalidFile": "errors",
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
         Unreachable,
     )
     from .store import Entry, Store
-    from .sync import SyncReport
+    from .engine import SyncReport
 
 
 def __getattr__(name: str) -> Any:

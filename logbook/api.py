@@ -15,7 +15,7 @@ from .jobs import JOB_FIELDS, prepare
 from .store import Entry, Store
 
 if TYPE_CHECKING:
-    from .sync import SyncReport
+    from .engine import SyncReport
 
 _local = threading.local()
 
@@ -42,7 +42,7 @@ def _is_counts(obj: Mapping[str, Any]) -> bool:
 
 def _from_qiskit(obj: Any) -> dict[str, Any] | None:
     """Job fields for a Qiskit Result, job or ``Result.to_dict()`` mapping; else None."""
-    from . import qiskit_compat as qc
+    from .ingest import qiskit as qc
 
     try:
         if qc.looks_like_qiskit_result(obj):
@@ -94,8 +94,8 @@ def sync(
     auth: str | None = None,
     **options: Any,
 ) -> SyncReport:
-    """Run one sync (see ``logbook.sync_engine.run_sync``) and return its report."""
-    from .sync import run_sync
+    """Run one sync (see ``logbook.engine.run_sync``) and return its report."""
+    from .engine import run_sync
 
     cfg = load_config(db=str(db) if db is not None else None, endpoint=endpoint, auth=auth)
     return run_sync(cfg, **options)

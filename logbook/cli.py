@@ -1,8 +1,11 @@
 """The ``logbook`` command: a thin click layer over the library.
 
-Every library error (``logbook.errors``) becomes one line on stderr and the
-exit code that DESIGN.md gives; nothing else imports this module.  Library
-modules are imported inside the commands so that ``logbook --help`` is fast.
+This is the only module that prints or exits.  Every library error
+(``logbook.errors``) becomes one line on stderr with the exit code the
+contract gives; logging becomes timestamped lines (or JSON lines with
+``--log-format json``); long work shows a live line on a terminal and a
+stats line every ``--stats`` seconds otherwise.  Library modules are
+imported inside the commands so that ``logbook --help`` is fast.
 """
 
 from __future__ import annotations
@@ -11,18 +14,31 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from .vocab import STATES
+
 if TYPE_CHECKING:
     from .config import Config
+    from .progress import Progress
     from .store import Entry, Store
 
 F = TypeVar("F", bound=Callable[..., Any])
-STATES = ("pending", "sending", "synced", "rejected")
+AUTH_HELP = "How the key is sent: query (the API reference) or header (as the Haiqu SDK does)."
+AUTH_DEFAULT = "query, or auth in config.toml"
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind (cleaning up scratch files), then exit 143."""
 
 
 class LogbookClickError(click.ClickException):
@@ -36,17 +52,29 @@ class LogbookClickError(click.ClickException):
         click.echo(f"logbook: error: {self.format_message()}", err=True)
 
 
-def _secret() -> str | None:
-    """The key to redact from any error line: the environment's or the config file's."""
+def _secrets() -> list[str]:
+    """What to redact from any line: the key (environment or config file) and proxy passwords."""
+    from .redact import url_secrets
+
+    found = [v for k, v in os.environ.items() if k.lower().endswith("_proxy")]
+    out = [s for url in found for s in url_secrets(url)]
     key = os.environ.get("HAIQU_API_KEY")
     if key:
-        return key
+        out += [key, key.strip()]
     try:
         from .config import load_config
 
-        return load_config().api_key
-    except Exception:
-        return None
+        cfg = load_config()
+        out += [cfg.api_key or "", *url_secrets(cfg.proxy)]
+    except Exception:  # noqa: BLE001 - a broken config has no secret to hide
+        pass
+    return [s for s in out if s]
+
+
+def _redact(text: str) -> str:
+    from .redact import redact
+
+    return redact(text, *_secrets())
 
 
 def handle_errors(fn: F) -> F:
@@ -54,35 +82,174 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .errors import LogbookError
-        from .secrets import redact
+        from .errors import Interrupted, LogbookError
 
         try:
             return fn(*args, **kwargs)
+        except Interrupted as err:
+            raise LogbookClickError(_redact(str(err)), err.exit_code) from None
         except LogbookError as err:
-            raise LogbookClickError(redact(str(err), _secret()), err.exit_code) from None
+            raise LogbookClickError(_redact(str(err)), err.exit_code) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
             raise LogbookClickError("interrupted", 130) from None
+        except Terminated:
+            raise LogbookClickError("terminated", 143) from None
         except BrokenPipeError:
             sys.stderr.close()
             raise SystemExit(0) from None
+        except RecursionError:
+            raise LogbookClickError("the input is nested too deeply", 2) from None
         except Exception as err:  # never a traceback for the user; -v logs it
             logging.getLogger("logbook").debug("unexpected error", exc_info=True)
-            msg = redact(f"unexpected {type(err).__name__}: {err}", _secret())
-            raise LogbookClickError(msg, 1) from None
+            raise LogbookClickError(_redact(f"unexpected {type(err).__name__}: {err}"), 1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# --- logging -----------------------------------------------------------------------------
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+class _Formatter(logging.Formatter):
+    """Timestamped text (``2026-11-29T12:00:00.000Z logbook: ...``) or one JSON object a line."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__()
+        self.json = fmt == "json"
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = _redact(record.getMessage())
+        if record.exc_info and logging.getLogger("logbook").isEnabledFor(logging.DEBUG):
+            message += "\n" + _redact(self.formatException(record.exc_info))
+        if self.json:
+            return json.dumps(
+                {"time": _stamp(), "level": record.levelname.lower(), "logger": record.name,
+                 "message": message},
+                ensure_ascii=False,
+            )  # fmt: skip
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"{_stamp()} logbook: {level}{message}"
+
+
+def _setup_logging(verbose: int, quiet: bool, fmt: str, service: bool = False) -> None:
+    """Warnings by default; a service (watch, relay) also says what it does, unless -q."""
+    root = logging.getLogger("logbook")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(fmt))
+    root.addHandler(handler)
+    root.propagate = False
+    if verbose >= 2:
+        level = logging.DEBUG
+    elif verbose == 1 or (service and not quiet):
+        level = logging.INFO
+    else:
+        level = logging.ERROR if quiet else logging.WARNING
+    root.setLevel(level)
+    # httpx2 logs every URL (the key in the query string) at INFO: keep it quiet.
+    for name in ("httpx2", "httpcore2", "httpx", "httpcore", "watchdog", "aiohttp"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# --- progress ----------------------------------------------------------------------------
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "?"
+    value = int(value)
+    return f"{value // 3600}:{value % 3600 // 60:02d}:{value % 60:02d}" if value >= 3600 else (
+        f"{value // 60}:{value % 60:02d}"
+    )
+
+
+def stats_line(p: Progress) -> str:
+    """The non-terminal progress line: what, how far, how fast, how long, what went wrong."""
+    share = f" ({100 * p.done / p.total:.1f}%)" if p.total else ""
+    line = (
+        f"{p.phase} {p.done}/{p.total}{share}, {p.rate():.1f}/s, ETA {_seconds(p.eta())},"
+        f" elapsed {_seconds(time.monotonic() - p.started)}"
+    )
+    if p.retries or p.throttled:
+        line += f", retries {p.retries}, throttled {p.throttled}"
+    return line
+
+
+@contextmanager
+def show_progress(c: Ctx, progress: Progress, unit: str, *, as_json: bool = False) -> Iterator[None]:
+    """A live bar on a terminal (tqdm), else a stats line every ``--stats`` seconds; ``-q`` hides both."""
+    stop = threading.Event()
+    thread: threading.Thread | None = None
+    if not c.quiet and not as_json:
+        if sys.stderr.isatty():
+            thread = threading.Thread(target=_bar, args=(progress, unit, stop), daemon=True)
+        elif c.stats > 0:
+            thread = threading.Thread(target=_stats, args=(progress, c.stats, stop), daemon=True)
+    if thread is not None:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(2.0)
+
+
+def _bar(progress: Progress, unit: str, stop: threading.Event) -> None:
+    from tqdm import tqdm
+
+    bar: Any = None
+    phase = None
+    while True:
+        done = stop.wait(0.2)
+        if progress.phase != phase or bar is None:
+            if bar is not None:
+                bar.close()
+            phase = progress.phase
+            bar = None
+            if phase not in ("done", "starting"):
+                bar = tqdm(
+                    total=progress.total or None, desc=phase, unit=f" {unit}", file=sys.stderr,
+                    dynamic_ncols=True, leave=True,
+                )  # fmt: skip
+        if bar is not None:
+            if progress.total and bar.total != progress.total:
+                bar.total = progress.total
+            bar.n = progress.done
+            if progress.retries or progress.throttled:
+                bar.set_postfix_str(f"retries {progress.retries}, throttled {progress.throttled}",
+                                    refresh=False)  # fmt: skip
+            bar.refresh()
+        if done:
+            if bar is not None:
+                bar.close()
+            return
+
+
+def _stats(progress: Progress, every: float, stop: threading.Event) -> None:
+    while not stop.wait(every):
+        if progress.phase not in ("done", "starting"):
+            click.echo(f"{_stamp()} logbook: {stats_line(progress)}", err=True)
+
+
+# --- the command group -------------------------------------------------------------------
 
 
 class Ctx:
     """What the group's options give every command."""
 
-    def __init__(self, db: str | None, verbose: int, quiet: bool) -> None:
+    def __init__(self, db: str | None, verbose: int, quiet: bool, stats: float, log_format: str) -> None:
         self.db_option = db
         self.verbose = verbose
         self.quiet = quiet
+        self.stats = stats
+        self.log_format = log_format
         self._configs: dict[tuple[tuple[str, Any], ...], Config] = {}
 
     def config(self, **overrides: Any) -> Config:
@@ -91,28 +258,28 @@ class Ctx:
 
         key = tuple(sorted(overrides.items()))
         if key not in self._configs:
-            self._configs[key] = load_config(db=self.db_option, **overrides)
+            cfg = load_config(db=self.db_option, **overrides)
+            for note in cfg.notes:
+                logging.getLogger("logbook").info(note)
+            self._configs[key] = cfg
         return self._configs[key]
 
-    def open(self, *, create: bool = True) -> Store | None:
-        """The store; ``None`` when it does not exist and ``create`` is false."""
+    def open(self, *, readonly: bool = False) -> Store | None:
+        """The store; ``None`` when it does not exist and only reading was asked for."""
         from .store import Store
 
         cfg = self.config()
-        if not create and not cfg.db.exists():
-            return None
+        if readonly:
+            return Store(cfg.db, readonly=True) if cfg.db.exists() else None
         store = Store(cfg.db)
-        if create:
-            from .fsinfo import network_filesystem
+        from .fsinfo import network_filesystem
 
-            fstype = network_filesystem(cfg.db)
-            if fstype and not self.quiet:
-                click.echo(
-                    f"logbook: warning: the store {cfg.db} is on a network filesystem"
-                    f" ({fstype}); SQLite locking is unreliable there: set LOGBOOK_HOME"
-                    " or --db to a local disk",
-                    err=True,
-                )
+        fstype = network_filesystem(cfg.db)
+        if fstype:
+            logging.getLogger("logbook").warning(
+                "the store %s is on a network filesystem (%s); SQLite locking is unreliable"
+                " there: set LOGBOOK_HOME or --db to a local disk", cfg.db, fstype,
+            )  # fmt: skip
         return store
 
 
@@ -122,19 +289,16 @@ pass_ctx = click.make_pass_decorator(Ctx)
 def _one_line(err: click.UsageError) -> LogbookClickError:
     """A usage error as one line (click's own display takes three), exit 2."""
     hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-    return LogbookClickError(err.format_message() + hint, 2)
+    return LogbookClickError(_redact(err.format_message()) + hint, 2)
 
 
 class LogbookGroup(click.Group):
-    """The command group: usage errors print one line, like every other error."""
+    """Usage errors print one line, like every other error."""
 
     def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None,
         **extra: Any,
-    ) -> click.Context:
+    ) -> click.Context:  # fmt: skip
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.exceptions.NoArgsIsHelpError:
@@ -149,18 +313,31 @@ class LogbookGroup(click.Group):
             raise _one_line(err) from None
 
 
+class EntryId(click.ParamType):
+    """An entry id: ASCII digits that fit SQLite's integers (not ``²``, not 10**20)."""
+
+    name = "ID"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value)
+        if not (text.isascii() and text.isdigit() and len(text) <= 18):
+            self.fail(f"not an entry id: {text[:40]!r} (see `logbook list`)", param, ctx)
+        return int(text)
+
+
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, indent=None))
+    click.echo(json.dumps(data, ensure_ascii=False))
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(
-        level=level, format="logbook: %(levelname)s: %(message)s", stream=sys.stderr
-    )
-    # httpx logs every URL (with the key in the query string) at INFO: keep it quiet.
-    for name in ("httpx", "httpcore", "hpack", "watchdog"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+def _echo(text: str) -> None:
+    """A line of data on stdout, printable whatever bytes a name holds."""
+    click.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+LOG_FORMAT = click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default=None,
+    help="Log lines as timestamped text or one JSON object a line (for log shippers).",
+)  # fmt: skip
 
 
 @click.group(cls=LogbookGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -168,20 +345,34 @@ def _setup_logging(verbose: int) -> None:
     "--db", metavar="PATH", help="Store file (default: $LOGBOOK_DB or $LOGBOOK_HOME/logbook.db)."
 )
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-@click.version_option(package_name="logbook")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr: no progress, no notes.")
+@click.option(
+    "--stats", type=click.FloatRange(min=0), default=10.0, show_default=True, metavar="S",
+    help="When stderr is not a terminal: a progress line every S seconds (0: off).",
+)  # fmt: skip
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="Log lines as timestamped text or one JSON object a line (for log shippers).",
+)  # fmt: skip
+@click.version_option(package_name="haiqu-logbook")
 @click.pass_context
-def cli(ctx: click.Context, db: str | None, verbose: int, quiet: bool) -> None:
+def cli(ctx: click.Context, db: str | None, verbose: int, quiet: bool, stats: float, log_format: str) -> None:
     """logbook: a local-first job logbook with sync for quantum jobs.
 
     Every job is written to a local SQLite store first; `logbook sync` sends
     what is not yet synced to the Haiqu Jobs API when the network is there.
+
+    \b
+    Quick start:
+      logbook record -e bell --results '{"00": 510, "11": 514}' --shots '[1024]'
+      export HAIQU_API_KEY=...
+      logbook sync
     """
-    _setup_logging(verbose)
-    ctx.obj = Ctx(db, verbose, quiet)
+    _setup_logging(verbose, quiet, log_format)
+    ctx.obj = Ctx(db, verbose, quiet, stats, log_format)
 
 
-# --- record -------------------------------------------------------------------
+# --- record -------------------------------------------------------------------------------
 
 
 def _parse_metric(text: str) -> tuple[str, Any]:
@@ -192,8 +383,27 @@ def _parse_metric(text: str) -> tuple[str, Any]:
 
     try:
         return key, json.loads(value, parse_constant=reject_constant)
-    except ValueError:  # not JSON (or NaN/Infinity): keep the text
+    except (ValueError, RecursionError):  # not JSON (or NaN/Infinity): keep the text
         return key, value
+
+
+def _read_results_file(path: str, max_bytes: int) -> str:
+    """At most ``max_bytes`` of a file (``/dev/zero`` is endless), as UTF-8 text."""
+    from .errors import InvalidJob
+
+    try:
+        with click.open_file(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as err:
+        raise InvalidJob(f"cannot read --results-file {path}: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise InvalidJob(
+            f"--results-file {path} is over {max_bytes} bytes (max_file_bytes in config.toml)"
+        )
+    try:
+        return data.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        raise InvalidJob(f"--results-file {path} is not UTF-8 text") from None
 
 
 @cli.command()
@@ -201,49 +411,39 @@ def _parse_metric(text: str) -> tuple[str, Any]:
 @click.option("--name", help="Job name (at most 200 characters).")
 @click.option("--device", help="Device id (at most 200 characters).")
 @click.option("--shots", help='Shots as JSON text, e.g. "[1024]".')
-@click.option("--status", default="Done", show_default=True, help="Job status.")
+@click.option("--status", default="Done", show_default=True, help="Job status (the API's enum).")
 @click.option("--job-type", default="User local job", show_default=True, help="Job type.")
 @click.option("--results", help="Results as JSON text (e.g. counts).")
 @click.option(
-    "--results-file",
-    type=click.Path(dir_okay=False, allow_dash=True),
+    "--results-file", type=click.Path(dir_okay=False, allow_dash=True),
     help="Read the results JSON from a file (- for stdin).",
-)
-@click.option(
-    "--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="A metric (repeatable)."
-)
+)  # fmt: skip
+@click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="A metric (repeatable).")
 @click.option("--hash", "hash_", help="Job hash (default: computed from the content).")
 @click.option("--circuit-hash", help="Circuit hash.")
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @pass_ctx
 @handle_errors
 def record(
-    c: Ctx,
-    experiment: str,
-    name: str | None,
-    device: str | None,
-    shots: str | None,
-    status: str,
-    job_type: str,
-    results: str | None,
-    results_file: str | None,
-    metrics: tuple[str, ...],
-    hash_: str | None,
-    circuit_hash: str | None,
-    as_json: bool,
-) -> None:
-    """Record one job; prints its id."""
-    from .errors import InvalidJob
+    c: Ctx, experiment: str, name: str | None, device: str | None, shots: str | None,
+    status: str, job_type: str, results: str | None, results_file: str | None,
+    metrics: tuple[str, ...], hash_: str | None, circuit_hash: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Record one job, offline; prints its id.
+
+    Recording the same (experiment, hash) again returns the existing entry.
+
+    \b
+    Example:
+      logbook record -e bell --name "bell 1" --device ibm_kyiv --shots '[1024]' \\
+          --results '{"00": 510, "11": 514}' --metric fidelity=0.98
+    """
     from .jobs import prepare
 
     if results is not None and results_file is not None:
         raise click.UsageError("give --results or --results-file, not both")
     if results_file is not None:
-        try:
-            with click.open_file(results_file, "r", encoding="utf-8") as f:
-                results = f.read().strip()
-        except (OSError, UnicodeDecodeError) as err:
-            raise InvalidJob(f"cannot read --results-file {results_file}: {err}") from None
+        results = _read_results_file(results_file, c.config().max_file_bytes)
     doc: dict[str, Any] = {"experiment_id": experiment, "status": status, "job_type": job_type}
     for key, value in (
         ("name", name), ("device_id", device), ("shots", shots), ("results", results),
@@ -264,40 +464,48 @@ def record(
             click.echo(f"logbook: already recorded as entry {entry.id}", err=True)
 
 
-# --- import -------------------------------------------------------------------
+# --- import -------------------------------------------------------------------------------
 
 
 @cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--experiment", "-e", help="Experiment id for files that do not name one.")
-@click.option("--max-file-bytes", type=int, help="Largest file to read (default 64 MiB).")
+@click.option("--max-file-bytes", type=click.IntRange(min=1), help="Largest file to read (default 64 MiB).")
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_ctx
 @handle_errors
-def import_(
-    c: Ctx,
-    paths: tuple[str, ...],
-    experiment: str | None,
-    max_file_bytes: int | None,
-    as_json: bool,
-) -> None:
-    """Record result files and directories (job JSON, Qiskit result JSON, JSON Lines)."""
+def import_(c: Ctx, paths: tuple[str, ...], experiment: str | None, max_file_bytes: int | None, as_json: bool) -> None:
+    """Record result files and directories (job JSON, Qiskit results, JSON Lines).
+
+    Directories are read recursively; each file is reported once as recorded,
+    already known or invalid (with its reason).  Exit 1 if any was invalid.
+
+    \b
+    Example:
+      logbook import results/ --experiment bell
+    """
     from .importer import import_paths
+    from .progress import Progress
 
     cfg = c.config()
     store = c.open()
     assert store is not None
-    report = import_paths(
-        store,
-        paths,
-        experiment_id=experiment or cfg.experiment,
-        max_bytes=max_file_bytes or cfg.max_file_bytes,
-    )
+    progress = Progress()
+    progress.begin("importing", 0)
+
+    def advance(done: int, total: int, recorded: int) -> None:
+        progress.total, progress.done = total, done
+
+    with show_progress(c, progress, "files", as_json=as_json):
+        report = import_paths(
+            store, paths, experiment_id=experiment or cfg.experiment,
+            max_bytes=max_file_bytes or cfg.max_file_bytes, progress=advance,
+        )  # fmt: skip
     if as_json:
         _print_json(report.to_dict())
     else:
         for path, reason in report.invalid:
-            click.echo(f"logbook: invalid: {path}: {reason}", err=True)
+            click.echo(_redact(f"logbook: invalid: {path}: {reason}"), err=True)
         click.echo(
             f"{report.recorded} recorded, {report.known} already known,"
             f" {len(report.invalid)} invalid ({report.files} files)"
@@ -305,47 +513,41 @@ def import_(
     sys.exit(1 if report.invalid else 0)
 
 
-# --- list / show / status / export ------------------------------------------------
+# --- list / show / status / export / path --------------------------------------------------
 
 
 def _table(entries: Iterable[Entry]) -> None:
-    cols = (
-        "id",
-        "state",
-        "experiment_id",
-        "name",
-        "device_id",
-        "remote_status",
-        "remote_id",
-        "created_at",
-    )
-    rows = [
-        [str(getattr(e, k) if getattr(e, k) is not None else "") for k in cols] for e in entries
-    ]
+    cols = ("id", "state", "experiment_id", "name", "device_id", "remote_status", "remote_id", "created_at")
+    heads = ("id", "state", "experiment", "name", "device", "server status", "server id", "created")
+    rows = [[str(getattr(e, k) if getattr(e, k) is not None else "") for k in cols] for e in entries]
     if not rows:
-        click.echo("no entries")
+        click.echo("no entries (record one with `logbook record`, or `logbook import DIR`)")
         return
-    heads = ["id", "state", "experiment", "name", "device", "server status", "server id", "created"]
     widths = [min(36, max(len(h), *(len(r[i]) for r in rows))) for i, h in enumerate(heads)]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
+    _echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
     for r in rows:
-        click.echo("  ".join(v[:w].ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+        _echo("  ".join(v[:w].ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 @cli.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only entries in this state.")
 @click.option("--experiment", "-e", help="Only entries of this experiment.")
-@click.option("--limit", type=click.IntRange(min=0), help="At most N entries.")
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="At most N entries (0: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of entries.")
 @pass_ctx
 @handle_errors
-def list_(
-    c: Ctx, state: str | None, experiment: str | None, limit: int | None, as_json: bool
-) -> None:
-    """List entries, newest first."""
-    store = c.open(create=False)
+def list_(c: Ctx, state: str | None, experiment: str | None, limit: int, as_json: bool) -> None:
+    """List entries, newest first.
+
+    \b
+    Example:
+      logbook list --state pending --limit 0
+    """
+    store = c.open(readonly=True)
     entries = (
-        [] if store is None else store.list(state=state, experiment_id=experiment, limit=limit)
+        []
+        if store is None
+        else list(store.entries(state=state, experiment_id=experiment, limit=limit or None))
     )
     if as_json:
         _print_json([e.to_dict() for e in entries])
@@ -354,17 +556,20 @@ def list_(
 
 
 @cli.command()
-@click.argument("entry_id", metavar="ID")
+@click.argument("entry_id", metavar="ID", type=EntryId())
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @pass_ctx
 @handle_errors
-def show(c: Ctx, entry_id: str, as_json: bool) -> None:
-    """Show one entry."""
+def show(c: Ctx, entry_id: int, as_json: bool) -> None:
+    """Show one entry.
+
+    \b
+    Example:
+      logbook show 42 --json
+    """
     from .errors import NotFound
 
-    if not entry_id.isdigit():
-        raise click.BadParameter(f"not an entry id: {entry_id!r}", param_hint="ID")
-    store = c.open(create=False)
+    store = c.open(readonly=True)
     if store is None:
         raise NotFound(f"no entry with id {entry_id} (the store is empty)")
     entry = store.get(entry_id)
@@ -373,8 +578,8 @@ def show(c: Ctx, entry_id: str, as_json: bool) -> None:
         return
     for key, value in entry.to_dict().items():
         if isinstance(value, dict):
-            value = json.dumps(value)
-        click.echo(f"{key + ':':16}{'' if value is None else value}")
+            value = json.dumps(value, ensure_ascii=False)
+        _echo(f"{key + ':':16}{'' if value is None else value}")
 
 
 @cli.command()
@@ -382,51 +587,51 @@ def show(c: Ctx, entry_id: str, as_json: bool) -> None:
 @pass_ctx
 @handle_errors
 def status(c: Ctx, as_json: bool) -> None:
-    """How many entries are in each state, and when the last sync ran."""
+    """How many entries are in each state, and when the last sync ran.
+
+    \b
+    Example:
+      logbook status --json
+    """
+    from .store import Status
+
     cfg = c.config()
-    store = c.open(create=False)
-    if store is None:
-        data: dict[str, Any] = {
-            "db": str(cfg.db),
-            "counts": dict.fromkeys(STATES, 0),
-            "oldest_pending": None,
-            "last_sync": None,
-            "invalid_files": 0,
-        }
-    else:
-        data = store.status()
+    store = c.open(readonly=True)
+    data = (Status(db=str(cfg.db)) if store is None else store.status()).to_dict()
     if as_json:
         _print_json(data)
         return
     counts = data["counts"]
-    click.echo(f"store:          {data['db']}")
+    _echo(f"store:          {data['db']}")
     click.echo("entries:        " + ", ".join(f"{counts[s]} {s}" for s in STATES))
     click.echo(f"oldest pending: {data['oldest_pending'] or '-'}")
     click.echo(f"last sync:      {data['last_sync'] or 'never'}")
     if data.get("invalid_files"):
-        click.echo(f"invalid files:  {data['invalid_files']} (see `logbook export`/watch log)")
+        click.echo(f"invalid files:  {data['invalid_files']} (`logbook doctor` lists them)")
 
 
 @cli.command()
-@click.option(
-    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
-)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--state", type=click.Choice(STATES), help="Only entries in this state.")
 @click.option("--experiment", "-e", help="Only entries of this experiment.")
 @pass_ctx
 @handle_errors
 def export(c: Ctx, fmt: str, state: str | None, experiment: str | None) -> None:
-    """Write entries to stdout (oldest first), streaming."""
+    """Write entries to stdout (oldest first), streaming.
+
+    \b
+    Example:
+      logbook export --format csv > jobs.csv
+    """
     import csv
 
-    from .store import ENTRY_KEYS
+    from .store.schema import ENTRY_KEYS
 
-    store = c.open(create=False)
+    store = c.open(readonly=True)
     entries: Iterator[Entry] = (
-        iter(())
-        if store is None
-        else store.iter_entries(state=state, experiment_id=experiment, newest_first=False)
-    )
+        iter(()) if store is None
+        else store.entries(state=state, experiment_id=experiment, newest_first=False)
+    )  # fmt: skip
     out = sys.stdout
     if fmt == "jsonl":
         for e in entries:
@@ -441,19 +646,87 @@ def export(c: Ctx, fmt: str, state: str | None, experiment: str | None) -> None:
 
 
 @cli.command()
-@click.argument("ids", nargs=-1, metavar="[ID]...")
+@pass_ctx
+@handle_errors
+def path(c: Ctx) -> None:
+    """Print the store's path (it opens in datasette and sqlite-utils).
+
+    \b
+    Example:
+      datasette "$(logbook path)"
+    """
+    _echo(str(c.config().db))
+
+
+@cli.group("config", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+@click.pass_context
+@handle_errors
+def config_(ctx: click.Context, as_json: bool) -> None:
+    """Show every effective setting and where it came from (the key masked).
+
+    \b
+    Example:
+      logbook config
+      logbook config path
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = ctx.find_object(Ctx).config()  # type: ignore[union-attr]
+    rows = cfg.shown()
+    if as_json:
+        _print_json({name: {"value": value, "source": source} for name, value, source in rows})
+        return
+    from .config import config_path
+
+    click.echo(f"config file: {config_path()}{'' if cfg.config_file else ' (none yet)'}")
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        _echo(f"{name:<{width}}  {value}  ({source})")
+
+
+@config_.command("path")
+@handle_errors
+def config_path_cmd() -> None:
+    """Print the config file's path (whether it exists or not)."""
+    from .config import config_path
+
+    _echo(str(config_path()))
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script.
+
+    \b
+    Example:
+      logbook completion bash > ~/.local/share/bash-completion/completions/logbook
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "logbook", "_LOGBOOK_COMPLETE").source())
+
+
+@cli.command()
+@click.argument("ids", nargs=-1, metavar="[ID]...", type=EntryId())
 @click.option("--all", "all_", is_flag=True, help="Every rejected entry.")
 @click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
 @pass_ctx
 @handle_errors
-def retry(c: Ctx, ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
-    """Put rejected entries back to pending, so the next sync sends them again."""
+def retry(c: Ctx, ids: tuple[int, ...], all_: bool, as_json: bool) -> None:
+    """Put rejected entries back to pending, so the next sync sends them again.
+
+    \b
+    Example:
+      logbook list --state rejected
+      logbook retry --all
+    """
     if not ids and not all_:
         raise click.UsageError("give entry ids or --all")
-    for i in ids:
-        if not i.isdigit():
-            raise click.BadParameter(f"not an entry id: {i!r}", param_hint="ID")
-    store = c.open(create=False)
+    store = c.open() if c.config().db.exists() else None
     n = 0 if store is None else store.retry(ids, all_rejected=all_)
     if as_json:
         _print_json({"retried": n})
@@ -461,149 +734,202 @@ def retry(c: Ctx, ids: tuple[str, ...], all_: bool, as_json: bool) -> None:
         click.echo(f"{n} entries back to pending")
 
 
-# --- sync -----------------------------------------------------------------------
+# --- sync ---------------------------------------------------------------------------------
 
 
 @cli.command()
-@click.option("--endpoint", metavar="URL", help="API base URL (default: $HAIQU_EDGE_URI).")
-@click.option("--auth", type=click.Choice(["query", "header"]), help="How the key is sent.")
-@click.option("--concurrency", type=click.IntRange(1, 512), help="Requests in flight (default 64).")
+@click.option("--endpoint", metavar="URL", help="API base URL (default: $HAIQU_EDGE_URI, else the SDK's).")
+@click.option("--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT)
+@click.option("--concurrency", type=click.IntRange(1, 512), help="Requests in flight.", show_default="64")
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most N entries.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
 @click.option("--no-refresh", is_flag=True, help="Skip refreshing unfinished remote statuses.")
-@click.option("--max-time", type=click.FloatRange(min=0.1), help="Stop the run after S seconds.")
+@click.option(
+    "--max-time", type=click.FloatRange(min=0), metavar="S",
+    help="Stop the run after S seconds (0: no limit).", show_default="3600, or max_time in config.toml",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_ctx
 @handle_errors
 def sync(
-    c: Ctx,
-    endpoint: str | None,
-    auth: str | None,
-    concurrency: int | None,
-    limit: int | None,
-    dry_run: bool,
-    no_refresh: bool,
-    max_time: float | None,
-    as_json: bool,
-) -> None:
-    """Send the entries that are due to the Haiqu Jobs API."""
-    from .sync import run_sync
+    c: Ctx, endpoint: str | None, auth: str | None, concurrency: int | None, limit: int | None,
+    dry_run: bool, no_refresh: bool, max_time: float | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Send the entries that are due to the Haiqu Jobs API, exactly once.
+
+    Then refresh the status of synced entries the server has not finished.
+    Exit 0: nothing left to send; 1: some pending or rejected; 2: bad
+    configuration or a redirect; 3: the key was refused; 4: unreachable.
+    Ctrl-C stops it cleanly (exit 130; SIGTERM: 143).
+
+    \b
+    Example:
+      export HAIQU_API_KEY=...
+      logbook sync --concurrency 32
+    """
+    from .engine import run_sync
+    from .errors import Interrupted
+    from .progress import Progress
 
     cfg = c.config(endpoint=endpoint, auth=auth)
     if dry_run:
-        from .sync import dry_run as plan
+        from .engine import dry_run as plan
 
         due = plan(cfg, limit=limit)
         if as_json:
             _print_json({"would_send": len(due), "entries": [e.to_dict() for e in due]})
         else:
             for e in due:
-                click.echo(f"would send {e.id}  {e.experiment_id}  {e.hash[:16]}  {e.name}")
-            click.echo(f"{len(due)} entries would be sent to {cfg.endpoint or '(no endpoint set)'}")
+                _echo(f"would send {e.id}  {e.experiment_id}  {e.hash[:16]}  {e.name}")
+            click.echo(f"{len(due)} entries would be sent to {cfg.endpoint}")
         return
-    show_progress = not as_json and not c.quiet and sys.stderr.isatty()
-    report = run_sync(
-        cfg,
-        concurrency=concurrency,
-        limit=limit,
-        refresh=not no_refresh,
-        max_time=max_time,
-        progress=_progress_printer() if show_progress else None,
-    )
+    progress = Progress()
+    try:
+        with show_progress(c, progress, "jobs", as_json=as_json):
+            report = run_sync(
+                cfg, concurrency=concurrency, limit=limit, refresh=not no_refresh,
+                max_time=max_time, progress=progress, handle_signals=True,
+            )  # fmt: skip
+    except Interrupted as err:
+        if as_json and err.report is not None:
+            _print_json(err.report.to_dict())  # type: ignore[attr-defined]
+        raise
     if as_json:
         _print_json(report.to_dict())
     elif not c.quiet:
-        click.echo(report.summary())
+        click.echo(_redact(report.summary()))
     sys.exit(report.exit_code)
 
 
-def _progress_printer() -> Callable[[int, int], None]:
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = width * done // total if total else width
-        bar = "#" * filled + "-" * (width - filled)
-        sys.stderr.write(f"\rsyncing [{bar}] {done}/{total}")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+# --- watch --------------------------------------------------------------------------------
 
-    return show
-
-
-# --- watch ----------------------------------------------------------------------
+UNIT_TEMPLATE = "data/logbook-watch.service"
 
 
 @cli.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--experiment", "-e", help="Experiment id for files that do not name one.")
-@click.option(
-    "--pattern", "patterns", multiple=True, metavar="GLOB", help="File name glob (repeatable)."
-)
+@click.option("--pattern", "patterns", multiple=True, metavar="GLOB",
+              help="File name glob (repeatable).", show_default="*.json and *.jsonl")  # fmt: skip
 @click.option("--sync", "do_sync", is_flag=True, help="Upload new entries as they are recorded.")
 @click.option("--endpoint", metavar="URL", help="API base URL for --sync.")
-@click.option("--auth", type=click.Choice(["query", "header"]), help="How the key is sent.")
+@click.option("--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT)
 @click.option("--polling", is_flag=True, help="Poll instead of inotify (for NFS/SMB).")
-@click.option(
-    "--settle", type=click.FloatRange(min=0), help="Seconds a file must be unchanged (0.2)."
-)
-@click.option(
-    "--rescan",
-    type=click.FloatRange(min=0.5),
-    help="Seconds between full rescans (60; also after an event queue overflow).",
-)
-@click.option(
-    "--refresh",
-    type=click.FloatRange(min=0),
-    default=300.0,
-    show_default=True,
-    help="With --sync: seconds between refreshes of unfinished server statuses (0: never).",
-)
+@click.option("--settle", type=click.FloatRange(min=0), metavar="S",
+              help="Seconds a file must be unchanged before it is read.", show_default="0.2")  # fmt: skip
+@click.option("--rescan", type=click.FloatRange(min=0.5), metavar="S",
+              help="Seconds between full rescans (also after an event queue overflow).",
+              show_default="60")  # fmt: skip
+@click.option("--refresh", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="S",
+              help="With --sync: seconds between refreshes of unfinished server statuses (0: never).")  # fmt: skip
+@LOG_FORMAT
+@click.option("--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit.")
 @pass_ctx
 @handle_errors
 def watch(
-    c: Ctx,
-    dirs: tuple[str, ...],
-    experiment: str | None,
-    patterns: tuple[str, ...],
-    do_sync: bool,
-    endpoint: str | None,
-    auth: str | None,
-    polling: bool,
-    settle: float | None,
-    rescan: float | None,
-    refresh: float,
-) -> None:
-    """Watch directories and record each new result file (until SIGINT/SIGTERM)."""
-    from .watch import WatchOptions, run_watch
+    c: Ctx, dirs: tuple[str, ...], experiment: str | None, patterns: tuple[str, ...],
+    do_sync: bool, endpoint: str | None, auth: str | None, polling: bool, settle: float | None,
+    rescan: float | None, refresh: float, log_format: str | None, print_unit: bool,
+) -> None:  # fmt: skip
+    """Watch directories and record each new result file, until SIGINT/SIGTERM (exit 0).
 
+    Files written while it was not running are recorded at start; with
+    --sync, new entries are uploaded as they are recorded.
+
+    \b
+    Example:
+      logbook watch ~/results -e bell --sync
+      logbook watch ~/results -e bell --sync --print-unit > ~/.config/systemd/user/logbook-watch.service
+    """
+    from .engine import BackgroundSyncer, require
+    from .watch import Watcher, WatchOptions, check_dirs
+
+    roots = [os.path.abspath(d) for d in dirs]
+    if print_unit:
+        click.echo(_unit(roots, experiment, patterns, do_sync, polling))
+        return
+    _setup_logging(c.verbose, c.quiet, log_format or c.log_format, service=True)
+    check_dirs(roots)
     cfg = c.config(endpoint=endpoint, auth=auth)
+    syncer = None
+    if do_sync:
+        require(cfg)
+        syncer = BackgroundSyncer(cfg, refresh_every=refresh)
     options = WatchOptions(
-        dirs=[os.path.abspath(d) for d in dirs],
-        experiment_id=experiment or cfg.experiment,
-        patterns=tuple(patterns),
-        sync=do_sync,
+        dirs=roots, experiment_id=experiment or cfg.experiment, patterns=patterns,
         polling=polling,
         settle=settle if settle is not None else (cfg.settle if cfg.settle is not None else 0.2),
-        rescan=rescan,
-        max_bytes=cfg.max_file_bytes,
-        quiet=c.quiet,
-        refresh=refresh,
-    )
-    code = run_watch(cfg, options, echo=lambda line: click.echo(line, err=True))
-    sys.exit(code)
+        rescan=rescan, max_bytes=cfg.max_file_bytes,
+    )  # fmt: skip
+    log = logging.getLogger("logbook.watch")
+    if not polling:
+        from .fsinfo import network_filesystem
+
+        for root in roots:
+            fstype = network_filesystem(root)
+            if fstype:
+                log.warning(
+                    "%s is on a network filesystem (%s): inotify does not see files written by"
+                    " other hosts there; use --polling", root, fstype,
+                )  # fmt: skip
+    from .progress import Progress
+
+    progress = Progress()
+    watcher = Watcher(cfg, options, syncer=syncer, progress=progress)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        watcher.request_stop()
+
+    old = [(s, signal.signal(s, on_signal)) for s in (signal.SIGINT, signal.SIGTERM)]
+    try:
+        with show_progress(c, progress, "files"):
+            stats = watcher.run()
+    finally:
+        for s, handler in old:
+            signal.signal(s, handler)
+        if syncer is not None and not syncer.stop():
+            log.warning("a sync run was still in flight; `logbook sync` finishes it")
+    log.info("stopped: %s", stats.summary())
 
 
-# --- doctor ---------------------------------------------------------------------
+def _unit(roots: list[str], experiment: str | None, patterns: tuple[str, ...], do_sync: bool, polling: bool) -> str:
+    """The packaged systemd unit, filled in for this command line."""
+    import shlex
+    import shutil
+    from importlib.resources import files
+
+    exe = shutil.which("logbook") or f"{sys.executable} -m logbook"
+    args = [*roots]
+    if experiment:
+        args += ["--experiment", experiment]
+    for p in patterns:
+        args += ["--pattern", p]
+    if do_sync:
+        args.append("--sync")
+    if polling:
+        args.append("--polling")
+    template = (files("logbook") / UNIT_TEMPLATE).read_text(encoding="utf-8")
+    return template.replace("@EXEC@", exe).replace("@ARGS@", " ".join(shlex.quote(a) for a in args))
+
+
+# --- doctor -------------------------------------------------------------------------------
 
 
 @cli.command()
 @click.option("--endpoint", metavar="URL", help="API base URL to check.")
-@click.option("--auth", type=click.Choice(["query", "header"]), help="How the key is sent.")
+@click.option("--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @pass_ctx
 @handle_errors
 def doctor(c: Ctx, endpoint: str | None, auth: str | None, as_json: bool) -> None:
-    """Check the store, the configuration and the endpoint."""
+    """Check the store, the configuration, the network and the endpoint; say what to fix.
+
+    Exit 0 when all is well, 1 when something needs you.
+
+    \b
+    Example:
+      logbook doctor
+    """
     from .doctor import run_checks
 
     cfg = c.config(endpoint=endpoint, auth=auth)
@@ -612,10 +938,16 @@ def doctor(c: Ctx, endpoint: str | None, auth: str | None, as_json: bool) -> Non
         _print_json([ch.to_dict() for ch in checks])
     else:
         for ch in checks:
-            click.echo(f"{ch.level.upper():5} {ch.name}: {ch.message}")
+            _echo(_redact(f"{ch.level.upper():5} {ch.name}: {ch.message}"))
     sys.exit(1 if any(ch.level == "fail" for ch in checks) else 0)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def main() -> None:
     """Console-script entry point."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     cli(prog_name="logbook")

@@ -1,25 +1,38 @@
-"""Where the store lives and how to reach the API.
+"""Where the store lives, how to reach the API, and where each setting came from.
 
 Order of precedence: command-line option, environment, ``$LOGBOOK_HOME/config.toml``,
-default.  The API key is never taken from the command line (it would show in ``ps``).
+default.  The API key is never taken from the command line (it would show in
+``ps``), nor from the endpoint URL.  Every setting remembers its source, so
+``logbook config`` can show the user what is in effect and why.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .secrets import mask
+from .redact import mask, show_url
 
 AUTH_MODES = ("query", "header")
+#: The Haiqu SDK's own default (``haiqu.sdk.constants.REST_API_URI``), so a user
+#: with only a key reaches the same API the SDK does.
+DEFAULT_ENDPOINT = "https://api.haiqu.ai"
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
-CONFIG_KEYS = (
-    "db", "endpoint", "api_key", "auth", "concurrency", "max_file_bytes", "settle",
-    "experiment", "request_timeout",
-)  # fmt: skip
+DEFAULT_REQUEST_TIMEOUT = 60.0
+#: A run's overall budget (seconds) unless --max-time or ``max_time`` says otherwise.
+DEFAULT_MAX_TIME = 3600.0
+
+#: Settings config.toml may hold, with their type.
+SETTINGS: dict[str, type] = {
+    "db": str, "endpoint": str, "api_key": str, "auth": str, "concurrency": int,
+    "max_file_bytes": int, "settle": float, "experiment": str, "request_timeout": float,
+    "max_time": float, "proxy": str, "ca_bundle": str,
+}  # fmt: skip
 
 
 def home_dir() -> Path:
@@ -32,11 +45,23 @@ def home_dir() -> Path:
     return Path(user_data_dir("logbook", appauthor=False))
 
 
+def config_path() -> Path:
+    return home_dir() / "config.toml"
+
+
+@dataclass
+class Network:
+    """What the client needs to reach the API through a lab's network."""
+
+    proxy: str | None = None  # config.toml's proxy; the environment's are read by the client
+    ca_bundle: str | None = None
+
+
 @dataclass
 class Config:
     home: Path
     db: Path
-    endpoint: str | None = None
+    endpoint: str | None = DEFAULT_ENDPOINT
     api_key: str | None = field(default=None, repr=False)
     auth: str = "query"
     concurrency: int | None = None
@@ -44,14 +69,41 @@ class Config:
     settle: float | None = None
     experiment: str | None = None
     request_timeout: float | None = None
+    max_time: float | None = DEFAULT_MAX_TIME
+    proxy: str | None = field(default=None, repr=False)
+    ca_bundle: str | None = None
     config_file: Path | None = None
-    key_source: str | None = None
+    #: Where each setting came from: "default", "--flag", "ENV_VAR" or the config file's path.
+    sources: dict[str, str] = field(default_factory=dict)
+    #: Notes for -v (a key with a trailing newline that was stripped).
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def key_source(self) -> str | None:
+        return self.sources.get("api_key") if self.api_key else None
+
+    def network(self) -> Network:
+        return Network(proxy=self.proxy, ca_bundle=self.ca_bundle)
 
     def __repr__(self) -> str:  # never show the key, even in a debugger
         return (
             f"Config(db={str(self.db)!r}, endpoint={self.endpoint!r},"
             f" api_key={mask(self.api_key)!r}, auth={self.auth!r})"
         )
+
+    def shown(self) -> list[tuple[str, str, str]]:
+        """``(setting, value as shown, source)`` for ``logbook config``: secrets masked."""
+        rows = []
+        for name in SETTINGS:
+            value: Any = getattr(self, name)
+            if name == "api_key":
+                text = mask(value)
+            elif name == "proxy" and value:
+                text = show_url(value)
+            else:
+                text = "(not set)" if value is None else str(value)
+            rows.append((name, text, self.sources.get(name, "default")))
+        return rows
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -62,84 +114,142 @@ def read_config_file(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {path}: it is not UTF-8 text (save it as UTF-8)") from None
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"cannot read {path}: {err}") from None
-    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
         raise ConfigError(
-            f"{path}: unknown setting {unknown[0]!r} (known: {', '.join(CONFIG_KEYS)})"
+            f"{path}: unknown setting {unknown[0]!r} (known: {', '.join(SETTINGS)})"
         )
+    for key, value in data.items():
+        typ = SETTINGS[key]
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            data[key] = value = float(value)
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise ConfigError(f"{path}: {key} must be a {typ.__name__}")
     return data
 
 
-def _typed(data: dict[str, Any], key: str, typ: type, path: Path) -> Any:
-    value = data.get(key)
-    if value is None:
-        return None
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or isinstance(value, bool):
-        raise ConfigError(f"{path}: {key} must be a {typ.__name__}")
-    return value
+def clean_key(raw: str, source: str) -> tuple[str, str | None]:
+    """The key as the server must get it, and a note when a line ending was stripped.
+
+    A key file saved on Windows ends in CR LF; anything else that cannot go in
+    a header or URL as it is (control characters, non-ASCII) is refused.
+    """
+    key = raw.rstrip("\r\n")
+    note = f"stripped a trailing line ending from the API key ({source})" if key != raw else None
+    bad = next((c for c in key if not c.isascii() or not c.isprintable() or c.isspace()), None)
+    if bad is not None or not key:
+        what = "is empty" if not key else f"holds {'a space' if bad == ' ' else 'a control or non-ASCII character'}"
+        raise ConfigError(f"the API key from {source} {what}: set it to the key alone")
+    return key, note
 
 
-def _check_url(url: str) -> None:
-    """A URL the HTTP engines can connect to: a host, and a port that is a number in range."""
-    from urllib.parse import urlsplit
-
+def check_endpoint(url: str, source: str) -> str:
+    """The endpoint without a trailing slash; no credentials, no query, a host and a port."""
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"the endpoint from {source} must start with http:// or https://: {show_url(url)}"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises on a bad port)
     except ValueError as err:
-        raise ConfigError(f"endpoint is not a valid URL: {url!r} ({err})") from None
+        raise ConfigError(f"the endpoint from {source} is not a valid URL ({err})") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"the endpoint from {source} holds a user or password: take them out"
+            " (the key goes in HAIQU_API_KEY)"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(
+            f"the endpoint from {source} holds a query string: give the base URL alone,"
+            f" {show_url(url)}, and put the key in HAIQU_API_KEY"
+        )
     if not parts.hostname:
-        raise ConfigError(f"endpoint has no host: {url!r}")
+        raise ConfigError(f"the endpoint from {source} has no host: {show_url(url)}")
+    return url
+
+
+def check_proxy(url: str, source: str) -> str:
+    try:
+        parts = urlsplit(url if "://" in url else "http://" + url)
+        parts.port  # noqa: B018
+    except ValueError as err:
+        raise ConfigError(f"the proxy from {source} is not a valid URL ({err})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"the proxy from {source} must be http://HOST:PORT: {show_url(url)}")
+    return url
+
+
+def _positive(name: str, value: float | None, source: str, *, zero_ok: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} from {source} must be a finite number of seconds, not {value}")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"{name} from {source} must be {'0 or more' if zero_ok else 'positive'}")
 
 
 def load_config(
     *, db: str | None = None, endpoint: str | None = None, auth: str | None = None
 ) -> Config:
-    """The effective configuration for one command."""
+    """The effective configuration for one command (``db``, ``endpoint``, ``auth``: the flags)."""
     home = home_dir()
     path = home / "config.toml"
     data = read_config_file(path)
-    db_path = db or os.environ.get("LOGBOOK_DB")
-    if not db_path and _typed(data, "db", str, path):
+    sources: dict[str, str] = {}
+    where = str(path)
+
+    def pick(name: str, flag: Any = None, env: str | None = None) -> Any:
+        if flag is not None:
+            sources[name] = f"--{name.replace('_', '-')}"
+            return flag
+        if env and os.environ.get(env):
+            sources[name] = env
+            return os.environ[env]
+        if name in data:
+            sources[name] = where
+            return data[name]
+        return None
+
+    db_value = pick("db", db, "LOGBOOK_DB")
+    if db_value is not None and sources["db"] == where:
         # A relative db in the config file is relative to LOGBOOK_HOME, not to
         # wherever cron happens to start.
-        db_path = str(home / Path(data["db"]).expanduser())
-    key = os.environ.get("HAIQU_API_KEY") or None
-    key_source = "HAIQU_API_KEY" if key else None
-    if not key and data.get("api_key"):
-        key = _typed(data, "api_key", str, path)
-        key_source = str(path)
-    cfg = Config(
-        home=home,
-        db=Path(db_path).expanduser() if db_path else home / "logbook.db",
-        endpoint=endpoint
-        or os.environ.get("HAIQU_EDGE_URI")
-        or _typed(data, "endpoint", str, path),
-        api_key=key,
-        auth=auth or _typed(data, "auth", str, path) or "query",
-        concurrency=_typed(data, "concurrency", int, path),
-        max_file_bytes=_typed(data, "max_file_bytes", int, path) or DEFAULT_MAX_FILE_BYTES,
-        settle=_typed(data, "settle", float, path),
-        experiment=_typed(data, "experiment", str, path),
-        request_timeout=_typed(data, "request_timeout", float, path),
-        config_file=path if path.exists() else None,
-        key_source=key_source,
-    )
-    if cfg.concurrency is not None and not 1 <= cfg.concurrency <= 512:
-        raise ConfigError(f"{path}: concurrency must be between 1 and 512")
-    for name in ("max_file_bytes", "request_timeout", "settle"):
-        value = data.get(name)
-        if value is not None and value <= 0 and not (name == "settle" and value == 0):
-            raise ConfigError(f"{path}: {name} must be positive")
+        db_value = str(home / Path(db_value).expanduser())
+    cfg = Config(home=home, db=Path(db_value).expanduser() if db_value else home / "logbook.db")
+    cfg.config_file = path if path.exists() else None
+    raw_endpoint = pick("endpoint", endpoint, "HAIQU_EDGE_URI")
+    cfg.endpoint = check_endpoint(raw_endpoint, sources["endpoint"]) if raw_endpoint else DEFAULT_ENDPOINT
+    raw_key = pick("api_key", None, "HAIQU_API_KEY")
+    if raw_key:
+        cfg.api_key, note = clean_key(raw_key, sources["api_key"])
+        if note:
+            cfg.notes.append(note)
+    cfg.auth = pick("auth", auth) or "query"
     if cfg.auth not in AUTH_MODES:
         raise ConfigError(f"auth must be one of {', '.join(AUTH_MODES)}, not {cfg.auth!r}")
-    if cfg.endpoint:
-        cfg.endpoint = cfg.endpoint.rstrip("/")
-        if not cfg.endpoint.startswith(("http://", "https://")):
-            raise ConfigError(f"endpoint must start with http:// or https://: {cfg.endpoint!r}")
-        _check_url(cfg.endpoint)
+    for name in ("concurrency", "max_file_bytes", "settle", "experiment", "request_timeout"):
+        value = pick(name)
+        if value is not None:
+            setattr(cfg, name, value)
+    if "max_time" in data:
+        cfg.max_time = pick("max_time") or None  # 0: no limit
+    raw_proxy = pick("proxy")
+    cfg.proxy = check_proxy(raw_proxy, where) if raw_proxy else None
+    cfg.ca_bundle = pick("ca_bundle")
+    if cfg.concurrency is not None and not 1 <= cfg.concurrency <= 512:
+        raise ConfigError(f"{where}: concurrency must be between 1 and 512")
+    if cfg.max_file_bytes <= 0:
+        raise ConfigError(f"{where}: max_file_bytes must be positive")
+    _positive("request_timeout", cfg.request_timeout, where)
+    _positive("settle", cfg.settle, where, zero_ok=True)
+    _positive("max_time", cfg.max_time, where, zero_ok=True)
+    if cfg.ca_bundle and not os.path.exists(cfg.ca_bundle):
+        raise ConfigError(f"{where}: ca_bundle {cfg.ca_bundle} does not exist")
+    cfg.sources = sources
     return cfg

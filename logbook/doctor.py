@@ -1,4 +1,4 @@
-"""``logbook doctor``: what needs the user's attention, checked one by one."""
+"""``logbook doctor``: what needs the user's attention, checked one by one, each with its fix."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .config import config_path
 from .errors import LogbookError, RequestFailed
 from .fsinfo import filesystem_type, network_filesystem
-from .secrets import mask, redact
+from .redact import mask, redact, show_url
 
 if TYPE_CHECKING:
     from .config import Config
@@ -34,36 +35,41 @@ def check_store(cfg: Config) -> list[Check]:
     checks: list[Check] = []
     fstype = network_filesystem(path)
     if fstype:
-        checks.append(
-            Check(
-                "filesystem", "fail",
-                f"{path} is on a network filesystem ({fstype}): SQLite's WAL and locking are"
-                " unreliable there; set LOGBOOK_HOME or --db to a local disk",
-            )
-        )  # fmt: skip
+        checks.append(Check(
+            "filesystem", "fail",
+            f"{path} is on a network filesystem ({fstype}): SQLite's WAL and locking are"
+            " unreliable there; set LOGBOOK_HOME or --db to a local disk",
+        ))  # fmt: skip
     else:
         checks.append(Check("filesystem", "ok", f"local ({filesystem_type(path) or 'unknown'})"))
     if not path.exists():
         checks.append(Check("store", "ok", f"no store yet at {path} (created on first record)"))
         return checks
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        checks.append(
-            Check("permissions", "warn", f"{path} is readable by others (mode {mode:o}): chmod 600")
-        )
+    if path.is_file():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            checks.append(
+                Check("permissions", "warn", f"{path} is readable by others (mode {mode:o}): chmod 600")
+            )
     try:
-        with Store(path) as store:
+        with Store(path, readonly=True) as store:
             integrity = store.integrity()
+            version = store.schema_version()
             journal = store.journal_mode()
             counts = store.counts()
             oldest = store.oldest_pending()
+            stuck = store.leases.count_left() - counts["pending"]
+            last = store.get_meta("last_sync")
+            invalid = store.ledger.invalid_count()
     except LogbookError as err:
         checks.append(Check("store", "fail", str(err)))
         return checks
-    checks.append(
-        Check("store", "ok" if integrity == "ok" else "fail",
-              f"{path}: integrity {integrity}, schema v{SCHEMA_VERSION}")
-    )  # fmt: skip
+    upgrade = " (upgraded on the next write)" if version < SCHEMA_VERSION else ""
+    checks.append(Check(
+        "store", "ok" if integrity == "ok" else "fail",
+        f"{path}: integrity {integrity}, schema v{version}{upgrade}"
+        + ("" if integrity == "ok" else "; move it aside and restore a copy"),
+    ))  # fmt: skip
     checks.append(Check("journal", "ok" if journal == "wal" else "warn", f"journal mode {journal}"))
     backlog = f"{counts['pending']} pending, {counts['rejected']} rejected"
     if oldest:
@@ -71,6 +77,17 @@ def check_store(cfg: Config) -> list[Check]:
     level = "warn" if counts["rejected"] else "ok"
     hint = " (see `logbook list --state rejected`, then `logbook retry`)" if level == "warn" else ""
     checks.append(Check("backlog", level, backlog + hint))
+    if stuck:
+        checks.append(Check(
+            "sending", "warn",
+            f"{stuck} entries were left 'sending' by a sync that is gone: run `logbook sync`"
+            " (it looks them up on the server before sending them again)",
+        ))  # fmt: skip
+    checks.append(Check("last sync", "ok", last or "never"))
+    if invalid:
+        checks.append(Check(
+            "files", "warn", f"{invalid} invalid result files (fix them and they are read again)"
+        ))  # fmt: skip
     return checks
 
 
@@ -80,23 +97,38 @@ def check_config(cfg: Config) -> list[Check]:
         checks.append(Check("config", "ok", f"read {cfg.config_file}"))
         mode = stat.S_IMODE(os.stat(cfg.config_file).st_mode)
         if cfg.key_source == str(cfg.config_file) and mode & (stat.S_IRWXG | stat.S_IRWXO):
-            checks.append(
-                Check("config", "warn", f"{cfg.config_file} holds the API key and is readable"
-                      f" by others (mode {mode:o}): chmod 600")
-            )  # fmt: skip
+            checks.append(Check(
+                "config", "warn", f"{cfg.config_file} holds the API key and is readable"
+                f" by others (mode {mode:o}): chmod 600",
+            ))  # fmt: skip
+    else:
+        checks.append(Check("config", "ok", f"no config file (it would be read from {config_path()})"))
     if cfg.api_key:
         checks.append(Check("key", "ok", f"{mask(cfg.api_key)} (from {cfg.key_source})"))
     else:
-        checks.append(
-            Check("key", "fail", "no API key: set HAIQU_API_KEY (or api_key in config.toml)")
-        )
-    if cfg.endpoint:
-        checks.append(Check("endpoint", "ok", f"{cfg.endpoint} (auth in {cfg.auth})"))
-    else:
-        checks.append(
-            Check("endpoint", "fail", "no endpoint: set HAIQU_EDGE_URI or pass --endpoint URL")
-        )
+        checks.append(Check(
+            "key", "fail", "no API key: set HAIQU_API_KEY, or api_key in config.toml (chmod 600)"
+        ))  # fmt: skip
+    why = cfg.sources.get("endpoint")
+    source = f"from {why}" if why else "the Haiqu SDK's default; set HAIQU_EDGE_URI to change it"
+    checks.append(Check("endpoint", "ok", f"{cfg.endpoint} ({source}; key sent in the {cfg.auth})"))
+    proxy = _proxy_for(cfg)
+    if proxy:
+        checks.append(Check("proxy", "ok", f"{show_url(proxy[0])} (from {proxy[1]})"))
+    ca = cfg.ca_bundle or os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
+    if ca:
+        where = "ca_bundle" if cfg.ca_bundle else "SSL_CERT_FILE/SSL_CERT_DIR"
+        checks.append(Check("trust", "ok", f"the system's CAs and {ca} (from {where})"))
     return checks
+
+
+def _proxy_for(cfg: Config) -> tuple[str, str] | None:
+    """The proxy the endpoint is reached through, and where it was set."""
+    if not cfg.endpoint:
+        return None
+    from .client.network import proxy_source
+
+    return proxy_source(cfg.proxy, cfg.endpoint)
 
 
 async def _probe(cfg: Config) -> Check:
@@ -104,26 +136,28 @@ async def _probe(cfg: Config) -> Check:
 
     assert cfg.endpoint and cfg.api_key
     async with ApiClient(
-        cfg.endpoint, cfg.api_key, auth=cfg.auth, connections=1, deadline=10.0
-    ) as client:
+        cfg.endpoint, cfg.api_key, auth=cfg.auth, connections=1, deadline=10.0,
+        network=cfg.network(),
+    ) as client:  # fmt: skip
         started = time.monotonic()
         try:
             code, content_type = await client.probe()
         except RequestFailed as failure:
-            return Check("server", "fail", redact(str(failure), cfg.api_key))
+            return Check("server", "fail", redact(str(failure), *client.secrets))
         ms = (time.monotonic() - started) * 1000
-        if code in (401, 403):
-            return Check("server", "fail", f"the server refused the key (HTTP {code})")
-        json_answer = content_type.startswith("application/json")
-        if code in (200, 404) and json_answer:
-            return Check(
-                "server", "ok", f"{cfg.endpoint} answers and accepts the key ({ms:.0f} ms)"
-            )
-        return Check(
-            "server", "fail",
-            f"{cfg.endpoint} answered HTTP {code}"
-            f"{'' if json_answer else ' (not JSON)'}: is this the Jobs API's base URL?",
-        )  # fmt: skip
+    through = " through the proxy" if _proxy_for(cfg) else ""
+    if code in (401, 403):
+        return Check("server", "fail", f"the server refused the key (HTTP {code}): check HAIQU_API_KEY")
+    if 300 <= code < 400:
+        return Check("server", "fail", f"{cfg.endpoint} redirects (HTTP {code}): set HAIQU_EDGE_URI to where it points")
+    json_answer = content_type.startswith("application/json")
+    if code in (200, 404) and json_answer:
+        return Check("server", "ok", f"{cfg.endpoint} answers{through} and accepts the key ({ms:.0f} ms)")
+    return Check(
+        "server", "fail",
+        f"{cfg.endpoint} answered HTTP {code}{'' if json_answer else ' (not JSON)'}:"
+        " is this the Jobs API's base URL? (HAIQU_EDGE_URI)",
+    )  # fmt: skip
 
 
 def check_server(cfg: Config) -> list[Check]:

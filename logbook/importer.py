@@ -1,13 +1,38 @@
-"""``logbook import``: the watcher's reader, run once over files and directories."""
+"""``logbook import``: the watcher's reader, run once over files and directories.
+
+Each file's jobs and its ledger row commit together, so an interrupted
+import records every file it finished and nothing of the one in hand.  One
+bad file never stops the others: whatever goes wrong with a file becomes its
+reason, and the import goes on.  Only a store that cannot be written (busy,
+full disk) stops the run.
+
+A big JSON Lines file is parsed by forked workers (``ingest.parallel``) that
+write the store's rows to scratch SQLite files in a private temporary
+directory.  The directory is removed on every way out, and one left by a
+killed import (its name carries the pid) is swept at the next start.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .store import Store, now_iso
+from .errors import BadInput, StoreError
+from .ingest import DEFAULT_PATTERNS, iter_result_files, read_file
+from .store import Store, now_iso, schema
+from .store.bulk import MAX_ROW_FILES, write_rows_file
+from .store.ledger import FileRead, FileState, shown
+
+SCRATCH_PREFIX = "logbook-import-"
+_SCRATCH = re.compile(re.escape(SCRATCH_PREFIX) + r"(\d+)-")
+
+#: ``progress(files_done, files_total, entries_recorded)``.
+Progress = Callable[[int, int, int], None]
 
 
 @dataclass
@@ -27,6 +52,35 @@ class ImportReport:
         }
 
 
+def store_files(db: str) -> tuple[str, ...]:
+    """The store's own files, never read as results (a store inside a watched directory)."""
+    return tuple(os.path.abspath(db + suffix) for suffix in ("", "-wal", "-shm", "-journal"))
+
+
+def sweep_scratch(tmp: str | None = None) -> int:
+    """Remove scratch directories that imports killed with ``kill -9`` left behind."""
+    tmp = tmp or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return 0
+    for name in names:
+        m = _SCRATCH.match(name)
+        if not m:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its import is still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue
+        shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+        removed += 1
+    return removed
+
+
 def ingest_file(
     store: Store, path: str, *, experiment_id: str | None, max_bytes: int, workers: int = 1
 ) -> tuple[int, int, str | None]:
@@ -36,40 +90,35 @@ def ingest_file(
     ``workers`` > 1 parses a big JSON Lines file in that many processes while
     its jobs are stored (only for single-threaded callers: it forks).
     """
-    import tempfile
-
-    from .ingest import ParallelJobs, read_file
-    from .store import MAX_ROW_FILES, write_rows_file
-
     abspath = os.path.abspath(path)
     stamp = now_iso()
-    with tempfile.TemporaryDirectory(prefix="logbook-import-") as scratch:
+    source = shown(abspath)
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
 
         def to_rows_file(jobs: list[dict[str, Any]], index: int) -> tuple[str, int]:
             # Runs in a worker: the store's rows, in a scratch file the store copies in.
-            rows = [Store.row(j, stamp, abspath) for j in jobs]
+            rows = [schema.row(j, stamp, source) for j in jobs]
             return write_rows_file(os.path.join(scratch, f"chunk-{index}.db"), rows)
 
-        result = read_file(
+        res = read_file(
             path, experiment_id=experiment_id, max_bytes=max_bytes, workers=workers,
             transform=to_rows_file,
         )  # fmt: skip
 
         def reason() -> str | None:
-            return "; ".join(result.errors) if result.errors else None
+            res.finish()
+            return "; ".join(res.errors) if res.errors else None
 
-        parallel = isinstance(result.jobs, ParallelJobs)
-        if isinstance(result.jobs, ParallelJobs):
-            result.jobs.max_chunks = MAX_ROW_FILES  # one attached scratch file per chunk
-        created, known = store.record_file(
-            abspath,
-            size=result.size,
-            mtime_ns=result.mtime_ns,
-            sha256=result.sha256,
-            jobs=() if parallel else result.jobs,
-            row_files=result.jobs.chunks() if isinstance(result.jobs, ParallelJobs) else None,
-            reason=reason,
-        )
+        row_files = None
+        if res.chunks is not None:
+            res.chunks.max_chunks = MAX_ROW_FILES  # one attached scratch file per chunk
+            row_files = res.chunks.chunks()
+        state = FileState(res.size, res.mtime_ns, res.ino, res.ctime_ns)
+        item = FileRead(
+            abspath, state, res.sha256, jobs=res.jobs, reason=reason, source=source,
+            read_ns=res.read_ns, row_files=row_files,
+        )  # fmt: skip
+        [(created, known)] = store.ledger.record([item])
     return created, known, reason()
 
 
@@ -80,26 +129,36 @@ def import_paths(
     experiment_id: str | None,
     max_bytes: int,
     workers: int | None = None,
+    progress: Progress | None = None,
 ) -> ImportReport:
-    """Record every result file under ``paths``; big JSON Lines files use ``workers`` processes."""
+    """Record every result file under ``paths``; big JSON Lines files use ``workers`` processes.
+
+    Raises ``BadInput`` before recording anything when a path does not exist.
+    """
+    paths = list(paths)
+    missing = [p for p in paths if not os.path.lexists(p)]
+    if missing:
+        raise BadInput(f"no such file or directory: {shown(missing[0])}")
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
-    from .ingest import DEFAULT_PATTERNS, iter_result_files
-
+    sweep_scratch()
+    files = list(iter_result_files(paths, DEFAULT_PATTERNS, exclude=store_files(store.path)))
     report = ImportReport()
-    for top in paths:
-        if not os.path.exists(top):
-            report.files += 1
-            report.invalid.append((top, "no such file or directory"))
-            continue
-        for path in iter_result_files([top], DEFAULT_PATTERNS):
-            report.files += 1
+    for i, path in enumerate(files):
+        report.files += 1
+        try:
             created, known, reason = ingest_file(
                 store, str(path), experiment_id=experiment_id, max_bytes=max_bytes,
                 workers=workers,
             )  # fmt: skip
-            report.recorded += created
-            report.known += known
-            if reason:
-                report.invalid.append((str(path), reason))
+        except StoreError:
+            raise  # the store itself cannot take more: stop, what is done is kept
+        except Exception as err:  # noqa: BLE001 - one file never stops the others
+            created, known, reason = 0, 0, f"cannot record: {type(err).__name__}: {err}"
+        report.recorded += created
+        report.known += known
+        if reason:
+            report.invalid.append((shown(str(path)), reason))
+        if progress is not None:
+            progress(i + 1, len(files), report.recorded)
     return report

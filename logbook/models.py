@@ -1,8 +1,12 @@
-"""Pydantic models of the Haiqu Jobs API shapes (``api/openapi.yaml``).
+"""Pydantic models of the Haiqu Jobs API shapes (``openapi.yaml`` in the emulator).
 
-Responses are read leniently: unknown fields are kept and a status or job type
-we do not know yet is kept as a plain string, so a newer server never crashes
-an older logbook.  Submissions are checked strictly, before anything is stored.
+``JobSubmit`` and ``ServerJobSubmit`` are built from ``jobs.JOB``, the one
+declaration of a job's fields: the first as strict as logbook's own checks
+(for library users), the second as lenient as the API's server (the emulator
+and the relay validate with it and answer 422 in FastAPI's shape).  ``Job``
+is what the server returns; it is read leniently, so a newer server never
+breaks an older logbook.  The sync itself reads only id, status and hash
+(``client.JobRef``), without pydantic.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from .jobs import JOB, JobField
 from .vocab import (  # noqa: F401  (re-exported: the API's vocabulary)
     JOB_TYPES,
+    MAX_ID,
     MAX_TEXT,
     STATUSES,
     UNFINISHED,
@@ -21,6 +27,8 @@ from .vocab import (  # noqa: F401  (re-exported: the API's vocabulary)
     JobType,
     reject_constant,
 )
+
+_ENUMS: dict[str, Any] = {"status": JobStatus, "job_type": JobType}
 
 
 def _json_text(value: str | None, field: str) -> str | None:
@@ -33,45 +41,58 @@ def _json_text(value: str | None, field: str) -> str | None:
     return value
 
 
-class JobSubmit(BaseModel):
-    """The ``POST /jobs`` body, checked as strictly as the API checks it."""
+def _field(f: JobField) -> tuple[Any, Any]:
+    """The pydantic annotation and default of one declared job field."""
+    if f.kind == "enum":
+        return _ENUMS[f.name], f.default  # the value: use_enum_values does not touch defaults
+    if f.kind == "object":
+        return dict[str, Any], Field(default_factory=dict)
+    if f.required:
+        return str, Field(min_length=1)
+    limit = {"short": MAX_TEXT}.get(f.kind)
+    return str | None, Field(default=f.default, max_length=limit)
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
 
-    experiment_id: str = Field(min_length=1)
-    hash: str | None = ""
-    circuit_hash: str | None = ""
-    results: str | None = ""
-    device_id: str | None = Field(default="", max_length=MAX_TEXT)
-    shots: str | None = ""
-    name: str | None = Field(default="", max_length=MAX_TEXT)
-    status: JobStatus = JobStatus.DONE
-    job_type: JobType = JobType.USER_LOCAL_JOB
-    metrics: dict[str, Any] = Field(default_factory=dict)
+class _Checks(BaseModel):
+    """JSON text where the API wants JSON text; an empty enum means its default (servers)."""
 
-    @field_validator("results")
+    @field_validator("results", "shots", check_fields=False)
     @classmethod
-    def _results_json(cls, v: str | None) -> str | None:
-        return _json_text(v, "results")
+    def _json(cls, v: str | None, info: Any) -> str | None:
+        return _json_text(v, info.field_name)
 
-    @field_validator("shots")
+
+class _ServerChecks(_Checks):
+    @field_validator("status", "job_type", mode="before", check_fields=False)
     @classmethod
-    def _shots_json(cls, v: str | None) -> str | None:
-        return _json_text(v, "shots")
+    def _empty_is_default(cls, value: Any, info: Any) -> Any:
+        if value == "":
+            return cls.model_fields[info.field_name].default
+        return value
 
 
-class ServerJobSubmit(JobSubmit):
-    """What the server accepts: like JobSubmit, but unknown fields are ignored."""
+_FIELDS: dict[str, Any] = {f.name: _field(f) for f in JOB}
 
-    model_config = ConfigDict(extra="ignore", use_enum_values=True)
+#: The ``POST /jobs`` body, checked as strictly as logbook checks it.
+JobSubmit: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "JobSubmit",
+    __base__=_Checks,
+    __config__=None,
+    **_FIELDS,
+)
+JobSubmit.model_config = ConfigDict(extra="forbid", use_enum_values=True)
+JobSubmit.model_rebuild(force=True)
+
+#: What the API's server accepts: unknown fields ignored, "" status/job type = default.
+ServerJobSubmit: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "ServerJobSubmit", __base__=_ServerChecks, **_FIELDS
+)
+ServerJobSubmit.model_config = ConfigDict(extra="ignore", use_enum_values=True)
+ServerJobSubmit.model_rebuild(force=True)
 
 
 class Job(BaseModel):
-    """A job as the server returns it; extra fields and new enum values are kept.
-
-    The whole shape, for library users and the tests; the sync itself reads
-    only id, status and hash (``client.JobRef``), without loading pydantic.
-    """
+    """A job as the server returns it; extra fields and new enum values are kept."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+#: The API's limit on ``name`` and ``device_id``.
 MAX_TEXT = 200
+#: logbook's limit on ``experiment_id`` and ``hash``: both travel, percent-encoded,
+#: in the lookup URL (``GET /experiments/{experiment_id}/jobs/{hash}``), and
+#: servers refuse request lines over 8 KiB.  The API itself sets no limit.
+MAX_ID = 256
 
 
 class JobStatus(StrEnum):
@@ -36,6 +41,8 @@ class JobType(StrEnum):
     SKQD = "SKQD"
 
 
+#: The states of a local entry: waiting, being sent, on the server, refused for good.
+STATES: tuple[str, ...] = ("pending", "sending", "synced", "rejected")
 STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)
 JOB_TYPES: tuple[str, ...] = tuple(t.value for t in JobType)
 UNFINISHED: frozenset[str] = frozenset(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError, field_validator
+from pydantic import ValidationError
 
 from logbook.emulator.faults import (
     ROUTE_GET_BY_HASH,
@@ -43,21 +43,6 @@ DEFAULT_PROGRESS_SECONDS = 3.0
 BAD_JSON = b'{"id": "truncated-by-the-emulator", "status": '
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class _Body(ServerJobSubmit):
-    """The POST /jobs body as the server reads it.
-
-    The API reference's own example sends ``"status": ""`` and ``"job_type": ""``,
-    so an empty string means "not given" and takes the default.
-    """
-
-    @field_validator("status", "job_type", mode="before")
-    @classmethod
-    def _empty_is_default(cls, value: Any, info: Any) -> Any:
-        if value == "":
-            return cls.model_fields[info.field_name].default
-        return value
 
 
 def _detail(exc: ValidationError) -> list[dict[str, Any]]:
@@ -228,7 +213,7 @@ class Emulator:
             detail = [{"loc": ["body"], "msg": "Field required", "type": "missing"}]
             return _json(422, {"detail": detail})
         try:
-            body = _Body.model_validate_json(raw)
+            body = ServerJobSubmit.model_validate_json(raw)
         except ValidationError as exc:
             return _json(422, {"detail": _detail(exc)})
         job = self.store.create(body.model_dump())

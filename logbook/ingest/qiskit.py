@@ -17,13 +17,18 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import InvalidFile
+from ..errors import InvalidFile
 
 #: What the SDK sends for every local Qiskit result.
 SDK_STATUS = "Done"
 SDK_JOB_TYPE = "User local job"
 #: The API's limit on ``name``; the SDK's name holds the job id, which we do not control.
 _MAX_NAME = 200
+
+#: Bounds on what a result may expand to: ``header.memory_slots`` pads every
+#: counts key to that many bits, so a 333-byte file could ask for gigabytes.
+MAX_MEMORY_SLOTS = 65_536
+MAX_EXPANDED_CHARS = 64 * 1024 * 1024
 
 _BITSTRING = re.compile(r"^[01\s]+$")  # qiskit.result.Counts.bitstring_regex
 
@@ -127,6 +132,10 @@ def _check_header(index: int, header: Mapping[str, Any]) -> tuple[Any, Any]:
     memory_slots = header.get("memory_slots")
     if memory_slots and not _is_int(memory_slots):
         raise InvalidFile(f"experiment {index}: header.memory_slots must be an integer")
+    if memory_slots and not 0 < memory_slots <= MAX_MEMORY_SLOTS:
+        raise InvalidFile(
+            f"experiment {index}: header.memory_slots is {memory_slots}, outside 1..{MAX_MEMORY_SLOTS}"
+        )
     if creg_sizes:
         ok = isinstance(creg_sizes, list) and all(
             isinstance(p, Sequence) and not isinstance(p, str) and len(p) == 2 and _is_int(p[1])
@@ -134,6 +143,8 @@ def _check_header(index: int, header: Mapping[str, Any]) -> tuple[Any, Any]:
         )
         if not ok:
             raise InvalidFile(f"experiment {index}: header.creg_sizes must be [name, size] pairs")
+        if sum(max(0, p[1]) for p in creg_sizes) > MAX_MEMORY_SLOTS:
+            raise InvalidFile(f"experiment {index}: header.creg_sizes add up to over {MAX_MEMORY_SLOTS} bits")
     return creg_sizes, memory_slots
 
 
@@ -163,6 +174,11 @@ def counts_from_result_dict(d: Mapping[str, Any]) -> dict[str, Any] | list[dict[
         memory_slots: Any = None
         if header and isinstance(header, Mapping):
             creg_sizes, memory_slots = _check_header(index, header)
+        if memory_slots and memory_slots * len(counts) > MAX_EXPANDED_CHARS:
+            raise InvalidFile(
+                f"experiment {index}: {len(counts)} counts of {memory_slots} bits would expand"
+                f" past {MAX_EXPANDED_CHARS} characters"
+            )
         try:
             out.append(_format_counts(counts, creg_sizes, memory_slots))
         except (ValueError, TypeError) as err:

@@ -8,28 +8,34 @@ in a watched directory must never stop the watcher.
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import qiskit_compat
-from .errors import InvalidFile, InvalidJob
-from .jobs import JOB_FIELDS, prepare
+from ..errors import InvalidFile, InvalidJob
+from ..jobs import JOB_FIELDS, prepare
+from . import qiskit as qiskit_results
+from .parallel import PARALLEL_MIN_LINES, ChunkedParse, Transform, can_fork
+from .walk import DEFAULT_PATTERNS, is_ignored, matches, walk, wanted
 
-DEFAULT_PATTERNS: tuple[str, ...] = ("*.json", "*.jsonl")
+__all__ = [
+    "DEFAULT_MAX_BYTES", "DEFAULT_PATTERNS", "ReadResult", "is_ignored", "iter_result_files",
+    "matches", "read_file", "walk", "wanted",
+]  # fmt: skip
+
 #: Files above this are refused unread (config ``max_file_bytes``): a result
 #: file is small, and the whole file is held in memory once.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 #: How many bad JSON Lines lines are listed one by one before "and N more".
 MAX_LINE_ERRORS = 5
 
-_IGNORED_SUFFIXES = (".tmp", ".part", "~")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _JOB_KEYS = frozenset(JOB_FIELDS)
 
@@ -38,10 +44,16 @@ _JOB_KEYS = frozenset(JOB_FIELDS)
 class ReadResult:
     """What one read of one file gave.
 
-    ``kind`` is what the file was recognised as ("job", "qiskit", "jsonl"), or
-    "invalid" when it is none of them.  A recognised file can still have errors
-    (a job document that fails the API's model, bad JSON Lines lines); ``ok`` is
-    the test for "nothing wrong".  ``jobs`` holds every good job even then.
+    ``kind`` is what the file was recognised as ("job", "qiskit", "primitive",
+    "jsonl"), or "invalid" when it is none of them.  A recognised file can
+    still have errors (a job document that fails the API's model, bad JSON
+    Lines lines); ``ok`` is the test for "nothing wrong".  ``jobs`` holds every
+    good job even then.  A big JSON Lines file read with ``workers`` > 1 has
+    ``chunks`` instead of ``jobs``: it is parsed as ``chunks.chunks()`` is
+    iterated, and ``errors`` is complete once it has been (``finish()``).
+
+    ``size``, ``mtime_ns``, ``ino`` and ``ctime_ns`` describe the bytes read;
+    ``read_ns`` is the wall-clock time just before they were read.
     """
 
     path: str
@@ -50,42 +62,41 @@ class ReadResult:
     kind: str = "invalid"
     size: int = 0
     mtime_ns: int = 0
+    ino: int = 0
+    ctime_ns: int = 0
+    read_ns: int = 0
     sha256: str = ""
+    chunks: ChunkedParse | None = None
 
     @property
     def ok(self) -> bool:
         return not self.errors and self.kind != "invalid"
 
-
-def is_ignored(name: str | os.PathLike[str]) -> bool:
-    """Temporary and hidden files (``.*``, ``*.tmp``, ``*.part``, ``*~``): writers' scratch."""
-    base = os.path.basename(os.fspath(name))
-    return base.startswith(".") or base.lower().endswith(_IGNORED_SUFFIXES)
-
-
-def matches(name: str | os.PathLike[str], patterns: Iterable[str] = DEFAULT_PATTERNS) -> bool:
-    """Whether the file name (not the path) matches one of the globs; no patterns match all."""
-    base = os.path.basename(os.fspath(name))
-    pats = list(patterns)
-    return not pats or any(fnmatch.fnmatch(base, p) for p in pats)
+    def finish(self) -> None:
+        """Collect a chunked parse's errors (after ``chunks.chunks()`` is exhausted)."""
+        if self.chunks is not None:
+            c, self.chunks = self.chunks, None
+            _finish_jsonl(self, c.njobs, c.bad, c.nbad)
 
 
 def iter_result_files(
-    paths: Iterable[str | os.PathLike[str]], patterns: Iterable[str] = DEFAULT_PATTERNS
+    paths: Iterable[str | os.PathLike[str]],
+    patterns: Iterable[str] = DEFAULT_PATTERNS,
+    *,
+    exclude: Iterable[str] = (),
 ) -> Iterator[Path]:
     """Yield the result files under ``paths``, each once, in a deterministic order.
 
-    Directories are walked recursively (sorted; hidden directories such as ``.git``
-    skipped; symlinked directories not followed, so no loops) and yield the files
-    that match ``patterns`` and are not ignored.  A file named explicitly is
-    yielded even if it matches no pattern, but never when its name is ignored.
-    A path that does not exist is yielded as it is, so that ``read_file`` reports
-    it ("file not found") with the other invalid files instead of aborting the run.
+    Directories are walked with ``walk``.  A file named explicitly is yielded
+    even if it matches no pattern, but never when its name is hidden or
+    temporary.  A path that does not exist is yielded as it is, so that
+    ``read_file`` reports it with the other invalid files.
     """
     pats = tuple(patterns)
+    skip = frozenset(exclude)
     seen: set[str] = set()
 
-    def once(p: Path) -> bool:
+    def once(p: str) -> bool:
         key = os.path.realpath(p)
         if key in seen:
             return False
@@ -93,18 +104,13 @@ def iter_result_files(
         return True
 
     for raw in paths:
-        top = Path(raw)
-        if top.is_dir():
-            for dirpath, dirnames, filenames in os.walk(top):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(filenames):
-                    if is_ignored(name) or not matches(name, pats):
-                        continue
-                    path = Path(dirpath, name)
-                    if path.is_file() and once(path):
-                        yield path
-        elif not is_ignored(top.name) and once(top):
-            yield top
+        top = os.fspath(raw)
+        if os.path.isdir(top):
+            for path, _st in walk(top, pats, exclude=skip):
+                if once(path):
+                    yield Path(path)
+        elif not is_ignored(top) and once(top):
+            yield Path(top)
 
 
 # --------------------------------------------------------------------------- reading
@@ -155,11 +161,11 @@ def _prepare_object(obj: Any, experiment_id: str | None) -> tuple[str, dict[str,
     """One JSON value to (kind, job).  Raises InvalidFile/InvalidJob with the reason."""
     if not isinstance(obj, dict):
         raise InvalidFile(f"{_type_name(obj)}, not a JSON object")
-    if qiskit_compat.is_result_dict(obj):
+    if qiskit_results.is_result_dict(obj):
         if not experiment_id:
             raise InvalidFile("a Qiskit result has no experiment: give --experiment")
         try:
-            job = qiskit_compat.job_from_result_dict(obj)
+            job = qiskit_results.job_from_result_dict(obj)
         except InvalidFile as err:
             raise InvalidFile(f"Qiskit result: {err}") from None
         return "qiskit", prepare(job, experiment_id=experiment_id)
@@ -179,7 +185,7 @@ _LINE_DECODER = json.JSONDecoder()
 
 
 def _parse_lines(
-    lines: list[str], first_lineno: int, experiment_id: str | None
+    lines: list[str], first_lineno: int, experiment_id: str | None = None
 ) -> tuple[list[dict[str, Any]], list[str], int]:
     """Jobs of some JSON Lines lines, the first few bad lines' reasons, and how many were bad."""
     raw_decode = _LINE_DECODER.raw_decode
@@ -232,99 +238,19 @@ def _read_jsonl(
     text: str,
     experiment_id: str | None,
     workers: int = 1,
-    transform: Callable[[list[dict[str, Any]], int], Any] | None = None,
+    transform: Transform | None = None,
 ) -> ReadResult:
     """One job per line; good lines' jobs are kept whatever the bad lines say."""
     res.kind = "jsonl"
     lines = text.split("\n")
-    if workers > 1 and len(lines) >= PARALLEL_MIN_LINES and _can_fork():
-        res.jobs = ParallelJobs(res, lines, experiment_id, workers, transform)  # type: ignore[assignment]
+    if workers > 1 and len(lines) >= PARALLEL_MIN_LINES and can_fork():
+        parse = functools.partial(_parse_lines, experiment_id=experiment_id)
+        res.chunks = ChunkedParse(lines, parse, workers, transform)
         return res
     jobs, bad, nbad = _parse_lines(lines, 1, experiment_id)
     res.jobs = jobs
     _finish_jsonl(res, len(jobs), bad, nbad)
     return res
-
-
-# --- big JSON Lines files: parsed by forked workers while the caller stores them -----
-
-PARALLEL_MIN_LINES = 20_000
-_CHUNK_LINES = 4_000
-_fork_lines: list[str] = []
-_fork_experiment: str | None = None
-_fork_transform: Callable[[list[dict[str, Any]], int], Any] | None = None
-
-
-def _can_fork() -> bool:
-    import multiprocessing
-
-    return "fork" in multiprocessing.get_all_start_methods()
-
-
-def _parse_chunk(bounds: tuple[int, int, int]) -> tuple[Any, int, list[str], int]:
-    index, start, end = bounds
-    jobs, bad, nbad = _parse_lines(_fork_lines[start:end], start + 1, _fork_experiment)
-    if _fork_transform is not None:
-        return _fork_transform(jobs, index), len(jobs), bad, nbad
-    return jobs, len(jobs), bad, nbad
-
-
-class ParallelJobs:
-    """The jobs of a big JSON Lines file, parsed in worker processes, in file order.
-
-    ``chunks()`` runs the workers and yields their results chunk by chunk: each
-    chunk's jobs, or what ``transform(jobs, chunk_index)`` made of them in the
-    worker (``logbook import`` has the store write them to a scratch file
-    there, and copies each in as it arrives, so parsing and inserting
-    overlap).  The file's errors are in ``res.errors`` once done.
-    """
-
-    def __init__(
-        self,
-        res: ReadResult,
-        lines: list[str],
-        experiment_id: str | None,
-        workers: int,
-        transform: Callable[[list[dict[str, Any]], int], Any] | None = None,
-    ) -> None:
-        self.res, self.lines, self.experiment_id = res, lines, experiment_id
-        self.workers, self.transform = workers, transform
-        self.max_chunks: int | None = None  # None: chunks of _CHUNK_LINES lines
-
-    def __iter__(self) -> Iterator[Any]:
-        if self.transform is not None:
-            raise TypeError("iterate chunks() when a transform is set")
-        for chunk in self.chunks():
-            yield from chunk
-
-    def chunks(self) -> Iterator[Any]:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        global _fork_lines, _fork_experiment, _fork_transform
-        n = len(self.lines)
-        size = _CHUNK_LINES
-        if self.max_chunks is not None:
-            size = max(size, -(-n // self.max_chunks))
-        bounds = [(i, s, min(s + size, n)) for i, s in enumerate(range(0, n, size))]
-        njobs, bad, nbad = 0, [], 0
-        _fork_lines, _fork_experiment = self.lines, self.experiment_id
-        _fork_transform = self.transform
-        try:
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(self.workers, mp_context=ctx) as pool:
-                futures = [pool.submit(_parse_chunk, b) for b in bounds]
-                _fork_lines = []  # the workers have their copy
-                for fut in futures:
-                    chunk, count, chunk_bad, chunk_nbad = fut.result()
-                    njobs += count
-                    bad += chunk_bad
-                    nbad += chunk_nbad
-                    yield chunk
-        finally:
-            _fork_lines, _fork_experiment, _fork_transform = [], None, None
-            self.lines = []
-        _finish_jsonl(self.res, njobs, bad, nbad)
 
 
 def _looks_like_jsonl(text: str) -> bool:
@@ -340,7 +266,7 @@ def _parse(
     data: bytes,
     experiment_id: str | None,
     workers: int = 1,
-    transform: Callable[[list[dict[str, Any]], int], Any] | None = None,
+    transform: Transform | None = None,
 ) -> ReadResult:
     if not data.strip():
         return _invalid(res, "empty file")
@@ -364,7 +290,7 @@ def _parse(
     try:
         res.kind, job = _prepare_object(obj, experiment_id)
     except InvalidFile as err:
-        if qiskit_compat.is_result_dict(obj):
+        if qiskit_results.is_result_dict(obj):
             res.kind = "qiskit"
             res.errors.append(str(err))
             return res
@@ -385,35 +311,37 @@ def read_file(
     experiment_id: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     workers: int = 1,
-    transform: Callable[[list[dict[str, Any]], int], Any] | None = None,
+    transform: Transform | None = None,
 ) -> ReadResult:
     """Read one result file into jobs ready for the store; never raises for a bad file.
 
     ``workers`` > 1 lets a big JSON Lines file be parsed by that many forked
-    processes: ``jobs`` is then a ``ParallelJobs`` that parses as it is consumed
-    (its items passed through ``transform`` in the workers), and ``errors`` is
-    complete once it has been.  Only for single-threaded callers
-    (``logbook import``), since it forks.
+    processes (``ReadResult.chunks``, each chunk passed through ``transform``
+    in its worker).  Only for single-threaded callers (``logbook import``),
+    since it forks.
 
     The bytes are read once and both hashed and parsed, so ``sha256`` always
     describes exactly what the jobs came from (a file rewritten meanwhile is
-    read again later, not mixed).  ``experiment_id`` fills in for documents that
-    have none; a document's own experiment_id wins.
+    read again later, not mixed).  At most ``max_bytes + 1`` bytes are ever
+    read, whatever the file claims to be (``/dev/zero`` through a symlink).
+    ``experiment_id`` fills in for documents that have none; a document's own
+    experiment_id wins.
     """
-    res = ReadResult(path=os.fspath(path))
+    res = ReadResult(path=os.fspath(path), read_ns=time.time_ns())
     try:
-        st = os.stat(path)
-        res.size, res.mtime_ns = st.st_size, st.st_mtime_ns
-        if stat.S_ISDIR(st.st_mode):
-            return _invalid(res, "is a directory, not a file")
-        if not stat.S_ISREG(st.st_mode):
-            # A FIFO or device would block or never end.
-            return _invalid(res, "not a regular file")
-        if st.st_size > max_bytes:
-            return _invalid(res, _too_large(st.st_size, max_bytes))
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            res.size, res.mtime_ns = st.st_size, st.st_mtime_ns
+        # O_NONBLOCK: a FIFO swapped in after a stat must not block the reader.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with open(fd, "rb", closefd=True) as fh:
+            st = os.fstat(fd)
+            res.size, res.mtime_ns, res.ino, res.ctime_ns = (
+                st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns,
+            )  # fmt: skip
+            if stat.S_ISDIR(st.st_mode):
+                return _invalid(res, "is a directory, not a file")
+            if not stat.S_ISREG(st.st_mode):
+                return _invalid(res, "not a regular file (a FIFO, socket or device)")
+            if st.st_size > max_bytes:
+                return _invalid(res, _too_large(st.st_size, max_bytes))
             data = fh.read(max_bytes + 1)
     except OSError as err:
         return _invalid(res, _os_reason(err))

@@ -1,0 +1,374 @@
+"""The Haiqu Jobs API client: the only package that touches HTTP.
+
+It speaks httpx2 (``httpx2.Request``/``Response``; tests inject
+``httpx2.MockTransport``).  Underneath, by default, the bytes go through
+aiohttp's connection pool (``transport.AiohttpTransport``): httpx2's own pool
+costs several times the CPU per request with many in flight.  Proxies and
+trusted CAs come from ``network``.
+
+Two rules shape it:
+
+- The key never leaks.  It is added *below* httpx2, by ``KeyTransport``, on
+  the way to the wire: no request that httpx2 logs, raises or returns ever
+  holds it, and every message is redacted (every spelling of the key, before
+  anything is cut) before it leaves this package.
+- Every failure is classified into a ``RequestFailed`` whose ``maybe_sent``
+  says whether the server may have stored the job.  "Nothing was sent" is
+  claimed only when no connection was opened (DNS, refused, TLS handshake, a
+  proxy that refused the CONNECT); anything later may have reached the server.
+  That flag is what keeps delivery exactly-once.
+
+A 3xx is never followed: a POST must not go to another URL on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import logging
+import re
+import time
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlsplit
+
+import httpx2
+
+from ..config import Network
+from ..errors import RequestFailed
+from ..redact import redact, show_url
+from ..vocab import STATUSES
+
+# httpx2/httpcore2 log URLs and headers; nothing of ours is worth that risk.
+for _name in ("httpx2", "httpcore2", "httpx", "httpcore", "aiohttp.client"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+__all__ = ["ApiClient", "JobRef", "KeyTransport", "parse_retry_after", "key_param"]
+
+AUTH_CODES = frozenset({401, 403})
+RETRY_CODES = frozenset({408, 429})
+RETRY_AFTER_CAP = 300.0
+USER_AGENT = "logbook/0.2"
+#: delay-seconds (RFC 9110: digits; a decimal fraction is tolerated).
+_DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_STATUS_SET = frozenset(STATUSES)
+_CERT_FAILURE = re.compile(r"certificate verify failed|CERTIFICATE_VERIFY_FAILED", re.I)
+#: One encoder for every body: ``json.dumps`` with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if _DELAY_SECONDS.fullmatch(value):
+        seconds = float(value)
+    else:
+        # float() alone would take "nan", "inf", "-5" and "1e9"; none is a delay.
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:  # "-0000": UTC, not local time
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, min(seconds, RETRY_AFTER_CAP))
+
+
+def key_param(key: str) -> str:
+    """The query parameter that carries the key, percent-encoded (a raw ``+`` is a space)."""
+    return "HAIQU_API_KEY=" + quote(key, safe="")
+
+
+def remote_status(value: str) -> str:
+    """A status the server sent, as stored: the API's enum, or ``Unknown`` with the raw value escaped."""
+    if value in _STATUS_SET:
+        return value
+    escaped = value[:40].encode("unicode_escape").decode("ascii")
+    return f"Unknown ({escaped})"
+
+
+class JobRef(NamedTuple):
+    """What logbook keeps of a job the server returns.
+
+    ``models.Job`` is the whole shape; reading only these fields keeps
+    pydantic out of the sync, and a server that changes any other field breaks
+    nothing.  ``info`` carries a relay's ``upstream_id``/``upstream_status``.
+    """
+
+    id: str
+    status: str
+    hash: str
+    experiment_id: str | None = None
+    info: dict[str, Any] | None = None
+
+
+class KeyTransport(httpx2.AsyncBaseTransport):
+    """Adds the API key to each request on its way out (query or header).
+
+    Below everything httpx2 logs, raises or returns: an error from the inner
+    transport is raised again against the key-free request, with a redacted
+    message.
+    """
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, key: str, auth: str) -> None:
+        self.inner = inner
+        self.key = key
+        self.auth = auth
+        self._param = key_param(key).encode("ascii")
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        url, headers = request.url, request.headers.copy()
+        if self.auth == "header":
+            headers["authorization"] = self.key
+        else:
+            raw = url.raw_path
+            sep = b"&" if b"?" in raw else b"?"
+            url = url.copy_with(raw_path=raw + sep + self._param)
+        keyed = httpx2.Request(
+            request.method, url, headers=headers, content=request.content,
+            extensions=request.extensions,
+        )  # fmt: skip
+        try:
+            return await self.inner.handle_async_request(keyed)
+        except httpx2.TransportError as err:
+            raise type(err)(redact(str(err), self.key), request=request) from None
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _default_transport(connections: int, connect_timeout: float, network: Network) -> Any:
+    from .network import make_ssl_context, proxy_resolver
+    from .transport import AiohttpTransport
+
+    return AiohttpTransport(
+        limit=connections,
+        ssl_context=make_ssl_context(network.ca_bundle),
+        proxy_for=proxy_resolver(network.proxy),
+        connect_timeout=connect_timeout,
+    )
+
+
+class ApiClient:
+    """The three routes logbook uses, with failures classified for the sync engine."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        key: str,
+        *,
+        auth: str = "query",
+        connections: int = 64,
+        transport: httpx2.AsyncBaseTransport | None = None,
+        connect_timeout: float = 10.0,
+        deadline: float = 60.0,
+        network: Network | None = None,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.key = key
+        self.auth = auth
+        self.deadline = deadline
+        self.network = network or Network()
+        self.secrets = [key, *_proxy_secrets(self.network)]
+        inner = transport or _default_transport(connections, connect_timeout, self.network)
+        self.transport = KeyTransport(inner, key, auth)
+        # identity: RFC 9110 reads no Accept-Encoding as "anything", brotli included.
+        base = {"user-agent": USER_AGENT, "accept": "application/json", "accept-encoding": "identity"}
+        self._get_headers = httpx2.Headers(base)
+        self._post_headers = httpx2.Headers({**base, "content-type": "application/json"})
+        self._jobs_url = httpx2.URL(self.endpoint + "/jobs")
+        self._host = urlsplit(self.endpoint).netloc
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _redact(self, text: str) -> str:
+        return redact(text, *self.secrets)
+
+    async def send(self, method: str, path: str, body: bytes | None = None) -> httpx2.Response:
+        """One raw request under the deadline; the response's request holds no key."""
+        url = self._jobs_url if path == "/jobs" else httpx2.URL(self.endpoint + path)
+        request = httpx2.Request(
+            method, url, content=body,
+            headers=self._post_headers if body is not None else self._get_headers,
+        )  # fmt: skip
+        async with asyncio.timeout(self.deadline):
+            response = await self.transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response
+
+    async def _request(self, method: str, path: str, shown: str, body: bytes | None = None) -> httpx2.Response:
+        """One request under an overall deadline (socket timeouts bound each read, not the whole)."""
+        maybe = method == "POST"
+        try:
+            return await self.send(method, path, body)
+        except TimeoutError:
+            raise RequestFailed(
+                f"{method} {shown}: no complete answer from {self._host} within {self.deadline:g} s",
+                kind="retry", maybe_sent=maybe, timed_out=True,
+            ) from None  # fmt: skip
+        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ProxyError) as err:
+            reason = self._redact(str(err)) or type(err).__name__
+            if _CERT_FAILURE.search(reason):
+                raise RequestFailed(
+                    f"the TLS certificate of {self._host} (or of the proxy) did not verify"
+                    f" ({reason}): if your network inspects TLS, set SSL_CERT_FILE or"
+                    " ca_bundle in config.toml to your institution's CA bundle",
+                    kind="retry", connect_failed=True, trust_failed=True,
+                ) from None  # fmt: skip
+            raise RequestFailed(
+                f"cannot reach {self.endpoint}: {reason} (check the network, HAIQU_EDGE_URI"
+                " and any proxy setting; `logbook doctor` tests them)",
+                kind="retry", connect_failed=True,
+            ) from None  # fmt: skip
+        except httpx2.TimeoutException as err:
+            raise RequestFailed(
+                self._redact(f"{method} {shown}: {type(err).__name__} from {self._host}: {err}"),
+                kind="retry", maybe_sent=maybe, timed_out=True,
+            ) from None  # fmt: skip
+        except httpx2.TransportError as err:
+            raise RequestFailed(
+                self._redact(f"{method} {shown}: {type(err).__name__} from {self._host}: {err}"),
+                kind="retry", maybe_sent=maybe,
+            ) from None  # fmt: skip
+
+    def _failure(self, method: str, shown: str, response: httpx2.Response) -> RequestFailed:
+        code = response.status_code
+        detail = self._reason(response)
+        msg = f"{method} {shown}: HTTP {code}{': ' + detail if detail else ''}"
+        if 300 <= code < 400:
+            location = response.headers.get("location") or "(no Location)"
+            target = show_url(location) if "://" in location else location.split("?")[0]
+            return RequestFailed(
+                self._redact(msg), kind="redirect", status=code, location=self._redact(target)
+            )
+        if code in AUTH_CODES:
+            return RequestFailed(msg, kind="auth", status=code)
+        if code in RETRY_CODES or code >= 500:
+            return RequestFailed(
+                msg, kind="retry", status=code,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                maybe_sent=code >= 500 and method == "POST",
+            )  # fmt: skip
+        if 400 <= code < 500:
+            return RequestFailed(msg, kind="reject", status=code)
+        return RequestFailed(msg, kind="retry", status=code, maybe_sent=method == "POST")
+
+    def _reason(self, response: httpx2.Response) -> str:
+        """The server's reason, redacted, then cut short: FastAPI-style ``detail`` when there is one."""
+        text = self._redact(response.content[:4000].decode("utf-8", "replace"))
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return " ".join(text.split())[:300]
+        detail = data.get("detail", data) if isinstance(data, dict) else data
+        if isinstance(detail, list):
+            parts = []
+            for d in detail[:5]:
+                if isinstance(d, dict):
+                    loc = ".".join(str(p) for p in d.get("loc", []) if p != "body")
+                    parts.append(f"{loc}: {d.get('msg', '')}" if loc else str(d.get("msg", d)))
+                else:
+                    parts.append(str(d))
+            return self._redact("; ".join(parts))[:300]
+        return self._redact(" ".join(str(detail).split()))[:300]
+
+    def _job(self, method: str, shown: str, response: httpx2.Response) -> JobRef:
+        """The job in a 2xx body; a body that is not one may hide a stored job: uncertain."""
+        try:
+            data = json.loads(response.content)
+        except ValueError:
+            data = None
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("id"), str)
+            and data["id"]
+            and isinstance(data.get("hash"), str)
+            and isinstance(data.get("status"), str)
+        ):
+            exp = data.get("experiment_id")
+            info = data.get("info")
+            return JobRef(
+                data["id"], remote_status(data["status"]), data["hash"],
+                exp if isinstance(exp, str) else None, info if isinstance(info, dict) else None,
+            )  # fmt: skip
+        raise RequestFailed(
+            f"{method} {shown}: HTTP {response.status_code} with a body that is not a Job",
+            kind="retry", status=response.status_code, maybe_sent=method == "POST",
+        )  # fmt: skip
+
+    def _same_job(self, method: str, shown: str, job: JobRef, experiment_id: str, job_hash: str) -> JobRef:
+        """A job answered for another hash or experiment is never taken for ours: uncertain."""
+        if job.hash != job_hash or (job.experiment_id is not None and job.experiment_id != experiment_id):
+            raise RequestFailed(
+                f"{method} {shown}: the server answered with a job of another hash or experiment",
+                kind="retry", maybe_sent=True,
+            )  # fmt: skip
+        return job
+
+    async def submit(self, body: dict[str, Any]) -> JobRef:
+        """``POST /jobs``; the created job, or ``RequestFailed``."""
+        response = await self._request("POST", "/jobs", "/jobs", _encode(body).encode("utf-8"))
+        if not 200 <= response.status_code < 300:
+            raise self._failure("POST", "/jobs", response)
+        job = self._job("POST", "/jobs", response)
+        return self._same_job("POST", "/jobs", job, body["experiment_id"], body["hash"])
+
+    async def find_by_hash(self, experiment_id: str, job_hash: str) -> JobRef | None:
+        """``GET /experiments/{id}/jobs/{hash}``: the job, or None on 404.
+
+        Any other 4xx is no verdict on the job (a proxy may refuse a long URL):
+        it stays uncertain and is tried again later.
+        """
+        path = f"/experiments/{quote(experiment_id, safe='')}/jobs/{quote(job_hash, safe='')}"
+        shown = "/experiments/{experiment_id}/jobs/{hash}"
+        response = await self._request("GET", path, shown)
+        code = response.status_code
+        if code == 404:
+            return None
+        if not 200 <= code < 300:
+            failure = self._failure("GET", shown, response)
+            if failure.kind == "reject":
+                failure.kind = "retry"
+            raise failure
+        job = self._job("GET", shown, response)
+        return self._same_job("GET", shown, job, experiment_id, job_hash)
+
+    async def get_job(self, remote_id: str) -> JobRef | None:
+        """``GET /jobs/{id}``: the job, or None on 404."""
+        response = await self._request("GET", f"/jobs/{quote(remote_id, safe='')}", "/jobs/{id}")
+        if response.status_code == 404:
+            return None
+        if not 200 <= response.status_code < 300:
+            raise self._failure("GET", "/jobs/{id}", response)
+        return self._job("GET", "/jobs/{id}", response)
+
+    async def probe(self) -> tuple[int, str]:
+        """Status and content type of a lookup that cannot match (for ``doctor``).
+
+        The Jobs API answers 404 in JSON; a wrong base URL gets some web server's 404.
+        """
+        response = await self._request("GET", "/experiments/logbook-doctor/jobs/0", "(probe)")
+        return response.status_code, response.headers.get("content-type", "")
+
+
+def _proxy_secrets(network: Network) -> list[str]:
+    from ..redact import url_secrets
+
+    urls = [network.proxy] + [v for k, v in os.environ.items() if k.lower().endswith("_proxy")]
+    return [s for url in urls for s in url_secrets(url)]

@@ -1,0 +1,81 @@
+"""The one directory walker, shared by ``import`` and the watcher's scans.
+
+It yields regular files whose names match the patterns, each once:
+hidden directories (``.git``) and hidden or temporary names (``.*``,
+``*.tmp``, ``*.part``, ``*~``) are skipped, symlinked directories are not
+followed (so no loops), and anything that is not a regular file (a FIFO, a
+socket, a device, a symlink to ``/dev/zero``, a dangling or looping link) is
+skipped without being opened.  Names need not be UTF-8: on Linux a path is
+bytes, and Python carries undecodable bytes as surrogate escapes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Container, Iterable, Iterator
+
+DEFAULT_PATTERNS: tuple[str, ...] = ("*.json", "*.jsonl")
+_IGNORED_SUFFIXES = (".tmp", ".part", "~")
+
+
+def is_ignored(name: str | os.PathLike[str]) -> bool:
+    """Temporary and hidden files (``.*``, ``*.tmp``, ``*.part``, ``*~``): writers' scratch."""
+    base = os.path.basename(os.fspath(name))
+    return base.startswith(".") or base.lower().endswith(_IGNORED_SUFFIXES)
+
+
+def matches(name: str | os.PathLike[str], patterns: Iterable[str] = DEFAULT_PATTERNS) -> bool:
+    """Whether the file name (not the path) matches one of the globs; no patterns match all."""
+    base = os.path.basename(os.fspath(name))
+    pats = tuple(patterns)
+    return not pats or any(fnmatch.fnmatch(base, p) for p in pats)
+
+
+def wanted(name: str, patterns: Iterable[str]) -> bool:
+    """A result file's name: matches a pattern and is not hidden or temporary."""
+    return not is_ignored(name) and matches(name, patterns)
+
+
+def walk(
+    top: str,
+    patterns: Iterable[str] = DEFAULT_PATTERNS,
+    *,
+    exclude: Container[str] = (),
+    sort: bool = True,
+) -> Iterator[tuple[str, os.stat_result]]:
+    """``(path, stat)`` of every result file under the directory ``top``.
+
+    ``exclude`` holds paths never to yield (the store's own files, when the
+    store sits in a watched directory).  A directory that cannot be listed is
+    skipped; the walk goes on.
+    """
+    pats = tuple(patterns)
+    stack = [top]
+    while stack:
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        if sort:
+            entries.sort(key=lambda e: e.name)
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirs.append(entry.path)
+                    continue
+                if not wanted(name, pats) or entry.path in exclude:
+                    continue
+                st = entry.stat()  # follows a symlink to a file; a loop raises
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield entry.path, st
+        stack.extend(reversed(subdirs))  # popped in name order

@@ -1,0 +1,36 @@
+"""Live counters of long work (a sync, an import, a watcher's catch-up), for whoever shows them.
+
+The library only counts; the CLI reads these on a timer and draws a bar on
+a terminal or prints a stats line.  Plain attributes, written by one thread
+and read by another: a torn read shows a number one tick old, nothing worse.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Progress:
+    phase: str = "starting"  # sending | refreshing | importing | catching up | done
+    total: int = 0
+    done: int = 0
+    retries: int = 0
+    throttled: int = 0
+    started: float = field(default_factory=time.monotonic)
+    phase_started: float = field(default_factory=time.monotonic)
+
+    def begin(self, phase: str, total: int) -> None:
+        self.phase, self.total, self.done = phase, total, 0
+        self.phase_started = time.monotonic()
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.phase_started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        rate = self.rate()
+        if rate <= 0 or self.total <= self.done:
+            return None
+        return (self.total - self.done) / rate

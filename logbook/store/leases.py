@@ -1,0 +1,359 @@
+"""The sync protocol's side of the store: claim, re-check, renew and settle entries.
+
+An entry goes ``pending`` -> ``sending`` (claimed by one sync run, with a
+lease) -> ``synced`` | ``rejected`` | back to ``pending``.  What keeps
+delivery exactly-once here:
+
+- A run is an *owner*: ``host:pid:start:token``.  The process start time
+  tells a live process from a later one that reuses its pid, and the token
+  tells a run still going in this process from one that ended (a watcher
+  runs many).
+- An entry held by a run that is still alive on this host is never taken by
+  another, whether or not its lease ran out: a sync paused with SIGSTOP may
+  still post it when it resumes.  Entries of a run that is gone (killed,
+  crashed, ended without settling) are taken with ``maybe_sent`` set, so the
+  taker looks them up before posting.  Only another host's entries (a store
+  on a shared disk, which doctor warns about) fall back to lease expiry.
+- Right before each POST the run re-checks, in memory, that its lease has not
+  run out; once it has (the run was paused, or starved), ``revalidate`` renews
+  only what the run still holds, and anything else is dropped unposted.
+- ``settle`` changes only entries the run still holds.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..vocab import UNFINISHED
+from .schema import SELECT, Entry
+
+if TYPE_CHECKING:
+    from . import Store
+
+UNFINISHED_REMOTE: tuple[str, ...] = tuple(sorted(UNFINISHED))
+_HOST = socket.gethostname()
+_live: set[str] = set()
+_live_lock = threading.Lock()
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), or "" where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
+    return stat[stat.rfind(b")") + 2 :].split()[19].decode()
+
+
+_MY_START = _start_time(os.getpid())
+
+
+def new_owner() -> str:
+    """A fresh owner id for one sync run of this process; ``end_owner`` when the run ends."""
+    token = secrets.token_hex(4)
+    owner = f"{_HOST}:{os.getpid()}:{_MY_START}:{token}"
+    with _live_lock:
+        _live.add(owner)
+    return owner
+
+
+def end_owner(owner: str) -> None:
+    with _live_lock:
+        _live.discard(owner)
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """True: a run alive on this host; False: gone; None: another host's (trust its lease)."""
+    if not owner:
+        return False
+    parts = owner.split(":")
+    # host:pid (before 0.2) or host:pid:start:token; a host name has no ":".
+    host, pid_text = parts[0], parts[1] if len(parts) > 1 else ""
+    if host != _HOST or not pid_text.isdigit():
+        return None
+    pid = int(pid_text)
+    if len(parts) >= 4 and pid == os.getpid() and parts[2] == _MY_START:
+        with _live_lock:
+            return owner in _live
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if len(parts) >= 4 and parts[2] and _start_time(pid) not in ("", parts[2]):
+        return False  # the pid was reused by a later process
+    return True
+
+
+@dataclass
+class Outcome:
+    """How one send ended; ``Leases.settle`` writes a batch of these at once."""
+
+    entry_id: int
+    state: str  # synced | pending | rejected | released
+    remote_id: str | None = None
+    remote_status: str | None = None
+    error: str | None = None
+    next_attempt_at: float | None = None
+    maybe_sent: bool = False
+
+
+@dataclass
+class Claim:
+    entries: list[Entry]
+    #: The highest pending id taken (0 if none): a step that walks the backlog once goes on from it.
+    last_pending: int = 0
+
+
+_SETTLE = {
+    "synced": "UPDATE entries SET state = 'synced', remote_id = ?, remote_status = ?,"
+    " synced_at = ?, attempts = attempts + 1, last_error = NULL, maybe_sent = 0,"
+    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+    "pending": "UPDATE entries SET state = 'pending', last_error = ?, next_attempt_at = ?,"
+    " maybe_sent = CASE WHEN ? THEN 1 ELSE maybe_sent END, attempts = attempts + 1,"
+    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+    "rejected": "UPDATE entries SET state = 'rejected', last_error = ?, attempts = attempts + 1,"
+    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+    "released": "UPDATE entries SET state = 'pending', lease_owner = NULL, lease_until = NULL"
+    " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+}
+
+
+class Leases:
+    """Claim, re-check, renew and settle; every write is one short ``BEGIN IMMEDIATE``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def _stale(self, now: float, limit: int | None = None) -> list[int]:
+        """``sending`` entries whose run is gone (or, another host's, whose lease ran out)."""
+        ids: list[int] = []
+        owners = self.store.read(
+            "SELECT lease_owner, count(*) AS n, min(lease_until) AS soonest FROM entries"
+            " WHERE state = 'sending' GROUP BY lease_owner"
+        )
+        for r in owners:
+            alive = owner_alive(r["lease_owner"])
+            if alive or (alive is None and (r["soonest"] or 0) >= now):
+                continue
+            left = -1 if limit is None else limit - len(ids)
+            if left == 0:
+                break
+            expiry = "" if alive is False else " AND coalesce(lease_until, 0) < ?"
+            params: tuple[object, ...] = (r["lease_owner"],) + (() if alive is False else (now,))
+            ids += [
+                row["id"]
+                for row in self.store.read(
+                    f"SELECT id FROM entries WHERE state = 'sending' AND lease_owner IS ?{expiry}"
+                    " ORDER BY id LIMIT ?",
+                    (*params, left),
+                )
+            ]
+        return ids
+
+    def claim(
+        self,
+        owner: str,
+        limit: int,
+        *,
+        lease_seconds: float,
+        now: float | None = None,
+        ignore_backoff: bool = False,
+        after_id: int = 0,
+    ) -> Claim:
+        """Take up to ``limit`` due entries for ``owner`` to send.
+
+        ``ignore_backoff`` takes pending entries whatever their next attempt
+        time (a sync the user asked for now); ``after_id`` skips pending
+        entries up to that id (a step that walks the backlog once).  Entries a
+        gone run left ``sending`` are taken first, flagged ``maybe_sent``.
+        """
+        now = time.time() if now is None else now
+        with self.store.write() as conn:
+            stale = self._stale(now, limit)
+            if stale:
+                conn.executemany(
+                    "UPDATE entries SET maybe_sent = 1 WHERE id = ?", [(i,) for i in stale]
+                )
+            ids, last = list(stale), 0
+            if len(ids) < limit:
+                pending = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM entries WHERE state = 'pending' AND id > ?"
+                        " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+                        " ORDER BY id LIMIT ?",
+                        (after_id, float("inf") if ignore_backoff else now, limit - len(ids)),
+                    )
+                ]
+                ids += pending
+                last = pending[-1] if pending else 0
+            if not ids:
+                return Claim([])
+            conn.executemany(
+                "UPDATE entries SET state = 'sending', lease_owner = ?, lease_until = ?"
+                " WHERE id = ?",
+                [(owner, now + lease_seconds, i) for i in ids],
+            )
+            marks = ",".join("?" * len(ids))
+            rows = conn.execute(SELECT + f" WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
+        return Claim([Entry.from_row(r) for r in rows], last)
+
+    def revalidate(self, owner: str, ids: Sequence[int], lease_seconds: float) -> set[int]:
+        """Renew the lease on those of ``ids`` that ``owner`` still holds; returns them."""
+        if not ids:
+            return set()
+        until = time.time() + lease_seconds
+        held: set[int] = set()
+        with self.store.write() as conn:
+            for i in ids:
+                if conn.execute(
+                    "UPDATE entries SET lease_until = ? WHERE id = ? AND state = 'sending'"
+                    " AND lease_owner = ?",
+                    (until, i, owner),
+                ).rowcount:
+                    held.add(i)
+        return held
+
+    def renew(self, owner: str, lease_seconds: float) -> float:
+        """Extend the lease of every entry ``owner`` holds; returns the new expiry."""
+        until = time.time() + lease_seconds
+        with self.store.write() as conn:
+            conn.execute(
+                "UPDATE entries SET lease_until = ? WHERE state = 'sending' AND lease_owner = ?",
+                (until, owner),
+            )
+        return until
+
+    def settle(self, owner: str, outcomes: Sequence[Outcome]) -> dict[str, int]:
+        """Write a batch of outcomes in one transaction (one fsync, not one per entry).
+
+        Only entries ``owner`` still holds change; returns how many of each
+        state were written.
+        """
+        from . import now_iso
+
+        if not outcomes:
+            return {}
+        stamp = now_iso()
+        params: dict[str, list[tuple[object, ...]]] = {state: [] for state in _SETTLE}
+        for o in outcomes:
+            if o.state == "synced":
+                params["synced"].append((o.remote_id, o.remote_status, stamp, o.entry_id, owner))
+            elif o.state == "pending":
+                params["pending"].append(
+                    (o.error, o.next_attempt_at, int(o.maybe_sent), o.entry_id, owner)
+                )
+            elif o.state == "rejected":
+                params["rejected"].append((o.error, o.entry_id, owner))
+            elif o.state == "released":
+                params["released"].append((o.entry_id, owner))
+            else:
+                raise ValueError(f"unknown outcome state {o.state!r}")
+        written: dict[str, int] = {}
+        with self.store.write() as conn:
+            for state, rows in params.items():
+                if rows:
+                    before = conn.total_changes
+                    conn.executemany(_SETTLE[state], rows)
+                    written[state] = conn.total_changes - before
+        return written
+
+    # --- what is due ---------------------------------------------------------------------
+
+    def due(self, limit: int, *, now: float | None = None) -> list[Entry]:
+        """What ``logbook sync`` would send now, without claiming it (for ``--dry-run``)."""
+        now = time.time() if now is None else now
+        stale = self._stale(now, limit)
+        rows = self.store.read(SELECT + " WHERE state = 'pending' ORDER BY id LIMIT ?", (limit,))
+        if stale:
+            rows += self.store.read(
+                SELECT + f" WHERE id IN ({','.join('?' * len(stale))})", stale
+            )
+        entries = sorted((Entry.from_row(r) for r in rows), key=lambda e: e.id)
+        return entries[:limit]
+
+    def count_due(self, now: float | None = None, *, ignore_backoff: bool = False) -> int:
+        """How many entries a sync would send now."""
+        now = time.time() if now is None else now
+        due = self.store.scalar(
+            "SELECT count(*) FROM entries WHERE state = 'pending'"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
+            (float("inf") if ignore_backoff else now,),
+        )
+        return int(due) + len(self._stale(now))
+
+    def count_left(self, now: float | None = None) -> int:
+        """Entries still to be sent: pending ones and those a gone run left ``sending``."""
+        now = time.time() if now is None else now
+        pending = self.store.scalar("SELECT count(*) FROM entries WHERE state = 'pending'")
+        return int(pending) + len(self._stale(now))
+
+    def count_held(self, owner: str | None = None) -> int:
+        """``sending`` entries held by live runs other than ``owner``."""
+        held = 0
+        for r in self.store.read(
+            "SELECT lease_owner, count(*) AS n FROM entries WHERE state = 'sending'"
+            " GROUP BY lease_owner"
+        ):
+            if r["lease_owner"] != owner and owner_alive(r["lease_owner"]) is not False:
+                held += r["n"]
+        return held
+
+    def count_owned(self, owner: str) -> int:
+        """``sending`` entries ``owner`` still holds (none, once a run has settled)."""
+        return int(
+            self.store.scalar(
+                "SELECT count(*) FROM entries WHERE state = 'sending' AND lease_owner = ?",
+                (owner,),
+            )
+        )
+
+    def next_due_at(self) -> float | None:
+        """When the earliest pending entry becomes due (epoch seconds), if any."""
+        return self.store.scalar(  # type: ignore[no-any-return]
+            "SELECT min(coalesce(next_attempt_at, 0)) FROM entries WHERE state = 'pending'"
+        )
+
+    # --- remote statuses -----------------------------------------------------------------
+
+    def unfinished_remote(self, limit: int, after_id: int = 0) -> list[Entry]:
+        """Synced entries whose server status is not final yet, in id order."""
+        marks = ",".join("?" * len(UNFINISHED_REMOTE))
+        rows = self.store.read(
+            SELECT + f" WHERE state = 'synced' AND remote_status IN ({marks}) AND id > ?"
+            " ORDER BY id LIMIT ?",
+            (*UNFINISHED_REMOTE, after_id, limit),
+        )
+        return [Entry.from_row(r) for r in rows]
+
+    def count_unfinished_remote(self) -> int:
+        marks = ",".join("?" * len(UNFINISHED_REMOTE))
+        return int(
+            self.store.scalar(
+                f"SELECT count(*) FROM entries WHERE state = 'synced' AND remote_status IN ({marks})",
+                UNFINISHED_REMOTE,
+            )
+        )
+
+    def set_remote_status(self, updates: Sequence[tuple[int, str]]) -> None:
+        from . import now_iso
+
+        if not updates:
+            return
+        stamp = now_iso()
+        with self.store.write() as conn:
+            conn.executemany(
+                "UPDATE entries SET remote_status = ?, refreshed_at = ? WHERE id = ?",
+                [(status, stamp, entry_id) for entry_id, status in updates],
+            )

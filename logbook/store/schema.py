@@ -1,0 +1,226 @@
+"""The store's tables, declared once, and the migrations that bring older stores up to date.
+
+``Entry`` is a job (``jobs.Job``, whose fields are declared there) plus its
+local bookkeeping, declared here with each column's SQL.  The ``entries``
+table, the SELECT list, the insert and the row factory are all built from
+these two declarations, so a new field is one line.
+
+A new store is created at the latest version in one step (``create``).  An
+older one is brought up by ``MIGRATIONS[version:]``; those are history and
+stay as they were written.  ``tests/fixtures/old_stores`` holds a store of
+every earlier version, and a test checks each migrates to the same tables a
+new store gets.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..jobs import JOB, JOB_FIELDS, Job
+from ..vocab import STATES
+
+#: ``PRAGMA application_id`` of a logbook store ("LogB"): another program's
+#: SQLite file is never changed by logbook.
+APPLICATION_ID = 0x4C6F6742
+__all__ = ["APPLICATION_ID", "COLUMNS", "ENTRY_KEYS", "Entry", "STATES", "SCHEMA_VERSION"]
+
+
+def _col(sql: str, default: Any = None, *, public: bool = True) -> Any:
+    return field(default=default, metadata={"sql": sql, "public": public})
+
+
+@dataclass(kw_only=True)
+class Entry(Job):
+    """One job in the logbook, as stored locally: the job's fields plus these."""
+
+    id: int = _col("INTEGER PRIMARY KEY", 0)
+    state: str = _col("TEXT NOT NULL DEFAULT 'pending'", "pending")
+    attempts: int = _col("INTEGER NOT NULL DEFAULT 0", 0)
+    last_error: str | None = _col("TEXT")
+    remote_id: str | None = _col("TEXT")
+    remote_status: str | None = _col("TEXT")
+    created_at: str = _col("TEXT NOT NULL", "")
+    synced_at: str | None = _col("TEXT")
+    source: str | None = _col("TEXT")
+    #: The server may hold this job already: look it up before posting it again.
+    maybe_sent: bool = _col("INTEGER NOT NULL DEFAULT 0", False, public=False)
+    next_attempt_at: float | None = _col("REAL", public=False)
+    lease_owner: str | None = _col("TEXT", public=False)
+    lease_until: float | None = _col("REAL", public=False)
+    refreshed_at: str | None = _col("TEXT", public=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as ``list --json`` and ``show --json`` print it (``id`` as a string)."""
+        d = {k: getattr(self, k) for k in ENTRY_KEYS}
+        d["id"] = str(self.id)
+        return d
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Entry:
+        return cls(**{name: convert(row[name]) for name, convert in _READERS})
+
+
+_JOB_SQL = {
+    "id": "TEXT NOT NULL",
+    "short": "TEXT NOT NULL DEFAULT ''",
+    "text": "TEXT NOT NULL DEFAULT ''",
+    "json": "TEXT NOT NULL DEFAULT ''",
+    "enum": "TEXT NOT NULL",
+    "object": "TEXT NOT NULL DEFAULT '{}'",
+}
+_BOOKKEEPING = [f for f in fields(Entry) if "sql" in f.metadata]
+
+#: Every column of ``entries``, in table order, with its SQL.
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "INTEGER PRIMARY KEY"),
+    *((f.name, _JOB_SQL[f.kind]) for f in JOB),
+    *((f.name, f.metadata["sql"]) for f in _BOOKKEEPING if f.name != "id"),
+)
+#: The keys ``list --json`` / ``show --json`` print, in order: the contract's.
+ENTRY_KEYS: tuple[str, ...] = (
+    "id",
+    *JOB_FIELDS,
+    *(f.name for f in _BOOKKEEPING if f.metadata["public"] and f.name != "id"),
+)
+SELECT = f"SELECT {', '.join(name for name, _ in COLUMNS)} FROM entries"
+#: The columns a new entry is inserted with (the rest take their defaults).
+INSERT_COLUMNS: tuple[str, ...] = (*JOB_FIELDS, "created_at", "source")
+_INSERT_LIST = ", ".join(INSERT_COLUMNS)
+INSERT = (
+    f"INSERT INTO entries ({_INSERT_LIST}) VALUES ({', '.join('?' * len(INSERT_COLUMNS))})"
+    " ON CONFLICT(experiment_id, hash) DO NOTHING"
+)
+
+
+def _text(value: Any) -> Any:
+    return "" if value is None else value
+
+
+_READERS: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(
+    (name, {"metrics": lambda v: json.loads(v) if v else {}, "maybe_sent": bool}.get(
+        name, _text if name in JOB_FIELDS else (lambda v: v)))
+    for name, _ in COLUMNS
+)  # fmt: skip
+
+# json.dumps() with options builds a new encoder on every call; bulk import calls it per row.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def row(job: Mapping[str, Any], created_at: str, source: str | None) -> tuple[Any, ...]:
+    """The inserted values of a prepared job: pure, so import's worker processes build rows too."""
+    values = [job[name] for name in JOB_FIELDS]
+    values[-1] = _compact_json(values[-1] or {})  # metrics, the last job field
+    return (*values, created_at, source)
+
+
+# --- tables --------------------------------------------------------------------
+
+FILES = """CREATE TABLE IF NOT EXISTS files (
+    path BLOB PRIMARY KEY,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL DEFAULT 0,
+    ctime_ns INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    recorded INTEGER NOT NULL DEFAULT 0,
+    known INTEGER NOT NULL DEFAULT 0,
+    seen_at TEXT NOT NULL,
+    read_ns INTEGER NOT NULL DEFAULT 0
+)"""
+RUNS = """CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    ended_at TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    synced INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    pending INTEGER NOT NULL,
+    refreshed INTEGER NOT NULL,
+    elapsed REAL NOT NULL
+)"""
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS entries_state ON entries (state, id)",
+    "CREATE INDEX IF NOT EXISTS entries_experiment ON entries (experiment_id, id)",
+    "CREATE INDEX IF NOT EXISTS entries_remote ON entries (remote_status, id) WHERE state = 'synced'",
+    "CREATE INDEX IF NOT EXISTS files_outcome ON files (outcome)",
+)
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """A new store's tables, at the latest version."""
+    cols = ",\n    ".join(f"{name} {sql}" for name, sql in COLUMNS)
+    conn.execute(f"CREATE TABLE entries (\n    {cols},\n    UNIQUE (experiment_id, hash)\n)")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute(FILES)
+    conn.execute(RUNS)
+    for stmt in _INDEXES:
+        conn.execute(stmt)
+
+
+# --- migrations (history: never edited once released) -----------------------------
+
+
+def _v2(conn: sqlite3.Connection) -> None:
+    """Sync bookkeeping: leases, retry times, the 'may have reached the server' flag."""
+    import sqlite_utils
+
+    db = sqlite_utils.Database(conn)
+    entries = db.table("entries")
+    have = {c.name for c in entries.columns}
+    for name, typ, default in (
+        ("next_attempt_at", float, None),
+        ("lease_owner", str, None),
+        ("lease_until", float, None),
+        ("maybe_sent", int, 0),  # NOT NULL: max(NULL, 1) is NULL in SQLite
+        ("refreshed_at", str, None),
+    ):
+        if name not in have:
+            entries.add_column(name, typ, not_null_default=default)
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS entries_remote ON entries (remote_status, id)"
+        " WHERE state = 'synced'"
+    )
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+
+
+def _v3(conn: sqlite3.Connection) -> None:
+    """The watcher's ledger of files seen, so a restart records nothing twice."""
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS files (
+            path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+            sha256 TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT,
+            recorded INTEGER NOT NULL DEFAULT 0, known INTEGER NOT NULL DEFAULT 0,
+            seen_at TEXT NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS files_outcome ON files (outcome)")
+
+
+def _v4(conn: sqlite3.Connection) -> None:
+    """Ledger paths as bytes (a name need not be UTF-8); inode and ctime to see every change;
+    the history of sync runs."""
+    conn.execute("ALTER TABLE files RENAME TO files_v3")
+    conn.execute("DROP INDEX IF EXISTS files_outcome")
+    conn.execute(FILES)
+    conn.execute(
+        "INSERT INTO files (path, size, mtime_ns, sha256, outcome, reason, recorded, known,"
+        " seen_at) SELECT CAST(path AS BLOB), size, mtime_ns, sha256, outcome, reason,"
+        " recorded, known, seen_at FROM files_v3"
+    )
+    conn.execute("DROP TABLE files_v3")
+    conn.execute("CREATE INDEX IF NOT EXISTS files_outcome ON files (outcome)")
+    conn.execute(RUNS)
+
+
+def _v1(conn: sqlite3.Connection) -> None:  # pragma: no cover - a v0 store never existed
+    raise sqlite3.DatabaseError("a logbook store without a schema version")
+
+
+#: ``MIGRATIONS[v]`` brings a store of version ``v`` to ``v + 1``.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3, _v4)
+SCHEMA_VERSION = len(MIGRATIONS)
