@@ -51,6 +51,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .api import log, open_store, sync
+    from .engine import SyncReport
     from .errors import (
         AuthError,
         ConfigError,
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
         Unreachable,
     )
     from .store import Entry, Store
-    from .engine import SyncReport
 
 
 def __getattr__(name: str) -> Any:

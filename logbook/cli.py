@@ -164,8 +164,10 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "?"
     value = int(value)
-    return f"{value // 3600}:{value % 3600 // 60:02d}:{value % 60:02d}" if value >= 3600 else (
-        f"{value // 60}:{value % 60:02d}"
+    return (
+        f"{value // 3600}:{value % 3600 // 60:02d}:{value % 60:02d}"
+        if value >= 3600
+        else (f"{value // 60}:{value % 60:02d}")
     )
 
 
@@ -182,7 +184,9 @@ def stats_line(p: Progress) -> str:
 
 
 @contextmanager
-def show_progress(c: Ctx, progress: Progress, unit: str, *, as_json: bool = False) -> Iterator[None]:
+def show_progress(
+    c: Ctx, progress: Progress, unit: str, *, as_json: bool = False
+) -> Iterator[None]:
     """A live bar on a terminal (tqdm), else a stats line every ``--stats`` seconds; ``-q`` hides both."""
     stop = threading.Event()
     thread: threading.Thread | None = None
@@ -244,7 +248,9 @@ def _stats(progress: Progress, every: float, stop: threading.Event) -> None:
 class Ctx:
     """What the group's options give every command."""
 
-    def __init__(self, db: str | None, verbose: int, quiet: bool, stats: float, log_format: str) -> None:
+    def __init__(
+        self, db: str | None, verbose: int, quiet: bool, stats: float, log_format: str
+    ) -> None:
         self.db_option = db
         self.verbose = verbose
         self.quiet = quiet
@@ -356,7 +362,9 @@ LOG_FORMAT = click.option(
 )  # fmt: skip
 @click.version_option(package_name="haiqu-logbook")
 @click.pass_context
-def cli(ctx: click.Context, db: str | None, verbose: int, quiet: bool, stats: float, log_format: str) -> None:
+def cli(
+    ctx: click.Context, db: str | None, verbose: int, quiet: bool, stats: float, log_format: str
+) -> None:
     """logbook: a local-first job logbook with sync for quantum jobs.
 
     Every job is written to a local SQLite store first; `logbook sync` sends
@@ -418,7 +426,9 @@ def _read_results_file(path: str, max_bytes: int) -> str:
     "--results-file", type=click.Path(dir_okay=False, allow_dash=True),
     help="Read the results JSON from a file (- for stdin).",
 )  # fmt: skip
-@click.option("--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="A metric (repeatable).")
+@click.option(
+    "--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="A metric (repeatable)."
+)
 @click.option("--hash", "hash_", help="Job hash (default: computed from the content).")
 @click.option("--circuit-hash", help="Circuit hash.")
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
@@ -470,11 +480,19 @@ def record(
 @cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--experiment", "-e", help="Experiment id for files that do not name one.")
-@click.option("--max-file-bytes", type=click.IntRange(min=1), help="Largest file to read (default 64 MiB).")
+@click.option(
+    "--max-file-bytes", type=click.IntRange(min=1), help="Largest file to read (default 64 MiB)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 @pass_ctx
 @handle_errors
-def import_(c: Ctx, paths: tuple[str, ...], experiment: str | None, max_file_bytes: int | None, as_json: bool) -> None:
+def import_(
+    c: Ctx,
+    paths: tuple[str, ...],
+    experiment: str | None,
+    max_file_bytes: int | None,
+    as_json: bool,
+) -> None:
     """Record result files and directories (job JSON, Qiskit results, JSON Lines).
 
     Directories are read recursively; each file is reported once as recorded,
@@ -517,9 +535,20 @@ def import_(c: Ctx, paths: tuple[str, ...], experiment: str | None, max_file_byt
 
 
 def _table(entries: Iterable[Entry]) -> None:
-    cols = ("id", "state", "experiment_id", "name", "device_id", "remote_status", "remote_id", "created_at")
+    cols = (
+        "id",
+        "state",
+        "experiment_id",
+        "name",
+        "device_id",
+        "remote_status",
+        "remote_id",
+        "created_at",
+    )
     heads = ("id", "state", "experiment", "name", "device", "server status", "server id", "created")
-    rows = [[str(getattr(e, k) if getattr(e, k) is not None else "") for k in cols] for e in entries]
+    rows = [
+        [str(getattr(e, k) if getattr(e, k) is not None else "") for k in cols] for e in entries
+    ]
     if not rows:
         click.echo("no entries (record one with `logbook record`, or `logbook import DIR`)")
         return
@@ -532,7 +561,13 @@ def _table(entries: Iterable[Entry]) -> None:
 @cli.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only entries in this state.")
 @click.option("--experiment", "-e", help="Only entries of this experiment.")
-@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True, help="At most N entries (0: all).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="At most N entries (0: all).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of entries.")
 @pass_ctx
 @handle_errors
@@ -611,7 +646,9 @@ def status(c: Ctx, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
 @click.option("--state", type=click.Choice(STATES), help="Only entries in this state.")
 @click.option("--experiment", "-e", help="Only entries of this experiment.")
 @pass_ctx
@@ -738,9 +775,15 @@ def retry(c: Ctx, ids: tuple[int, ...], all_: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--endpoint", metavar="URL", help="API base URL (default: $HAIQU_EDGE_URI, else the SDK's).")
-@click.option("--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT)
-@click.option("--concurrency", type=click.IntRange(1, 512), help="Requests in flight.", show_default="64")
+@click.option(
+    "--endpoint", metavar="URL", help="API base URL (default: $HAIQU_EDGE_URI, else the SDK's)."
+)
+@click.option(
+    "--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT
+)
+@click.option(
+    "--concurrency", type=click.IntRange(1, 512), help="Requests in flight.", show_default="64"
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Send at most N entries.")
 @click.option("--dry-run", is_flag=True, help="Print what would be sent; send nothing.")
 @click.option("--no-refresh", is_flag=True, help="Skip refreshing unfinished remote statuses.")
@@ -813,7 +856,9 @@ UNIT_TEMPLATE = "data/logbook-watch.service"
               help="File name glob (repeatable).", show_default="*.json and *.jsonl")  # fmt: skip
 @click.option("--sync", "do_sync", is_flag=True, help="Upload new entries as they are recorded.")
 @click.option("--endpoint", metavar="URL", help="API base URL for --sync.")
-@click.option("--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT)
+@click.option(
+    "--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT
+)
 @click.option("--polling", is_flag=True, help="Poll instead of inotify (for NFS/SMB).")
 @click.option("--settle", type=click.FloatRange(min=0), metavar="S",
               help="Seconds a file must be unchanged before it is read.", show_default="0.2")  # fmt: skip
@@ -823,7 +868,9 @@ UNIT_TEMPLATE = "data/logbook-watch.service"
 @click.option("--refresh", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="S",
               help="With --sync: seconds between refreshes of unfinished server statuses (0: never).")  # fmt: skip
 @LOG_FORMAT
-@click.option("--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit.")
+@click.option(
+    "--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit."
+)
 @pass_ctx
 @handle_errors
 def watch(
@@ -892,7 +939,13 @@ def watch(
     log.info("stopped: %s", stats.summary())
 
 
-def _unit(roots: list[str], experiment: str | None, patterns: tuple[str, ...], do_sync: bool, polling: bool) -> str:
+def _unit(
+    roots: list[str],
+    experiment: str | None,
+    patterns: tuple[str, ...],
+    do_sync: bool,
+    polling: bool,
+) -> str:
     """The packaged systemd unit, filled in for this command line."""
     import shlex
     import shutil
@@ -917,7 +970,9 @@ def _unit(roots: list[str], experiment: str | None, patterns: tuple[str, ...], d
 
 @cli.command()
 @click.option("--endpoint", metavar="URL", help="API base URL to check.")
-@click.option("--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT)
+@click.option(
+    "--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @pass_ctx
 @handle_errors

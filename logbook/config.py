@@ -120,9 +120,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {err}") from None
     unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
-        raise ConfigError(
-            f"{path}: unknown setting {unknown[0]!r} (known: {', '.join(SETTINGS)})"
-        )
+        raise ConfigError(f"{path}: unknown setting {unknown[0]!r} (known: {', '.join(SETTINGS)})")
     for key, value in data.items():
         typ = SETTINGS[key]
         if typ is float and isinstance(value, int) and not isinstance(value, bool):
@@ -142,7 +140,11 @@ def clean_key(raw: str, source: str) -> tuple[str, str | None]:
     note = f"stripped a trailing line ending from the API key ({source})" if key != raw else None
     bad = next((c for c in key if not c.isascii() or not c.isprintable() or c.isspace()), None)
     if bad is not None or not key:
-        what = "is empty" if not key else f"holds {'a space' if bad == ' ' else 'a control or non-ASCII character'}"
+        what = (
+            "is empty"
+            if not key
+            else f"holds {'a space' if bad == ' ' else 'a control or non-ASCII character'}"
+        )
         raise ConfigError(f"the API key from {source} {what}: set it to the key alone")
     return key, note
 
@@ -224,7 +226,9 @@ def load_config(
     cfg = Config(home=home, db=Path(db_value).expanduser() if db_value else home / "logbook.db")
     cfg.config_file = path if path.exists() else None
     raw_endpoint = pick("endpoint", endpoint, "HAIQU_EDGE_URI")
-    cfg.endpoint = check_endpoint(raw_endpoint, sources["endpoint"]) if raw_endpoint else DEFAULT_ENDPOINT
+    cfg.endpoint = (
+        check_endpoint(raw_endpoint, sources["endpoint"]) if raw_endpoint else DEFAULT_ENDPOINT
+    )
     raw_key = pick("api_key", None, "HAIQU_API_KEY")
     if raw_key:
         cfg.api_key, note = clean_key(raw_key, sources["api_key"])

@@ -49,7 +49,11 @@ def check_store(cfg: Config) -> list[Check]:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             checks.append(
-                Check("permissions", "warn", f"{path} is readable by others (mode {mode:o}): chmod 600")
+                Check(
+                    "permissions",
+                    "warn",
+                    f"{path} is readable by others (mode {mode:o}): chmod 600",
+                )
             )
     try:
         with Store(path, readonly=True) as store:
@@ -102,7 +106,9 @@ def check_config(cfg: Config) -> list[Check]:
                 f" by others (mode {mode:o}): chmod 600",
             ))  # fmt: skip
     else:
-        checks.append(Check("config", "ok", f"no config file (it would be read from {config_path()})"))
+        checks.append(
+            Check("config", "ok", f"no config file (it would be read from {config_path()})")
+        )
     if cfg.api_key:
         checks.append(Check("key", "ok", f"{mask(cfg.api_key)} (from {cfg.key_source})"))
     else:
@@ -147,12 +153,20 @@ async def _probe(cfg: Config) -> Check:
         ms = (time.monotonic() - started) * 1000
     through = " through the proxy" if _proxy_for(cfg) else ""
     if code in (401, 403):
-        return Check("server", "fail", f"the server refused the key (HTTP {code}): check HAIQU_API_KEY")
+        return Check(
+            "server", "fail", f"the server refused the key (HTTP {code}): check HAIQU_API_KEY"
+        )
     if 300 <= code < 400:
-        return Check("server", "fail", f"{cfg.endpoint} redirects (HTTP {code}): set HAIQU_EDGE_URI to where it points")
+        return Check(
+            "server",
+            "fail",
+            f"{cfg.endpoint} redirects (HTTP {code}): set HAIQU_EDGE_URI to where it points",
+        )
     json_answer = content_type.startswith("application/json")
     if code in (200, 404) and json_answer:
-        return Check("server", "ok", f"{cfg.endpoint} answers{through} and accepts the key ({ms:.0f} ms)")
+        return Check(
+            "server", "ok", f"{cfg.endpoint} answers{through} and accepts the key ({ms:.0f} ms)"
+        )
     return Check(
         "server", "fail",
         f"{cfg.endpoint} answered HTTP {code}{'' if json_answer else ' (not JSON)'}:"

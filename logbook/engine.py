@@ -478,7 +478,9 @@ class _Step:
         e = self.e
         try:
             while not e.stopped and (self.limit is None or self.claimed < self.limit):
-                want = self.page if self.limit is None else min(self.page, self.limit - self.claimed)
+                want = (
+                    self.page if self.limit is None else min(self.page, self.limit - self.claimed)
+                )
                 # Shielded: once the claim runs on the store thread it commits,
                 # so a cancelled step must still learn which entries it took.
                 fut = asyncio.ensure_future(
@@ -595,12 +597,12 @@ def require(cfg: Config) -> tuple[str, str]:
     """The endpoint and key a sync needs, or the ``ConfigError`` that says how to set them."""
     if not cfg.endpoint:
         raise ConfigError(
-            "no endpoint: set HAIQU_EDGE_URI, pass --endpoint URL, or put endpoint = \"...\""
+            'no endpoint: set HAIQU_EDGE_URI, pass --endpoint URL, or put endpoint = "..."'
             " in config.toml"
         )
     if not cfg.api_key:
         raise ConfigError(
-            "no API key: set HAIQU_API_KEY, or put api_key = \"...\" in config.toml"
+            'no API key: set HAIQU_API_KEY, or put api_key = "..." in config.toml'
             " (chmod 600); see `logbook config`"
         )
     return cfg.endpoint, cfg.api_key
@@ -733,9 +735,7 @@ class _Run:
     async def _send(self) -> None:
         engine, limit = self.engine, self.o["limit"]
         db = engine.db
-        total = await db.run(
-            engine.leases.count_due, ignore_backoff=not self.o["respect_backoff"]
-        )
+        total = await db.run(engine.leases.count_due, ignore_backoff=not self.o["respect_backoff"])
         engine.progress.begin("sending", total if limit is None else min(total, limit))
         sent, first, stalls = 0, not self.o["respect_backoff"], 0
         while True:
@@ -775,7 +775,8 @@ class _Run:
         synced = engine.report.synced
         kept = (
             f"{synced} entries synced before that are kept; the rest were left as they were"
-            if synced else "no entry was changed"
+            if synced
+            else "no entry was changed"
         )
         if failure.kind == "auth":
             raise AuthError(
@@ -784,8 +785,7 @@ class _Run:
             )
         if failure.kind == "redirect":
             raise Redirected(
-                f"the endpoint redirects to {failure.location}; set HAIQU_EDGE_URI to it"
-                f" ({kept})"
+                f"the endpoint redirects to {failure.location}; set HAIQU_EDGE_URI to it ({kept})"
             )
         if failure.trust_failed:
             raise TrustError(f"{failure}; {kept}")
@@ -797,7 +797,9 @@ class _Run:
         if not engine.any_success:
             raise Unreachable(f"{failure}; {kept}")
 
-    async def _finish(self, db: StoreWorker, engine: SyncEngine, started: float, how: str) -> SyncReport:
+    async def _finish(
+        self, db: StoreWorker, engine: SyncEngine, started: float, how: str
+    ) -> SyncReport:
         """Record the run, count what is left, and make sure nothing is still held."""
         await engine.drain_settling(steps=True)
         leases = engine.leases
@@ -953,4 +955,3 @@ class BackgroundSyncer:
             return
         last = f" (last error: {report.errors[-1]})" if report.errors else ""
         self._fail(f"{report.pending} entries still pending{last}", self._next_backoff(), "pending")
-

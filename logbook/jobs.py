@@ -41,7 +41,9 @@ class JobField:
     required: bool = False
 
 
-def _spec(kind: str, default: str = "", choices: tuple[str, ...] = (), required: bool = False) -> Any:
+def _spec(
+    kind: str, default: str = "", choices: tuple[str, ...] = (), required: bool = False
+) -> Any:
     return field(default=default, metadata={"kind": kind, "choices": choices, "required": required})
 
 
@@ -193,25 +195,25 @@ def prepare(doc: Mapping[str, Any], *, experiment_id: str | None = None) -> dict
     for key in unknown[:3]:
         problems.append(f"{_show(key)}: unknown field (a job has {', '.join(JOB_FIELDS)})")
     job: dict[str, Any] = {}
-    for field in JOB:
-        value = doc.get(field.name)
-        if field.name == "experiment_id" and not value and experiment_id:
+    for spec in JOB:
+        value = doc.get(spec.name)
+        if spec.name == "experiment_id" and not value and experiment_id:
             value = experiment_id
-        if field.kind == "object":
+        if spec.kind == "object":
             value, problem = _check_metrics(value)
-        elif field.kind == "enum":
+        elif spec.kind == "enum":
             if value is None or value == "":
-                value = field.default
+                value = spec.default
             problem = None
-            if value not in _CHOICES[field.name]:
-                problem = f"must be one of {', '.join(field.choices)} (got {_show(value)})"
+            if value not in _CHOICES[spec.name]:
+                problem = f"must be one of {', '.join(spec.choices)} (got {_show(value)})"
         else:
-            value, problem = _check_text(field, value)
-            if field.required and not problem and not value:
+            value, problem = _check_text(spec, value)
+            if spec.required and not problem and not value:
                 problem = "required (a non-empty string)"
         if problem:
-            problems.append(f"{field.name}: {problem}")
-        job[field.name] = value
+            problems.append(f"{spec.name}: {problem}")
+        job[spec.name] = value
     if problems:
         raise InvalidJob("; ".join(problems))
     if not job["hash"]:

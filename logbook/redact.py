@@ -123,4 +123,3 @@ def show_url(url: str, *, keep_query: bool = False) -> str:
         netloc = f"{parts.username}:****@{netloc}" if parts.password else f"****@{netloc}"
     query = parts.query if keep_query else ""
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-

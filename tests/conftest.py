@@ -1,9 +1,12 @@
-"""Shared fixtures: every test runs against its own LOGBOOK_HOME, never the user's."""
+"""Shared fixtures: every test runs against its own LOGBOOK_HOME, never the user's.
+
+``emulator`` is one real emulator process for the whole session (started on
+loopback, stopped by its PID), emptied before each test that asks for it.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,20 +14,29 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-pytest_plugins = ["fixtures_emulator"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-#: Environment variables that would let a test reach the user's store or the network.
-ISOLATED_VARS = ("LOGBOOK_DB", "HAIQU_API_KEY", "HAIQU_EDGE_URI", "LOGBOOK_HTTP_ENGINE")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from support import Run, cli  # noqa: E402
+
+from logbook.emulator.testing import EmulatorProcess  # noqa: E402
+
+# A key with "+", "/" and "=": a client that forgets to percent-encode it in the
+# query string sends a space instead of "+" and is refused.
+EMULATOR_KEY = "k+ey/with=chars+/="
+# Short enough for a test to wait for Done, long enough that a fresh job is
+# reliably still "Submitted" when its POST answers.
+EMULATOR_PROGRESS_SECONDS = 1.0
+EMULATOR_SEED = 12345
 
 
 @pytest.fixture(autouse=True)
 def logbook_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh, empty LOGBOOK_HOME for every test; no store, key or endpoint inherited."""
+    """A fresh, empty LOGBOOK_HOME for every test; no store, key, endpoint, proxy or CA inherited."""
     home = tmp_path_factory.mktemp("logbook-home")
+    for name in list(os.environ):
+        if name.startswith(("HAIQU_", "LOGBOOK_", "SSL_CERT_")) or name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LOGBOOK_HOME", str(home))
-    for name in ISOLATED_VARS:
-        monkeypatch.delenv(name, raising=False)
     # logbook.api caches one Store per thread and path: forget the previous test's.
     api = sys.modules.get("logbook.api")
     if api is not None:
@@ -40,34 +52,12 @@ def db_path(logbook_home: Path) -> Path:
     return logbook_home / "logbook.db"
 
 
-RunCli = Callable[..., "subprocess.CompletedProcess[str]"]
-
-
 @pytest.fixture
-def run_cli(logbook_home: Path) -> RunCli:
-    """Run ``python -m logbook ARGS`` as a real process with the test's environment."""
+def run_cli(logbook_home: Path) -> Callable[..., Run]:
+    """Run ``python -m logbook ARGS`` as a real process in the test's home."""
 
-    def run(
-        *args: str | os.PathLike[str],
-        input: str | None = None,
-        env: dict[str, str] | None = None,
-        timeout: float = 60,
-    ) -> subprocess.CompletedProcess[str]:
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH")) if p
-        )
-        if env:
-            full_env.update(env)
-        return subprocess.run(
-            [sys.executable, "-m", "logbook", *map(str, args)],
-            input=input,
-            capture_output=True,
-            text=True,
-            env=full_env,
-            timeout=timeout,
-            stdin=None if input is not None else subprocess.DEVNULL,
-        )
+    def run(*args: str | os.PathLike[str], **kwargs: object) -> Run:
+        return cli(logbook_home, *args, **kwargs)  # type: ignore[arg-type]
 
     return run
 
@@ -75,14 +65,35 @@ def run_cli(logbook_home: Path) -> RunCli:
 @pytest.fixture
 def cli_runner() -> Iterator[Callable[..., Result]]:
     """Run the click command in-process; stdout and stderr are kept apart."""
-    from logbook.cli import cli
+    from logbook.cli import cli as command
 
-    try:
-        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg]
-    except TypeError:  # click >= 8.2 always keeps them apart
-        runner = CliRunner()
+    runner = CliRunner()
 
     def invoke(*args: str | os.PathLike[str], input: str | None = None) -> Result:
-        return runner.invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+        return runner.invoke(command, [str(a) for a in args], input=input, catch_exceptions=False)
 
     yield invoke
+
+
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[EmulatorProcess]:
+    """One emulator process for the session; stopped by PID at the end."""
+    emu = EmulatorProcess(
+        EMULATOR_KEY,
+        progress_seconds=EMULATOR_PROGRESS_SECONDS,
+        extra_args=("--seed", str(EMULATOR_SEED)),
+    )
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def emulator(emulator_server: EmulatorProcess) -> Iterator[EmulatorProcess]:
+    """The session's emulator, emptied: no jobs, zero counters, no faults."""
+    if not emulator_server.running():  # a test stopped it: bring it back
+        emulator_server.start()
+    emulator_server.reset()
+    yield emulator_server

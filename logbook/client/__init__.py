@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import logging
+import os
 import re
 import time
 from datetime import UTC
@@ -179,7 +179,11 @@ class ApiClient:
         inner = transport or _default_transport(connections, connect_timeout, self.network)
         self.transport = KeyTransport(inner, key, auth)
         # identity: RFC 9110 reads no Accept-Encoding as "anything", brotli included.
-        base = {"user-agent": USER_AGENT, "accept": "application/json", "accept-encoding": "identity"}
+        base = {
+            "user-agent": USER_AGENT,
+            "accept": "application/json",
+            "accept-encoding": "identity",
+        }
         self._get_headers = httpx2.Headers(base)
         self._post_headers = httpx2.Headers({**base, "content-type": "application/json"})
         self._jobs_url = httpx2.URL(self.endpoint + "/jobs")
@@ -212,7 +216,9 @@ class ApiClient:
                 await response.aclose()
         return response
 
-    async def _request(self, method: str, path: str, shown: str, body: bytes | None = None) -> httpx2.Response:
+    async def _request(
+        self, method: str, path: str, shown: str, body: bytes | None = None
+    ) -> httpx2.Response:
         """One request under an overall deadline (socket timeouts bound each read, not the whole)."""
         maybe = method == "POST"
         try:
@@ -312,9 +318,13 @@ class ApiClient:
             kind="retry", status=response.status_code, maybe_sent=method == "POST",
         )  # fmt: skip
 
-    def _same_job(self, method: str, shown: str, job: JobRef, experiment_id: str, job_hash: str) -> JobRef:
+    def _same_job(
+        self, method: str, shown: str, job: JobRef, experiment_id: str, job_hash: str
+    ) -> JobRef:
         """A job answered for another hash or experiment is never taken for ours: uncertain."""
-        if job.hash != job_hash or (job.experiment_id is not None and job.experiment_id != experiment_id):
+        if job.hash != job_hash or (
+            job.experiment_id is not None and job.experiment_id != experiment_id
+        ):
             raise RequestFailed(
                 f"{method} {shown}: the server answered with a job of another hash or experiment",
                 kind="retry", maybe_sent=True,

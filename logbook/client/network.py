@@ -31,17 +31,18 @@ def proxy_source(config_proxy: str | None, url: str) -> tuple[str, str] | None:
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
-    if "no" in proxies and (
-        urllib.request.proxy_bypass_environment(host, proxies)
-        or urllib.request.proxy_bypass_environment(netloc, proxies)
-    ):
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+    if "no" in proxies and (bypass(host, proxies) or bypass(netloc, proxies)):
         return None
     for key in (parts.scheme, "all"):
         if proxies.get(key):
             value = proxies[key]
             return (value if "://" in value else "http://" + value), f"{key.upper()}_PROXY"
     if config_proxy:
-        return config_proxy if "://" in config_proxy else "http://" + config_proxy, "proxy in config.toml"
+        return (
+            config_proxy if "://" in config_proxy else "http://" + config_proxy,
+            "proxy in config.toml",
+        )
     return None
 
 
@@ -76,5 +77,7 @@ def make_ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
         try:
             ctx.load_verify_locations(capath=capath)
         except (OSError, ssl.SSLError) as err:
-            raise ConfigError(f"cannot load the CA directory {capath} (SSL_CERT_DIR): {err}") from None
+            raise ConfigError(
+                f"cannot load the CA directory {capath} (SSL_CERT_DIR): {err}"
+            ) from None
     return ctx

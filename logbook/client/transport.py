@@ -41,14 +41,10 @@ import asyncio
 import contextvars
 import errno as errno_mod
 import io
-import ipaddress
-import os
-import platform
 import re
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
 
 import aiohttp
 import aiohttp.abc
@@ -85,7 +81,9 @@ class _Phase:
         self.connected = False
 
 
-_PHASE: contextvars.ContextVar[_Phase | None] = contextvars.ContextVar("logbook_aiohttp_phase", default=None)
+_PHASE: contextvars.ContextVar[_Phase | None] = contextvars.ContextVar(
+    "logbook_aiohttp_phase", default=None
+)
 
 
 class _PhaseConnector(aiohttp.TCPConnector):
@@ -156,7 +154,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timeouts: dict[tuple[float | None, float | None, float | None], aiohttp.ClientTimeout] = {}
+        self._timeouts: dict[
+            tuple[float | None, float | None, float | None], aiohttp.ClientTimeout
+        ] = {}
         self._proxy_urls: dict[str, yarl.URL] = {}
 
     # -- session -------------------------------------------------------
@@ -219,7 +219,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         if u is None:
             u = yarl.URL(proxy)
             if u.scheme not in ("http", "https"):
-                raise httpx2.UnsupportedProtocol(f"unsupported proxy scheme {u.scheme!r} (aiohttp speaks http/https proxies only)")
+                raise httpx2.UnsupportedProtocol(
+                    f"unsupported proxy scheme {u.scheme!r} (aiohttp speaks http/https proxies only)"
+                )
             self._proxy_urls[proxy] = u
         return u
 
@@ -291,7 +293,10 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             # chunked response.  AsyncClient reads it; direct callers aread().
             stream=httpx2.ByteStream(content),
             request=request,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (resp.reason or "").encode("latin-1", "replace")},
+            extensions={
+                "http_version": b"HTTP/1.1",
+                "reason_phrase": (resp.reason or "").encode("latin-1", "replace"),
+            },
         )
 
     async def _read_body(self, resp: aiohttp.ClientResponse, url: httpx2.URL) -> bytes:
@@ -300,7 +305,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         length = resp.content_length
         if length is not None:
             if length > limit:
-                raise ResponseTooLarge(f"response from {_origin(url)} announces {length} bytes, over max_body={limit}")
+                raise ResponseTooLarge(
+                    f"response from {_origin(url)} announces {length} bytes, over max_body={limit}"
+                )
             return await resp.read()
         parts: list[bytes] = []
         total = 0
@@ -310,7 +317,9 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                 return b"".join(parts)
             total += len(chunk)
             if total > limit:
-                raise ResponseTooLarge(f"response body from {_origin(url)} exceeds max_body={limit}")
+                raise ResponseTooLarge(
+                    f"response body from {_origin(url)} exceeds max_body={limit}"
+                )
             parts.append(chunk)
 
 
@@ -350,7 +359,9 @@ def _detail(exc: BaseException) -> str:
     name = type(exc).__name__
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         ce = exc.certificate_error
-        reason = getattr(ce, "verify_message", None) or getattr(ce, "reason", None) or type(ce).__name__
+        reason = (
+            getattr(ce, "verify_message", None) or getattr(ce, "reason", None) or type(ce).__name__
+        )
         return f"{name}: certificate verify failed: {reason}"
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
         return f"{name}: {getattr(exc.os_error, 'reason', None) or _os_reason(exc.os_error)}"
@@ -397,7 +408,10 @@ def _map_exception(
             # ``deadline``) carries no such evidence and stays "maybe sent".
             # Pool waits land here too: ConnectTimeout, never PoolTimeout, so
             # "ConnectError or ConnectTimeout => nothing sent" checks hold.
-            cls, what = httpx2.ConnectTimeout, f"timed out acquiring or opening a connection to {where}"
+            cls, what = (
+                httpx2.ConnectTimeout,
+                f"timed out acquiring or opening a connection to {where}",
+            )
         elif isinstance(exc, _CONNECT_CLASSES):
             what = f"cannot connect to {where}"
             if isinstance(exc, aiohttp.ClientConnectorCertificateError):
@@ -409,7 +423,9 @@ def _map_exception(
             cls, what = httpx2.UnsupportedProtocol, f"cannot send to {where}"
         elif isinstance(exc, ValueError):
             cls, what = httpx2.LocalProtocolError, f"invalid request for {where}"
-        elif tunnelled and isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError)):
+        elif tunnelled and isinstance(
+            exc, (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError)
+        ):
             # Only the CONNECT exchange runs before the connection is handed
             # out: the origin saw nothing.
             cls, what = ProxyConnectError, f"proxy failed the CONNECT to {where}"
@@ -419,7 +435,14 @@ def _map_exception(
     else:
         if isinstance(exc, asyncio.TimeoutError):  # SocketTimeoutError (sock_read) or the deadline
             cls, what = httpx2.ReadTimeout, f"timed out reading from {where}"
-        elif isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError)):
+        elif isinstance(
+            exc,
+            (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientPayloadError,
+                aiohttp.ClientResponseError,
+            ),
+        ):
             cls, what = httpx2.RemoteProtocolError, f"bad or incomplete response from {where}"
         elif isinstance(exc, aiohttp.ClientConnectionResetError):
             cls, what = httpx2.WriteError, f"connection to {where} lost while sending"

@@ -144,7 +144,9 @@ def _check_header(index: int, header: Mapping[str, Any]) -> tuple[Any, Any]:
         if not ok:
             raise InvalidFile(f"experiment {index}: header.creg_sizes must be [name, size] pairs")
         if sum(max(0, p[1]) for p in creg_sizes) > MAX_MEMORY_SLOTS:
-            raise InvalidFile(f"experiment {index}: header.creg_sizes add up to over {MAX_MEMORY_SLOTS} bits")
+            raise InvalidFile(
+                f"experiment {index}: header.creg_sizes add up to over {MAX_MEMORY_SLOTS} bits"
+            )
     return creg_sizes, memory_slots
 
 

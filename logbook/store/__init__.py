@@ -70,7 +70,9 @@ def translate(err: sqlite3.Error, path: str) -> StoreError:
     if "readonly" in msg or "read-only" in msg:
         return StoreError(f"the store {path} is read-only ({msg}): check its permissions")
     if "unable to open" in msg:
-        return StoreError(f"cannot open the store {path}: check its directory exists and is writable")
+        return StoreError(
+            f"cannot open the store {path}: check its directory exists and is writable"
+        )
     return StoreError(f"store {path}: {msg}")
 
 
@@ -121,8 +123,8 @@ class Store:
     def __init__(
         self, path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False
     ) -> None:
-        from .ledger import Ledger
         from .leases import Leases
+        from .ledger import Ledger
 
         self.path = str(path)
         self.readonly = readonly
@@ -360,7 +362,7 @@ class Store:
         cursor_id: int | None = None
         left = limit
         while left is None or left > 0:
-            conds, p = list(where), list(params)
+            conds, p = list(where), list[Any](params)
             if cursor_id is not None:
                 conds.append("id < ?" if newest_first else "id > ?")
                 p.append(cursor_id)
@@ -453,7 +455,10 @@ class Store:
             changed = 0
             for raw in ids:
                 entry_id = raw if isinstance(raw, int) else parse_id(raw)
-                if conn.execute("SELECT 1 FROM entries WHERE id = ?", (entry_id,)).fetchone() is None:
+                if (
+                    conn.execute("SELECT 1 FROM entries WHERE id = ?", (entry_id,)).fetchone()
+                    is None
+                ):
                     raise NotFound(f"no entry with id {entry_id}: see `logbook list`")
                 changed += conn.execute(
                     "UPDATE entries SET state = 'pending', next_attempt_at = NULL"

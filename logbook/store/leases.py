@@ -277,9 +277,7 @@ class Leases:
         stale = self._stale(now, limit)
         rows = self.store.read(SELECT + " WHERE state = 'pending' ORDER BY id LIMIT ?", (limit,))
         if stale:
-            rows += self.store.read(
-                SELECT + f" WHERE id IN ({','.join('?' * len(stale))})", stale
-            )
+            rows += self.store.read(SELECT + f" WHERE id IN ({','.join('?' * len(stale))})", stale)
         entries = sorted((Entry.from_row(r) for r in rows), key=lambda e: e.id)
         return entries[:limit]
 

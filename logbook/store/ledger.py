@@ -157,7 +157,9 @@ class Ledger:
         return counts
 
     @staticmethod
-    def _one(conn: sqlite3.Connection, f: FileRead, stamp: str, attached: list[str]) -> tuple[int, int]:
+    def _one(
+        conn: sqlite3.Connection, f: FileRead, stamp: str, attached: list[str]
+    ) -> tuple[int, int]:
         source = f.source or shown(f.path)
         before = conn.total_changes
         if f.row_files is not None:

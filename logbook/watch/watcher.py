@@ -293,8 +293,11 @@ class Watcher:
             return
         items = [
             FileRead(
-                r.path, FileState(r.res.size, r.res.mtime_ns, r.res.ino, r.res.ctime_ns),
-                r.res.sha256, jobs=r.res.jobs, reason="; ".join(r.res.errors) or None,
+                r.path,
+                FileState(r.res.size, r.res.mtime_ns, r.res.ino, r.res.ctime_ns),
+                r.res.sha256,
+                jobs=r.res.jobs,
+                reason="; ".join(r.res.errors) or None,
                 read_ns=r.res.read_ns,
             )  # fmt: skip
             for r in batch
@@ -340,7 +343,9 @@ class Watcher:
             present = os.path.isdir(root)
             if not present and root not in self.missing:
                 self.missing.add(root)
-                log.warning("watched directory %s has disappeared; waiting for it to come back", root)
+                log.warning(
+                    "watched directory %s has disappeared; waiting for it to come back", root
+                )
                 for path in [p for p in self.settler.candidates if self._root_of(p) == root]:
                     self.settler.forget(path)
             elif present and root in self.missing:
@@ -411,7 +416,9 @@ class Watcher:
             if self.overflowed.is_set():
                 self.overflowed.clear()
                 self.stats.overflows += 1
-                log.warning("the kernel's event queue overflowed; rescanning the watched directories")
+                log.warning(
+                    "the kernel's event queue overflowed; rescanning the watched directories"
+                )
                 self._drain(0.0, limit=None)
                 self.rescan_all()
                 next_rescan = time.monotonic() + self.rescan_every
