@@ -47,17 +47,24 @@ def _from_qiskit(obj: Any) -> dict[str, Any] | None:
     try:
         if qc.looks_like_qiskit_result(obj):
             return qc.job_from_result(obj)
+        if qc.looks_like_primitive_result(obj):
+            return qc.job_from_primitive_result(obj)
         if qc.looks_like_qiskit_job(obj):
             return qc.job_from_qiskit_job(obj)
         if qc.is_result_dict(obj):  # the JSON of Result.to_dict(), as `import` reads it
             return qc.job_from_result_dict(obj)
+        if qc.is_primitive_result_dict(obj):  # RuntimeEncoder's JSON of a PrimitiveResult
+            return qc.job_from_primitive_dict(obj)
     except (TypeError, ValueError, InvalidFile) as err:
         raise InvalidJob(f"cannot log a {type(obj).__name__}: {err}") from None
     return None
 
 
-def job_from_object(obj: Any, experiment_id: str | None = None, **fields: Any) -> dict[str, Any]:
-    """The checked job for a Qiskit Result or job, a mapping of job fields, or a counts dict."""
+def job_from_object(
+    obj: Any, experiment_id: str | None = None, *, circuit: Any = None, **fields: Any
+) -> dict[str, Any]:
+    """The checked job for a Qiskit Result or job, a primitive result or job, a mapping of
+    job fields, or a counts dict; ``circuit`` gives the SDK's ``circuit_hash``."""
     base = _from_qiskit(obj)
     if base is None and isinstance(obj, Mapping) and _is_counts(obj):
         counts = {str(k): int(v) for k, v in obj.items()}
@@ -69,20 +76,42 @@ def job_from_object(obj: Any, experiment_id: str | None = None, **fields: Any) -
             f"cannot log a {type(obj).__name__}: give a Qiskit Result or job,"
             " a mapping of job fields, or a counts dict"
         )
+    if circuit is not None and "circuit_hash" not in fields:
+        from .ingest.qiskit import circuit_hash
+
+        try:
+            base["circuit_hash"] = circuit_hash(circuit)
+        except TypeError as err:
+            raise InvalidJob(f"circuit: {err}") from None
+    metrics = fields.pop("metrics", None)
     base.update(fields)
+    if metrics is not None:  # the caller's metrics join what the result itself brought
+        if not isinstance(metrics, Mapping):
+            raise InvalidJob(f"metrics: must be a mapping, not {type(metrics).__name__}")
+        base["metrics"] = {**(base.get("metrics") or {}), **metrics}
     if experiment_id is not None:
         base["experiment_id"] = experiment_id
     return prepare(base)
 
 
 def log(
-    obj: Any, experiment_id: str | None = None, *, db: str | Path | None = None, **fields: Any
+    obj: Any,
+    experiment_id: str | None = None,
+    *,
+    circuit: Any = None,
+    db: str | Path | None = None,
+    **fields: Any,
 ) -> Entry:
     """Record a job offline and return its entry (the existing one if already recorded).
 
-    Never touches the network: ``sync()`` sends it later.
+    ``obj``: a Qiskit ``Result`` or job, a ``PrimitiveResult`` or primitive job
+    (Qiskit 2), a mapping of job fields, or a counts dict.  ``circuit``: the
+    circuit it ran, for the Haiqu SDK's ``circuit_hash``.  ``fields``: any job
+    field (``name``, ``device_id``, ``metrics={...}``, ``hash=`` to tell two runs
+    with identical counts apart).  Never touches the network: ``sync()`` sends
+    it later.
     """
-    job = job_from_object(obj, experiment_id, **fields)
+    job = job_from_object(obj, experiment_id, circuit=circuit, **fields)
     entry, _created = open_store(db).record(job, source="python")
     return entry
 

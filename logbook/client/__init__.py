@@ -238,8 +238,8 @@ class ApiClient:
                     kind="retry", connect_failed=True, trust_failed=True,
                 ) from None  # fmt: skip
             raise RequestFailed(
-                f"cannot reach {self.endpoint}: {reason} (check the network, HAIQU_EDGE_URI"
-                " and any proxy setting; `logbook doctor` tests them)",
+                f"{reason} (check the network, HAIQU_EDGE_URI and any proxy setting;"
+                " `logbook doctor` tests them)",
                 kind="retry", connect_failed=True,
             ) from None  # fmt: skip
         except httpx2.TimeoutException as err:

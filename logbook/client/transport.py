@@ -364,9 +364,9 @@ def _detail(exc: BaseException) -> str:
         )
         return f"{name}: certificate verify failed: {reason}"
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        return f"{name}: {getattr(exc.os_error, 'reason', None) or _os_reason(exc.os_error)}"
+        return f"TLS: {getattr(exc.os_error, 'reason', None) or _os_reason(exc.os_error)}"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"{name}: {_os_reason(exc.os_error)}"
+        return _os_reason(exc.os_error)
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return f"{name}: proxy answered {exc.status} {exc.message}"
     if isinstance(exc, aiohttp.ClientResponseError):

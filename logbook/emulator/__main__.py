@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from logbook.emulator.server import main
-
 if __name__ == "__main__":
+    try:
+        from logbook.emulator.server import main
+    except ModuleNotFoundError as err:  # a partial install: one line, not a traceback
+        if (err.name or "").startswith("logbook"):
+            raise
+        print(
+            f"logbook emulator: cannot start: {err.name or err} is not installed"
+            " (pip install haiqu-logbook installs what it needs)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     sys.exit(main())

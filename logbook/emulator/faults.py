@@ -11,10 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-ROUTE_POST_JOBS = "POST /jobs"
-ROUTE_GET_JOB = "GET /jobs/{job_id}"
-ROUTE_GET_BY_HASH = "GET /experiments/{experiment_id}/jobs/{job_hash}"
-ROUTES: tuple[str, ...] = (ROUTE_POST_JOBS, ROUTE_GET_JOB, ROUTE_GET_BY_HASH)
+from logbook.server import ROUTE_POST_JOBS, ROUTES
+
 ALL_ROUTES = "*"
 
 
@@ -49,6 +47,8 @@ class Faults:
     """The next N requests get 429 (counts down)."""
     rate_limit_rate: float = 0.0
     """Probability (0..1) that a request gets 429."""
+    rate_limit_per_s: float = 0.0
+    """Answer 429 (Retry-After: until a request may pass) above this rate, on every API route."""
     retry_after: float | str | None = 1
     """Retry-After of every injected 429: seconds, a verbatim string, or None for no header."""
     retry_after_format: str = "seconds"
@@ -59,6 +59,13 @@ class Faults:
     """Probability of a 200 whose body is not valid JSON (the job is stored)."""
     trickle_seconds: float = 0.0
     """Send each response body slowly, spread over this many seconds."""
+    redirect_to: str = ""
+    """Answer every request with ``redirect_status`` and this Location (nothing is stored)."""
+    redirect_status: int = 307
+    echo_rate: float = 0.0
+    """Probability of a 500 whose body echoes the request target (query and key included)."""
+    wrong_job_rate: float = 0.0
+    """Probability that a lookup by hash answers 200 with a job of another hash and experiment."""
     routes: list[str] = field(default_factory=_default_routes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,10 +83,10 @@ class Faults:
             setattr(self, name, value)
 
 
-_RATES = {"error_rate", "rate_limit_rate", "drop_rate", "bad_json_rate"}
+_RATES = {"error_rate", "rate_limit_rate", "drop_rate", "bad_json_rate", "echo_rate", "wrong_job_rate"}
 _COUNTS = {"fail_next", "rate_limit_next"}
-_STATUSES = {"error_status", "fail_status"}
-_SECONDS = {"latency_ms", "trickle_seconds"}
+_STATUSES = {"error_status", "fail_status", "redirect_status"}
+_SECONDS = {"latency_ms", "trickle_seconds", "rate_limit_per_s"}
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Faults))
 
 
@@ -122,6 +129,10 @@ def _check(name: str, value: Any) -> Any:
         if amount < 0:
             raise FaultError("retry_after must not be negative")
         return int(amount) if amount == int(amount) else amount
+    if name == "redirect_to":
+        if not isinstance(value, str):
+            raise FaultError("redirect_to must be a URL (or empty)")
+        return value
     if name == "retry_after_format":
         if value not in ("seconds", "date"):
             raise FaultError('retry_after_format must be "seconds" or "date"')

@@ -10,56 +10,73 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
 import json
+import math
 import os
 import random
-import signal
-import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
-from logbook.emulator.faults import (
+from logbook.emulator.faults import FaultError, Faults
+from logbook.emulator.store import JobStore
+from logbook.server import (
     ROUTE_GET_BY_HASH,
-    ROUTE_GET_JOB,
-    ROUTE_POST_JOBS,
     ROUTES,
-    FaultError,
-    Faults,
+    Handler,
+    JobsApi,
+    json_response,
+    key_matches,
+    presented_key,
+    serve,
+    tls_context,
 )
-from logbook.emulator.store import JobStore, StoredJob
-from logbook.models import ServerJobSubmit
 
 KEY_PARAM = "HAIQU_API_KEY"
 DEFAULT_PROGRESS_SECONDS = 3.0
 BAD_JSON = b'{"id": "truncated-by-the-emulator", "status": '
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _detail(exc: ValidationError) -> list[dict[str, Any]]:
-    """FastAPI's 422 shape: one entry per field, ``loc`` starting with "body"."""
-    out = []
-    for err in exc.errors(include_url=False, include_context=False, include_input=False):
-        out.append({"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]})
-    return out
+_json = json_response
 
 
-def _json(status: int, data: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps(data).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
+class MemoryBackend:
+    """The emulator's jobs: in memory, never de-duplicated (like the API)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    async def create(self, body: dict[str, Any], client: str) -> dict[str, Any]:
+        return self.store.view(self.store.create(body))
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        job = self.store.get(job_id)
+        return None if job is None else self.store.view(job)
+
+    async def find(self, experiment_id: str, job_hash: str) -> dict[str, Any] | None:
+        job = self.store.first_by_hash(experiment_id, job_hash)
+        return None if job is None else self.store.view(job)
+
+
+class _RateLimit:
+    """A token bucket: ``rate`` requests a second (burst of one second's worth)."""
+
+    def __init__(self) -> None:
+        self.tokens = 0.0
+        self.stamp = time.monotonic()
+
+    def take(self, rate: float) -> float:
+        """0 if a request may pass now, else the seconds until one may."""
+        now = time.monotonic()
+        self.tokens = min(rate, self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / rate
 
 
 class Emulator:
@@ -83,17 +100,13 @@ class Emulator:
         self.requests: Counter[str] = Counter({route: 0 for route in ROUTES})
         self.responses: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
+        self.bucket = _RateLimit()
+        self.api = JobsApi(MemoryBackend(self.store), self._authorize, wrap=self._api)
 
     # the application ----------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=16 * 1024 * 1024)
-        app.router.add_post("/jobs", self._api(ROUTE_POST_JOBS, self.post_job))
-        app.router.add_get("/jobs/{job_id}", self._api(ROUTE_GET_JOB, self.get_job))
-        app.router.add_get(
-            "/experiments/{experiment_id}/jobs/{job_hash}",
-            self._api(ROUTE_GET_BY_HASH, self.get_by_hash),
-        )
+        app = self.api.app()
         app.router.add_get("/_admin/stats", self.admin_stats)
         app.router.add_get("/_admin/faults", self.admin_get_faults)
         app.router.add_post("/_admin/faults", self.admin_set_faults)
@@ -102,14 +115,9 @@ class Emulator:
         app.router.add_get("/_admin/jobs", self.admin_jobs)
         return app
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _authorize(self, request: web.Request) -> str | None:
         """The key, exactly, in the query string or the authorization header."""
-        sent = request.query.get(KEY_PARAM)
-        if sent is None:
-            sent = request.headers.get("authorization")
-            if sent is not None and sent[:7].lower() == "bearer ":
-                sent = sent[7:]
-        return sent is not None and hmac.compare_digest(sent.encode(), self.api_key)
+        return "" if key_matches(presented_key(request), self.api_key) else None
 
     def _api(self, route: str, handler: Handler) -> Handler:
         """Wrap an API handler with counting, latency, auth and injected faults."""
@@ -128,17 +136,27 @@ class Emulator:
         f = self.faults
         if f.latency_ms > 0:
             await asyncio.sleep(f.latency_ms / 1000)
-        if f.unauthorized or not self._authorized(request):
+        if f.unauthorized or self._authorize(request) is None:
             if f.unauthorized:
                 self.injected["unauthorized"] += 1
             return _json(401, {"detail": "Invalid or missing API key"})
+        if f.rate_limit_per_s > 0:
+            wait = self.bucket.take(f.rate_limit_per_s)
+            if wait > 0:
+                self.injected["rate_limited"] += 1
+                return _json(
+                    429, {"detail": "rate limited"}, {"Retry-After": str(max(1, math.ceil(wait)))}
+                )
         if f.applies_to(route):
-            early = self._early_fault(f)
+            early = self._early_fault(f, request)
             if early is not None:
                 return early
         resp = await handler(request)
         if resp.status != 200 or not f.applies_to(route):
             return resp
+        if route == ROUTE_GET_BY_HASH and f.wrong_job_rate > 0 and self.rng.random() < f.wrong_job_rate:
+            self.injected["wrong_job"] += 1
+            return self._wrong_job(resp)
         if f.drop_rate > 0 and self.rng.random() < f.drop_rate:
             self.injected["dropped"] += 1
             return await self._drop(request)
@@ -150,8 +168,17 @@ class Emulator:
             return await self._trickle(request, resp, f.trickle_seconds)
         return resp
 
-    def _early_fault(self, f: Faults) -> web.Response | None:
+    def _early_fault(self, f: Faults, request: web.Request) -> web.Response | None:
         """Failures decided before the request is handled (nothing is stored)."""
+        if f.redirect_to:
+            self.injected["redirected"] += 1
+            return _json(f.redirect_status, {"detail": "moved"}, {"Location": f.redirect_to})
+        if f.echo_rate > 0 and self.rng.random() < f.echo_rate:
+            # A server that echoes what it received, query string (the key) included.
+            self.injected["echoed"] += 1
+            target = request.raw_path
+            return _json(500, {"detail": f"cannot handle {request.method} {target}",
+                               "headers": dict(request.headers)})  # fmt: skip
         if f.fail_next > 0:
             f.fail_next -= 1
             self.injected["fail_next"] += 1
@@ -167,6 +194,15 @@ class Emulator:
             self.injected["errors"] += 1
             return self._error(f.error_status)
         return None
+
+    def _wrong_job(self, resp: web.StreamResponse) -> web.Response:
+        """A lookup answered with another job: the same shape, another hash and experiment."""
+        assert isinstance(resp, web.Response) and resp.body is not None
+        doc = json.loads(bytes(resp.body))  # type: ignore[arg-type]
+        doc["hash"] = doc["hash"] + "-other"
+        doc["experiment_id"] = doc["experiment_id"] + "-other"
+        doc["id"] = "wrong-" + doc["id"]
+        return _json(200, doc)
 
     def _error(self, status: int) -> web.Response:
         headers = {}
@@ -204,36 +240,6 @@ class Emulator:
             await stream.write(body[start : start + size])
         await stream.write_eof()
         return stream
-
-    # the three API routes -------------------------------------------------------
-
-    async def post_job(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        if not raw.strip():
-            detail = [{"loc": ["body"], "msg": "Field required", "type": "missing"}]
-            return _json(422, {"detail": detail})
-        try:
-            body = ServerJobSubmit.model_validate_json(raw)
-        except ValidationError as exc:
-            return _json(422, {"detail": _detail(exc)})
-        job = self.store.create(body.model_dump())
-        return self._job_response(job)
-
-    async def get_job(self, request: web.Request) -> web.StreamResponse:
-        job = self.store.get(request.match_info["job_id"])
-        if job is None:
-            return _json(404, {"detail": "Job not found"})
-        return self._job_response(job)
-
-    async def get_by_hash(self, request: web.Request) -> web.StreamResponse:
-        info = request.match_info
-        job = self.store.first_by_hash(info["experiment_id"], info["job_hash"])
-        if job is None:
-            return _json(404, {"detail": "Job not found"})
-        return self._job_response(job)
-
-    def _job_response(self, job: StoredJob) -> web.Response:
-        return _json(200, self.store.view(job))
 
     # admin routes (no key, no faults) -----------------------------------------
 
@@ -317,6 +323,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="seed of the fault RNG")
     p.add_argument("--state-file", type=Path, help="load jobs from and save them to this file")
     p.add_argument("--save-interval", type=float, default=2.0, help="seconds between saves")
+    p.add_argument("--tls-cert", help="serve https with this PEM certificate (chain)")
+    p.add_argument("--tls-key", help="the certificate's PEM private key")
     g = p.add_argument_group("faults (also settable at run time: POST /_admin/faults)")
     g.add_argument("--latency-ms", type=float, default=0.0)
     g.add_argument("--unauthorized", action="store_true", help="401 for everything")
@@ -326,6 +334,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--fail-status", type=int, default=503)
     g.add_argument("--rate-limit-next", type=int, default=0)
     g.add_argument("--rate-limit-rate", type=float, default=0.0)
+    g.add_argument(
+        "--rate-limit-per-s", type=float, default=0.0,
+        help="answer 429 with Retry-After above this many requests a second (0: no limit)",
+    )  # fmt: skip
     g.add_argument(
         "--retry-after", default="1", help='seconds, or "none" for no Retry-After header'
     )
@@ -361,6 +373,7 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
             "fail_status": args.fail_status,
             "rate_limit_next": args.rate_limit_next,
             "rate_limit_rate": args.rate_limit_rate,
+            "rate_limit_per_s": args.rate_limit_per_s,
             "retry_after": retry_after,
             "retry_after_format": args.retry_after_format,
             "drop_rate": args.drop_rate,
@@ -372,36 +385,24 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
     return faults
 
 
-async def serve(emulator: Emulator, host: str, port: int, save_interval: float) -> None:
+async def run(emulator: Emulator, args: argparse.Namespace) -> None:
     """Serve until SIGTERM or SIGINT, then close connections and save the state."""
-    runner = web.AppRunner(emulator.app(), access_log=None, handle_signals=False)
-    await runner.setup()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    site = web.SockSite(runner, sock, backlog=1024)
-    await site.start()
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"logbook emulator listening on http://{shown}:{bound}", flush=True)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     saver = None
-    if emulator.state_file is not None and save_interval > 0:
-        saver = asyncio.create_task(emulator.autosave(save_interval))
-    try:
-        await stop.wait()
-    finally:
+    if emulator.state_file is not None and args.save_interval > 0:
+        saver = asyncio.create_task(emulator.autosave(args.save_interval))
+
+    async def stopped() -> None:
         if saver is not None:
             saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await saver
-        await runner.cleanup()
         emulator.save()
+
+    await serve(
+        emulator.app(), args.host, args.port, tls=tls_context(args.tls_cert, args.tls_key),
+        ready=lambda url: print(f"logbook emulator listening on {url}", flush=True),
+        on_stop=stopped, shutdown_timeout=1.0,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"logbook emulator: cannot load {args.state_file}: {exc}", file=sys.stderr)
             return 2
     try:
-        asyncio.run(serve(emulator, args.host, args.port, args.save_interval))
-    except OSError as exc:
+        asyncio.run(run(emulator, args))
+    except (OSError, ValueError) as exc:
         print(f"logbook emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -161,6 +161,14 @@ def _prepare_object(obj: Any, experiment_id: str | None) -> tuple[str, dict[str,
     """One JSON value to (kind, job).  Raises InvalidFile/InvalidJob with the reason."""
     if not isinstance(obj, dict):
         raise InvalidFile(f"{_type_name(obj)}, not a JSON object")
+    if qiskit_results.is_primitive_result_dict(obj):
+        try:
+            job = qiskit_results.job_from_primitive_dict(obj)
+        except InvalidFile as err:
+            raise InvalidFile(f"Qiskit primitive result: {err}") from None
+        if not experiment_id:
+            raise InvalidFile("a Qiskit primitive result has no experiment: give --experiment")
+        return "primitive", prepare(job, experiment_id=experiment_id)
     if qiskit_results.is_result_dict(obj):
         if not experiment_id:
             raise InvalidFile("a Qiskit result has no experiment: give --experiment")

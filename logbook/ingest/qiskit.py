@@ -261,12 +261,193 @@ def job_from_qiskit_job(job: Any) -> dict[str, Any]:
     """Job fields for a finished Qiskit job, via ``job.result()`` (blocks until it is done).
 
     Unlike the SDK (which hashes ``repr(job)``, an object address that changes on every
-    run), this hashes the result's job id, so logging a job and its result is one entry.
+    run), this hashes the job's id, so the same run is one entry and two runs are two:
+    a ``Result``'s own job id, or ``job.job_id()`` for a primitive job.
     """
     result = job.result()
-    if not looks_like_qiskit_result(result):
-        raise TypeError(
-            f"job.result() gave {type(result).__name__}, not a Qiskit Result "
-            "(primitive results are not supported)"
-        )
-    return job_from_result(result)
+    if looks_like_qiskit_result(result):
+        return job_from_result(result)
+    if looks_like_primitive_result(result):
+        backend = getattr(job, "backend", None)
+        device = getattr(backend() if callable(backend) else backend, "name", None)
+        return job_from_primitive_result(result, job_id=job.job_id(), device=device)
+    raise TypeError(f"job.result() gave {type(result).__name__}, not a Qiskit result")
+
+
+# --------------------------------------------------------------------------- primitives (V2)
+#
+# A PrimitiveResult (StatevectorSampler, SamplerV2, EstimatorV2) is one job: its
+# results are one entry per pub, the pub's counts (``join_data().get_counts()``, so
+# keys read like ``Result.get_counts()`` without spaces) or, for an estimator, its
+# ``evs``/``stds``; its shots, the shots behind each pub's counts.
+#
+# Identity: not the SDK's hash, which hashes ``repr(repr(result))``, and that repr
+# holds shapes, not counts: two runs with different counts would get one hash.  A
+# primitive *job* gets the SDK's Result rule applied to ``job.job_id()``; a bare
+# result gets logbook's content hash (its counts and metadata), so two runs with
+# identical counts and metadata are one entry unless ``hash=`` says otherwise.
+
+
+def looks_like_primitive_result(obj: object) -> bool:
+    """Duck-typed ``qiskit.primitives.containers.PrimitiveResult``: pub results with data."""
+    if isinstance(obj, (Mapping, type, str, bytes)) or not hasattr(obj, "metadata"):
+        return False
+    try:
+        pubs = list(obj)  # type: ignore[call-overload]
+    except TypeError:
+        return False
+    return bool(pubs) and all(hasattr(p, "data") and hasattr(p, "metadata") for p in pubs)
+
+
+def is_primitive_result_dict(d: Any) -> bool:
+    """True for the JSON of a PrimitiveResult as qiskit-ibm-runtime's ``RuntimeEncoder`` writes it."""
+    return isinstance(d, Mapping) and d.get("__type__") == "PrimitiveResult"
+
+
+def _plain(value: Any) -> Any:
+    """Metadata as plain JSON (numpy scalars and arrays, datetimes and the like made plain)."""
+
+    def default(v: Any) -> Any:
+        for attr in ("tolist", "item", "isoformat"):
+            fn = getattr(v, attr, None)
+            if callable(fn):
+                return fn()
+        return str(v)
+
+    return json.loads(json.dumps(value, default=default))
+
+
+def _pub_outcome(pub: Any) -> tuple[Any, int | None]:
+    """One pub's results entry and its shots."""
+    data = pub.data
+    fields = list(data)
+    bits = [data[name] for name in fields if hasattr(data[name], "get_counts")]
+    if bits:
+        counts = pub.join_data().get_counts() if hasattr(pub, "join_data") else bits[0].get_counts()
+        return counts, sum(counts.values())
+    out = {name: _plain(data[name]) for name in fields}
+    return out, None
+
+
+def job_from_primitive_result(
+    result: Any, *, job_id: Any = None, device: Any = None
+) -> dict[str, Any]:
+    """Job fields (no experiment_id) for a live PrimitiveResult (see the notes above)."""
+    outcomes = [_pub_outcome(pub) for pub in result]
+    return _primitive_job(
+        [o for o, _ in outcomes], [n for _, n in outcomes],
+        {"metadata": _plain(result.metadata), "pubs": [_plain(p.metadata) for p in result]},
+        job_id, device,
+    )  # fmt: skip
+
+
+def _primitive_job(
+    outcomes: list[Any], shots: list[int | None], metadata: dict[str, Any], job_id: Any, device: Any
+) -> dict[str, Any]:
+    return {
+        "hash": sdk_hash(job_id) if job_id not in (None, "") else "",
+        "results": json.dumps(outcomes[0] if len(outcomes) == 1 else outcomes, default=_json_default),
+        "shots": json.dumps(shots),
+        "device_id": "" if device is None else str(device),
+        "name": f"Local job {job_id}"[:_MAX_NAME] if job_id else f"Primitive result ({len(outcomes)} pubs)",
+        "status": SDK_STATUS,
+        "job_type": SDK_JOB_TYPE,
+        "metrics": {"qiskit": metadata},
+    }
+
+
+def _decode(value: Any) -> Any:
+    """A RuntimeEncoder value, with ndarrays, BitArrays and DataBins made live (needs qiskit)."""
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    if not isinstance(value, Mapping):
+        return value
+    kind: Any = value.get("__type__")
+    inner: Any = value.get("__value__")
+    if kind is None:
+        return {k: _decode(v) for k, v in value.items()}
+    if kind == "ndarray":
+        return _ndarray(inner)
+    if kind == "BitArray":
+        from qiskit.primitives.containers import BitArray
+
+        return BitArray(_decode(inner["array"]), inner["num_bits"])
+    if kind == "DataBin":
+        from qiskit.primitives.containers import DataBin
+
+        fields = {k: _decode(v) for k, v in inner["fields"].items()}
+        return DataBin(**fields, shape=tuple(inner.get("shape") or ()))
+    if kind in ("SamplerPubResult", "PubResult"):
+        from qiskit.primitives.containers import PubResult, SamplerPubResult
+
+        cls = SamplerPubResult if kind == "SamplerPubResult" else PubResult
+        return cls(_decode(inner["data"]), _decode(inner.get("metadata") or {}))
+    if kind == "PrimitiveResult":
+        from qiskit.primitives.containers import PrimitiveResult
+
+        return PrimitiveResult(_decode(inner["pub_results"]), _decode(inner.get("metadata") or {}))
+    return _decode(inner)  # datetimes, spans: kept as plain values in metadata
+
+
+def _ndarray(value: Any) -> Any:
+    """An ndarray as RuntimeEncoder writes it: base64 of zlib of the ``.npy`` bytes, read by numpy."""
+    import base64
+    import io
+    import zlib
+
+    import numpy
+
+    if isinstance(value, str):
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(base64.standard_b64decode(value), MAX_EXPANDED_CHARS)
+        if inflate.unconsumed_tail:
+            raise ValueError(f"an array that expands past {MAX_EXPANDED_CHARS} bytes")
+        return numpy.load(io.BytesIO(raw), allow_pickle=False)
+    return numpy.asarray(value)
+
+
+def job_from_primitive_dict(d: Mapping[str, Any]) -> dict[str, Any]:
+    """Job fields for the RuntimeEncoder JSON of a PrimitiveResult (reading it needs qiskit)."""
+    try:
+        result = _decode(d)
+    except ImportError as err:
+        raise InvalidFile(
+            f"a Qiskit primitive result: reading it needs qiskit ({err.name} is not installed)"
+        ) from None
+    except (KeyError, TypeError, ValueError, OSError, EOFError) as err:
+        raise InvalidFile(f"a Qiskit primitive result that cannot be decoded ({err})") from None
+    return job_from_primitive_result(result)
+
+
+# --------------------------------------------------------------------------- circuits
+
+
+def circuit_hash(circuit: Any) -> str:
+    """The Haiqu SDK's circuit hash (``haiqu.sdk.utils.get_circuit_hash``), so the server sees one circuit.
+
+    Custom gates are unrolled, parameters bound to 0, and the decimal little-endian
+    int of sha256(repr(circuit key)) taken; the key comes from qiskit's own
+    ``_circuit_key`` (qiskit-algorithms keeps it for Qiskit 2).
+    """
+    try:
+        from qiskit.circuit.equivalence_library import SessionEquivalenceLibrary
+        from qiskit.transpiler import PassManager
+        from qiskit.transpiler.passes import UnrollCustomDefinitions
+    except ImportError:
+        raise TypeError("circuit= needs qiskit installed") from None
+    try:
+        from qiskit_algorithms.utils.circuit_key import _circuit_key
+    except ImportError:
+        try:
+            from qiskit.primitives.utils import _circuit_key  # type: ignore[attr-defined,no-redef]
+        except ImportError:
+            raise TypeError(
+                "circuit= needs qiskit-algorithms for the Haiqu SDK's circuit hash"
+                " (pip install qiskit-algorithms), or pass circuit_hash= yourself"
+            ) from None
+    basis = ["HaiquCircuit", "HaiquCircuitdg", "rx", "ry", "rz", "cx"]
+    unrolled = PassManager([UnrollCustomDefinitions(SessionEquivalenceLibrary, basis)]).run(circuit)
+    if unrolled.num_parameters > 0:
+        unrolled = unrolled.assign_parameters([0] * unrolled.num_parameters)
+    digest = hashlib.sha256(repr(_circuit_key(unrolled)).encode("utf-8")).digest()
+    return str(int.from_bytes(digest, byteorder="little"))
