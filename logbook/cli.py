@@ -615,6 +615,8 @@ def show(c: Ctx, entry_id: int, as_json: bool) -> None:
         if isinstance(value, dict):
             value = json.dumps(value, ensure_ascii=False)
         _echo(f"{key + ':':16}{'' if value is None else value}")
+    if entry.upstream_id:  # synced through a relay: the job's id beyond it
+        _echo(f"{'upstream_id:':16}{entry.upstream_id}")
 
 
 @cli.command()
@@ -846,9 +848,6 @@ def sync(
 
 # --- watch --------------------------------------------------------------------------------
 
-UNIT_TEMPLATE = "data/logbook-watch.service"
-
-
 @cli.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--experiment", "-e", help="Experiment id for files that do not name one.")
@@ -893,7 +892,13 @@ def watch(
 
     roots = [os.path.abspath(d) for d in dirs]
     if print_unit:
-        click.echo(_unit(roots, experiment, patterns, do_sync, polling))
+        args = ["watch", *roots]
+        if experiment:
+            args += ["--experiment", experiment]
+        for p in patterns:
+            args += ["--pattern", p]
+        args += ["--sync"] * do_sync + ["--polling"] * polling
+        click.echo(_unit(args))
         return
     _setup_logging(c.verbose, c.quiet, log_format or c.log_format, service=True)
     check_dirs(roots)
@@ -939,30 +944,152 @@ def watch(
     log.info("stopped: %s", stats.summary())
 
 
-def _unit(
-    roots: list[str],
-    experiment: str | None,
-    patterns: tuple[str, ...],
-    do_sync: bool,
-    polling: bool,
-) -> str:
-    """The packaged systemd unit, filled in for this command line."""
+def _unit(args: list[str], kind: str = "watch") -> str:
+    """The packaged systemd unit of ``kind`` (watch, relay), filled in for this command line."""
     import shlex
     import shutil
     from importlib.resources import files
 
     exe = shutil.which("logbook") or f"{sys.executable} -m logbook"
-    args = [*roots]
-    if experiment:
-        args += ["--experiment", experiment]
-    for p in patterns:
-        args += ["--pattern", p]
-    if do_sync:
-        args.append("--sync")
-    if polling:
-        args.append("--polling")
-    template = (files("logbook") / UNIT_TEMPLATE).read_text(encoding="utf-8")
+    template = (files("logbook") / f"data/logbook-{kind}.service").read_text(encoding="utf-8")
     return template.replace("@EXEC@", exe).replace("@ARGS@", " ".join(shlex.quote(a) for a in args))
+
+
+# --- relay --------------------------------------------------------------------------------
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}", param_hint="--listen")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--listen", metavar="HOST:PORT", help="Where lab machines reach the relay (port 0: any free one).")
+@click.option("--upstream", metavar="URL", help="The Jobs API the relay forwards to.")
+@click.option("--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT)
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Serve https with this PEM certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="The certificate's PEM key.")
+@click.option("--refresh", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="S",
+              help="Seconds between refreshes of unfinished upstream statuses (0: never).")  # fmt: skip
+@LOG_FORMAT
+@click.option("--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit.")
+@click.pass_context
+@handle_errors
+def relay(
+    ctx: click.Context, listen: str | None, upstream: str | None, auth: str | None,
+    tls_cert: str | None, tls_key: str | None, refresh: float, log_format: str | None,
+    print_unit: bool,
+) -> None:  # fmt: skip
+    """Serve the Jobs API on a lab network and forward every job upstream, exactly once.
+
+    Lab machines set HAIQU_EDGE_URI to the relay and HAIQU_API_KEY to a relay
+    key; only the relay holds the upstream HAIQU_API_KEY.  Jobs are committed
+    to the relay's store before it answers; a repeated POST returns the job it
+    holds.  SIGTERM drains it and exits 0.
+
+    \b
+    Example:
+      logbook relay key add lab-pc-3          # prints the key, once
+      HAIQU_API_KEY=... logbook relay --listen 0.0.0.0:8700 --upstream https://api.haiqu.ai
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    c = ctx.find_object(Ctx)
+    assert c is not None
+    if not listen or not upstream:
+        raise click.UsageError("give --listen HOST:PORT and --upstream URL (or a subcommand)")
+    host, port = _listen(listen)
+    if print_unit:
+        args = ["relay", "--listen", listen, "--upstream", upstream]
+        if tls_cert and tls_key:
+            args += ["--tls-cert", os.path.abspath(tls_cert), "--tls-key", os.path.abspath(tls_key)]
+        click.echo(_unit(args, "relay"))
+        return
+    from .relay import Relay, RelayOptions
+    from .server import tls_context
+
+    _setup_logging(c.verbose, c.quiet, log_format or c.log_format, service=True)
+    try:
+        tls = tls_context(tls_cert, tls_key)
+    except (OSError, ValueError) as err:
+        raise click.BadParameter(f"cannot use the TLS certificate and key: {err}") from None
+    cfg = c.config(auth=auth)
+    server = Relay(cfg, RelayOptions(host, port, upstream, tls=tls, refresh_every=refresh))
+    import asyncio
+
+    try:
+        asyncio.run(server.run(ready=lambda url: click.echo(f"relay ready on {url}")))
+    except OSError as err:
+        raise click.ClickException(f"cannot listen on {listen}: {err.strerror or err}") from None
+    finally:
+        server.close()
+    logging.getLogger("logbook.relay").info("relay stopped")
+
+
+@relay.group("key")
+def relay_key() -> None:
+    """Relay keys: what lab machines send as HAIQU_API_KEY (stored hashed)."""
+
+
+@relay_key.command("add")
+@click.argument("name")
+@pass_ctx
+@handle_errors
+def relay_key_add(c: Ctx, name: str) -> None:
+    """Make a key for NAME and print it (it is never shown again)."""
+    store = c.open()
+    assert store is not None
+    click.echo(store.keys.add(name))
+
+
+@relay_key.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the keys' names as JSON.")
+@pass_ctx
+@handle_errors
+def relay_key_list(c: Ctx, as_json: bool) -> None:
+    """List the relay keys' names (never the keys)."""
+    store = c.open(readonly=True)
+    keys = [] if store is None else store.keys.list()
+    if as_json:
+        _print_json(keys)
+        return
+    for k in keys:
+        state = f"revoked {k['revoked_at']}" if k["revoked_at"] else "active"
+        _echo(f"{k['name']}  created {k['created_at']}  {state}")
+
+
+@relay_key.command("revoke")
+@click.argument("name")
+@pass_ctx
+@handle_errors
+def relay_key_revoke(c: Ctx, name: str) -> None:
+    """Revoke NAME's key: its lab machine gets 401 from then on."""
+    store = c.open()
+    assert store is not None
+    store.keys.revoke(name)
+    click.echo(f"revoked {name}")
+
+
+@relay.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_ctx
+@handle_errors
+def relay_status_cmd(c: Ctx, as_json: bool) -> None:
+    """Backlog, oldest unforwarded job, last upstream contact, and per-client counts."""
+    from .relay import relay_status
+
+    data = relay_status(c.config())
+    if as_json:
+        _print_json(data)
+        return
+    _echo(f"store:                 {data['db']}")
+    click.echo(f"backlog:               {data['backlog']} jobs not yet upstream")
+    click.echo(f"oldest unforwarded:    {data['oldest_unforwarded'] or '-'}")
+    click.echo(f"last upstream contact: {data['last_upstream_contact'] or 'never'}")
+    for client, counts in sorted(data["clients"].items()):
+        _echo(f"client {client}: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
 
 
 # --- doctor -------------------------------------------------------------------------------

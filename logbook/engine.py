@@ -340,7 +340,10 @@ class SyncEngine:
     def _synced(self, entry: Entry, job: JobRef) -> Outcome:
         self.any_success = True
         self.limit.success()
-        return Outcome(entry.id, "synced", remote_id=job.id, remote_status=job.status)
+        return Outcome(
+            entry.id, "synced", remote_id=job.id, remote_status=job.status,
+            upstream_id=job.upstream_id,
+        )  # fmt: skip
 
     def _stop(self, failure: RequestFailed) -> None:
         if self.stop_reason is None:
@@ -393,7 +396,7 @@ class SyncEngine:
             await self.db.run(self.leases.set_remote_status, updates)
         return refreshed
 
-    async def _refresh_one(self, e: Entry) -> tuple[int, str] | None:
+    async def _refresh_one(self, e: Entry) -> tuple[int, str, str | None] | None:
         if self.stopped:
             return None
         await self.limit.acquire()
@@ -410,7 +413,7 @@ class SyncEngine:
         finally:
             self.limit.release()
         self.any_success = True
-        return None if job is None else (e.id, job.status)
+        return None if job is None else (e.id, job.status, job.upstream_id)
 
 
 class _Step:

@@ -107,6 +107,12 @@ class JobRef(NamedTuple):
     experiment_id: str | None = None
     info: dict[str, Any] | None = None
 
+    @property
+    def upstream_id(self) -> str | None:
+        """The job's id beyond a relay (``info.upstream_id``), when it came through one."""
+        value = (self.info or {}).get("upstream_id")
+        return value if isinstance(value, str) else None
+
 
 class KeyTransport(httpx2.AsyncBaseTransport):
     """Adds the API key to each request on its way out (query or header).
@@ -309,8 +315,11 @@ class ApiClient:
         ):
             exp = data.get("experiment_id")
             info = data.get("info")
+            status = data["status"]
+            if isinstance(info, dict) and isinstance(info.get("upstream_status"), str):
+                status = info["upstream_status"]  # through a relay: the status that counts
             return JobRef(
-                data["id"], remote_status(data["status"]), data["hash"],
+                data["id"], remote_status(status), data["hash"],
                 exp if isinstance(exp, str) else None, info if isinstance(info, dict) else None,
             )  # fmt: skip
         raise RequestFailed(

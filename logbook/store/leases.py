@@ -103,6 +103,7 @@ class Outcome:
     state: str  # synced | pending | rejected | released
     remote_id: str | None = None
     remote_status: str | None = None
+    upstream_id: str | None = None
     error: str | None = None
     next_attempt_at: float | None = None
     maybe_sent: bool = False
@@ -117,7 +118,7 @@ class Claim:
 
 _SETTLE = {
     "synced": "UPDATE entries SET state = 'synced', remote_id = ?, remote_status = ?,"
-    " synced_at = ?, attempts = attempts + 1, last_error = NULL, maybe_sent = 0,"
+    " upstream_id = ?, synced_at = ?, attempts = attempts + 1, last_error = NULL, maybe_sent = 0,"
     " lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = 'sending' AND lease_owner = ?",
     "pending": "UPDATE entries SET state = 'pending', last_error = ?, next_attempt_at = ?,"
     " maybe_sent = CASE WHEN ? THEN 1 ELSE maybe_sent END, attempts = attempts + 1,"
@@ -249,7 +250,9 @@ class Leases:
         params: dict[str, list[tuple[object, ...]]] = {state: [] for state in _SETTLE}
         for o in outcomes:
             if o.state == "synced":
-                params["synced"].append((o.remote_id, o.remote_status, stamp, o.entry_id, owner))
+                params["synced"].append(
+                    (o.remote_id, o.remote_status, o.upstream_id, stamp, o.entry_id, owner)
+                )
             elif o.state == "pending":
                 params["pending"].append(
                     (o.error, o.next_attempt_at, int(o.maybe_sent), o.entry_id, owner)
@@ -344,7 +347,8 @@ class Leases:
             )
         )
 
-    def set_remote_status(self, updates: Sequence[tuple[int, str]]) -> None:
+    def set_remote_status(self, updates: Sequence[tuple[int, str, str | None]]) -> None:
+        """``(entry id, status, upstream id or None)`` for each refreshed entry."""
         from . import now_iso
 
         if not updates:
@@ -352,6 +356,7 @@ class Leases:
         stamp = now_iso()
         with self.store.write() as conn:
             conn.executemany(
-                "UPDATE entries SET remote_status = ?, refreshed_at = ? WHERE id = ?",
-                [(status, stamp, entry_id) for entry_id, status in updates],
+                "UPDATE entries SET remote_status = ?, upstream_id = coalesce(?, upstream_id),"
+                " refreshed_at = ? WHERE id = ?",
+                [(status, upstream, stamp, entry_id) for entry_id, status, upstream in updates],
             )

@@ -52,6 +52,8 @@ class Entry(Job):
     lease_owner: str | None = _col("TEXT", public=False)
     lease_until: float | None = _col("REAL", public=False)
     refreshed_at: str | None = _col("TEXT", public=False)
+    #: Through a relay: the job's id at the relay's upstream (``info.upstream_id``).
+    upstream_id: str | None = _col("TEXT", public=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The entry as ``list --json`` and ``show --json`` print it (``id`` as a string)."""
@@ -143,11 +145,18 @@ RUNS = """CREATE TABLE IF NOT EXISTS runs (
     refreshed INTEGER NOT NULL,
     elapsed REAL NOT NULL
 )"""
+RELAY_KEYS = """CREATE TABLE IF NOT EXISTS relay_keys (
+    name TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+)"""
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS entries_state ON entries (state, id)",
     "CREATE INDEX IF NOT EXISTS entries_experiment ON entries (experiment_id, id)",
     "CREATE INDEX IF NOT EXISTS entries_remote ON entries (remote_status, id) WHERE state = 'synced'",
     "CREATE INDEX IF NOT EXISTS files_outcome ON files (outcome)",
+    "CREATE INDEX IF NOT EXISTS entries_source ON entries (source, state)",
 )
 
 
@@ -158,6 +167,7 @@ def create(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
     conn.execute(FILES)
     conn.execute(RUNS)
+    conn.execute(RELAY_KEYS)
     for stmt in _INDEXES:
         conn.execute(stmt)
 
@@ -203,7 +213,7 @@ def _v3(conn: sqlite3.Connection) -> None:
 
 def _v4(conn: sqlite3.Connection) -> None:
     """Ledger paths as bytes (a name need not be UTF-8); inode and ctime to see every change;
-    the history of sync runs."""
+    the history of sync runs; a relay's keys and its jobs' upstream ids."""
     conn.execute("ALTER TABLE files RENAME TO files_v3")
     conn.execute("DROP INDEX IF EXISTS files_outcome")
     conn.execute(FILES)
@@ -215,6 +225,9 @@ def _v4(conn: sqlite3.Connection) -> None:
     conn.execute("DROP TABLE files_v3")
     conn.execute("CREATE INDEX IF NOT EXISTS files_outcome ON files (outcome)")
     conn.execute(RUNS)
+    conn.execute(RELAY_KEYS)
+    conn.execute("ALTER TABLE entries ADD COLUMN upstream_id TEXT")
+    conn.execute("CREATE INDEX IF NOT EXISTS entries_source ON entries (source, state)")
 
 
 def _v1(conn: sqlite3.Connection) -> None:  # pragma: no cover - a v0 store never existed
