@@ -1,19 +1,17 @@
 # shellcheck shell=bash
-# Shared by scripts/test and scripts/bench: the test virtualenv and how to make it.
+# Shared by the scripts: a virtual environment with logbook installed, made from nothing.
 #
 #   source scripts/_venv.sh
-#   venv_create        # always fresh: remove and rebuild .venv-test, install .[dev]
-#   venv_ensure        # create it only when missing
-#   "$VENV_PY" ...     # run its Python
+#   venv_ensure DIR EXTRAS   # reuse DIR when pyproject.toml and EXTRAS are unchanged, else rebuild
+#   venv_create DIR EXTRAS   # always rebuild from nothing
+#   "$VENV_PY" ...           # the environment's Python
 #
-# LOGBOOK_TEST_VENV overrides where the virtualenv lives; PYTHON which Python
-# builds it (default: python3, which must be 3.11 or newer).
+# EXTRAS is "" (the runtime alone: what `scripts/demo` needs) or "dev" (tests,
+# benchmarks).  PYTHON picks the Python that builds it (default python3, 3.11+).
 
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV_DIR="${LOGBOOK_TEST_VENV:-$REPO_ROOT/.venv-test}"
-VENV_PY="$VENV_DIR/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_NO_INPUT=1
 
@@ -29,18 +27,31 @@ _venv_check_python() {
     fi
 }
 
+_venv_stamp() {  # what the environment was built from
+    local extras="$1"
+    { cat "$REPO_ROOT/pyproject.toml"; echo "extras=$extras"; "${PYTHON:-python3}" -V; } \
+        | sha256sum | cut -d' ' -f1
+}
+
 venv_create() {
+    local dir="$1" extras="$2"
     _venv_check_python
-    local py="${PYTHON:-python3}"
-    echo "scripts: creating a fresh virtualenv in $VENV_DIR" >&2
-    rm -rf "$VENV_DIR"
-    "$py" -m venv "$VENV_DIR"
-    "$VENV_PY" -m pip install -qq -e "$REPO_ROOT[dev]"
-    touch "$VENV_DIR/.logbook-ready"
+    echo "scripts: building a fresh virtual environment in ${dir#"$REPO_ROOT"/}" >&2
+    rm -rf "$dir"
+    "${PYTHON:-python3}" -m venv "$dir"
+    local target="$REPO_ROOT"
+    [ -n "$extras" ] && target="$REPO_ROOT[$extras]"
+    "$dir/bin/python" -m pip install -qq -e "$target"
+    _venv_stamp "$extras" > "$dir/.logbook-stamp"
+    VENV_PY="$dir/bin/python"
 }
 
 venv_ensure() {
-    if [ ! -x "$VENV_PY" ] || [ ! -e "$VENV_DIR/.logbook-ready" ]; then
-        venv_create
+    local dir="$1" extras="$2"
+    if [ -x "$dir/bin/python" ] && [ -f "$dir/.logbook-stamp" ] \
+        && [ "$(cat "$dir/.logbook-stamp")" = "$(_venv_stamp "$extras")" ]; then
+        VENV_PY="$dir/bin/python"
+        return
     fi
+    venv_create "$dir" "$extras"
 }
