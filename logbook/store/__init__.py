@@ -33,47 +33,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import NotALogbookStore, NotFound, StoreBusy, StoreError, StoreFull
+from ..errors import NotFound, StoreError
 from . import schema
-from .schema import APPLICATION_ID, INSERT, SCHEMA_VERSION, SELECT, STATES, Entry
+from .connect import now_iso, open_readonly, open_readwrite, retry_busy, translate
+from .schema import INSERT, SCHEMA_VERSION, SELECT, STATES, Entry
 
 BUSY_TIMEOUT_S = 30.0
 T = TypeVar("T")
 
 __all__ = ["Entry", "STATES", "SCHEMA_VERSION", "Status", "Store", "now_iso"]
-
-
-def now_iso() -> str:
-    """The current time as ISO 8601 UTC with an explicit Z."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def translate(err: sqlite3.Error, path: str) -> StoreError:
-    """One of logbook's errors, with a line that says what to do, for a SQLite error."""
-    msg = str(err)
-    if "locked" in msg or "busy" in msg:
-        return StoreBusy(
-            f"the store {path} is busy: another process held it too long ({msg}); try again"
-        )
-    if "disk is full" in msg:
-        return StoreFull(
-            f"the disk holding the store {path} is full: free some space and try again"
-            " (nothing was lost; what was not written was not recorded)"
-        )
-    if isinstance(err, sqlite3.DatabaseError) and (
-        "not a database" in msg or "malformed" in msg or "corrupt" in msg
-    ):
-        return StoreError(
-            f"the store {path} is damaged or not a logbook store ({msg}); move it aside and"
-            " run `logbook doctor`"
-        )
-    if "readonly" in msg or "read-only" in msg:
-        return StoreError(f"the store {path} is read-only ({msg}): check its permissions")
-    if "unable to open" in msg:
-        return StoreError(
-            f"cannot open the store {path}: check its directory exists and is writable"
-        )
-    return StoreError(f"store {path}: {msg}")
 
 
 @dataclass
@@ -91,24 +59,6 @@ class Status:
             "db": self.db, "counts": self.counts, "oldest_pending": self.oldest_pending,
             "last_sync": self.last_sync, "invalid_files": self.invalid_files,
         }  # fmt: skip
-
-
-def retry_busy(fn: Callable[[], T], deadline: float | None = None) -> T:
-    """Run ``fn`` again while SQLite says busy or locked, until ``deadline`` (monotonic).
-
-    Some lock waits (journal mode changes, schema changes of a new file)
-    return SQLITE_BUSY without calling the busy handler.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT_S if deadline is None else deadline
-    delay = 0.005
-    while True:
-        try:
-            return fn()
-        except sqlite3.OperationalError as err:
-            if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 0.2)
 
 
 class Store:
@@ -131,110 +81,21 @@ class Store:
         self.readonly = readonly
         if (readonly or not create) and not os.path.exists(self.path):
             raise NotFound(f"no store at {self.path}")
-        self.conn = self._open_readonly() if readonly else self._open()
+        self.conn = open_readonly(self.path) if readonly else open_readwrite(self.path)
+        if readonly and self.schema_version() < SCHEMA_VERSION:
+            # A store of an older logbook: bring it up to date once, where that is allowed.
+            self.conn.close()
+            try:
+                open_readwrite(self.path).close()
+            except StoreError as err:
+                raise StoreError(
+                    f"{err}; the store {self.path} is from an older logbook and must be"
+                    " upgraded once: run any logbook command where it can write there"
+                ) from None
+            self.conn = open_readonly(self.path)
         self.leases = Leases(self)
         self.ledger = Ledger(self)
         self.keys = RelayKeys(self)
-
-    # --- connection ----------------------------------------------------------------
-
-    def _connect(self, target: str, uri: bool = False) -> sqlite3.Connection:
-        try:
-            conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
-        except sqlite3.Error as err:
-            raise translate(err, self.path) from None
-        conn.row_factory = sqlite3.Row
-        return conn
-
-    def _open(self) -> sqlite3.Connection:
-        p = Path(self.path)
-        if p.is_dir():
-            raise StoreError(f"the store {self.path} is a directory: give the path of a store file")
-        if p.exists() and not p.is_file():
-            raise StoreError(f"the store {self.path} is not a regular file")
-        try:
-            if not p.exists():
-                p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
-        except OSError as err:
-            raise StoreError(f"cannot create the store {self.path}: {err.strerror}") from None
-        conn = self._connect(self.path)
-        try:
-            self._check_ours(conn)
-            retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
-            conn.execute("PRAGMA synchronous=FULL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version < SCHEMA_VERSION:
-                retry_busy(lambda: self._migrate(conn))
-        except sqlite3.Error as err:
-            conn.close()
-            raise translate(err, self.path) from None
-        except StoreError:
-            conn.close()
-            raise
-        return conn
-
-    def _open_readonly(self) -> sqlite3.Connection:
-        uri = Path(self.path).resolve().as_uri()
-        conn = self._connect(f"{uri}?mode=ro", uri=True)
-        try:
-            self._check_ours(conn)
-            conn.execute("SELECT count(*) FROM entries").fetchone()
-        except sqlite3.OperationalError:
-            # A WAL store in a directory we cannot write: SQLite cannot make its
-            # -shm file there.  Nobody can write it there either, so read it as is.
-            conn.close()
-            conn = self._connect(f"{uri}?mode=ro&immutable=1", uri=True)
-            try:
-                self._check_ours(conn)
-            except sqlite3.Error as err:
-                conn.close()
-                raise translate(err, self.path) from None
-        except sqlite3.Error as err:
-            conn.close()
-            raise translate(err, self.path) from None
-        except StoreError:
-            conn.close()
-            raise
-        return conn
-
-    def _check_ours(self, conn: sqlite3.Connection) -> None:
-        """Refuse another program's SQLite file, and a store newer than this logbook."""
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if app_id == APPLICATION_ID:
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"the store {self.path} has schema version {version}, newer than this"
-                    f" logbook understands ({SCHEMA_VERSION}): upgrade logbook"
-                )
-            return
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if app_id == 0 and not tables and version == 0:
-            return  # a new, empty file: ours to set up
-        legacy = app_id == 0 and 1 <= version <= 3 and "entries" in tables
-        if not legacy:
-            raise NotALogbookStore(
-                f"{self.path} is not a logbook store (another program's SQLite file?):"
-                " give --db the path of a logbook store; it was left unchanged"
-            )
-
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                schema.create(conn)
-            else:
-                for step in schema.MIGRATIONS[version:]:
-                    step(conn)
-            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -352,7 +213,9 @@ class Store:
     def counts_by_source(self) -> dict[str, dict[str, int]]:
         """``{source: {state: n}}``: a relay's per-client counts."""
         out: dict[str, dict[str, int]] = {}
-        for r in self.read("SELECT source, state, count(*) AS n FROM entries GROUP BY source, state"):
+        for r in self.read(
+            "SELECT source, state, count(*) AS n FROM entries GROUP BY source, state"
+        ):
             out.setdefault(r["source"] or "", dict.fromkeys(STATES, 0))[r["state"]] = r["n"]
         return out
 

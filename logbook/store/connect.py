@@ -1,0 +1,186 @@
+"""Opening a store file: created safely, checked to be ours, set up, migrated.
+
+- WAL with ``synchronous=FULL`` on every connection: "recorded" survives a
+  power loss, not just a crash.
+- Nothing is written to a file that is not a logbook store (``PRAGMA
+  application_id``, or the tables of a store from before it was set): not
+  even the journal mode.
+- Migrations run under ``BEGIN IMMEDIATE`` around ``PRAGMA user_version``, so
+  several processes opening a new store at once take turns.
+- A read-only open writes nothing, so a store in a read-only place (or owned
+  by someone else) can still be read.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from ..errors import NotALogbookStore, StoreBusy, StoreError, StoreFull
+from . import schema
+from .schema import APPLICATION_ID, SCHEMA_VERSION
+
+BUSY_TIMEOUT_S = 30.0
+T = TypeVar("T")
+
+
+def now_iso() -> str:
+    """The current time as ISO 8601 UTC with an explicit Z."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def translate(err: sqlite3.Error, path: str) -> StoreError:
+    """One of logbook's errors, with a line that says what to do, for a SQLite error."""
+    msg = str(err)
+    if "locked" in msg or "busy" in msg:
+        return StoreBusy(
+            f"the store {path} is busy: another process held it too long ({msg}); try again"
+        )
+    if "disk is full" in msg:
+        return StoreFull(
+            f"the disk holding the store {path} is full: free some space and try again"
+            " (nothing was lost; what was not written was not recorded)"
+        )
+    if isinstance(err, sqlite3.DatabaseError) and (
+        "not a database" in msg or "malformed" in msg or "corrupt" in msg
+    ):
+        return StoreError(
+            f"the store {path} is damaged or not a logbook store ({msg}); move it aside and"
+            " run `logbook doctor`"
+        )
+    if "readonly" in msg or "read-only" in msg:
+        return StoreError(f"the store {path} is read-only ({msg}): check its permissions")
+    if "unable to open" in msg:
+        return StoreError(
+            f"cannot open the store {path}: check its directory exists and is writable"
+        )
+    return StoreError(f"store {path}: {msg}")
+
+
+def retry_busy(fn: Callable[[], T], deadline: float | None = None) -> T:
+    """Run ``fn`` again while SQLite says busy or locked, until ``deadline`` (monotonic).
+
+    Some lock waits (journal mode changes, schema changes of a new file)
+    return SQLITE_BUSY without calling the busy handler.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S if deadline is None else deadline
+    delay = 0.005
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as err:
+            if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+def _connect(path: str, target: str, uri: bool = False) -> sqlite3.Connection:
+    try:
+        conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
+    except sqlite3.Error as err:
+        raise translate(err, path) from None
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def open_readwrite(path: str) -> sqlite3.Connection:
+    """A read-write connection: created 0600 if new, checked to be ours, WAL + FULL, migrated."""
+    p = Path(path)
+    if p.is_dir():
+        raise StoreError(f"the store {path} is a directory: give the path of a store file")
+    if p.exists() and not p.is_file():
+        raise StoreError(f"the store {path} is not a regular file")
+    try:
+        if not p.exists():
+            p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+    except OSError as err:
+        raise StoreError(f"cannot create the store {path}: {err.strerror}") from None
+    conn = _connect(path, path)
+    try:
+        check_ours(conn, path)
+        retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
+        conn.execute("PRAGMA synchronous=FULL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            retry_busy(lambda: migrate(conn))
+    except sqlite3.Error as err:
+        conn.close()
+        raise translate(err, path) from None
+    except StoreError:
+        conn.close()
+        raise
+    return conn
+
+
+def open_readonly(path: str) -> sqlite3.Connection:
+    """A connection that writes nothing, even in a directory it cannot write."""
+    uri = Path(path).resolve().as_uri()
+    conn = _connect(path, f"{uri}?mode=ro", uri=True)
+    try:
+        check_ours(conn, path)
+        conn.execute("SELECT count(*) FROM entries").fetchone()
+    except sqlite3.OperationalError:
+        # A WAL store in a directory we cannot write: SQLite cannot make its
+        # -shm file there.  Nobody can write it there either, so read it as is.
+        conn.close()
+        conn = _connect(path, f"{uri}?mode=ro&immutable=1", uri=True)
+        try:
+            check_ours(conn, path)
+        except sqlite3.Error as err:
+            conn.close()
+            raise translate(err, path) from None
+    except sqlite3.Error as err:
+        conn.close()
+        raise translate(err, path) from None
+    except StoreError:
+        conn.close()
+        raise
+    return conn
+
+
+def check_ours(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse another program's SQLite file, and a store newer than this logbook."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app_id == APPLICATION_ID:
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {path} has schema version {version}, newer than this"
+                f" logbook understands ({SCHEMA_VERSION}): upgrade logbook"
+            )
+        return
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if app_id == 0 and not tables and version == 0:
+        return  # a new, empty file: ours to set up
+    legacy = app_id == 0 and 1 <= version <= 3 and "entries" in tables
+    if not legacy:
+        raise NotALogbookStore(
+            f"{path} is not a logbook store (another program's SQLite file?):"
+            " give --db the path of a logbook store; it was left unchanged"
+        )
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a store to the latest schema under one ``BEGIN IMMEDIATE`` (others wait their turn)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            schema.create(conn)
+        else:
+            for step in schema.MIGRATIONS[version:]:
+                step(conn)
+        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
