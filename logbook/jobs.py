@@ -128,6 +128,11 @@ def _unicode_problem(value: str) -> str | None:
     return None
 
 
+def _not_json(err: ValueError) -> str:
+    """Why a value cannot be JSON: NaN/Infinity, or what the encoder said (a 5,000-digit int)."""
+    return "NaN and Infinity are not JSON" if "float" in str(err) else f"not JSON: {err}"
+
+
 def _show(value: Any) -> str:
     """A value in an error message: short, and printable whatever it holds."""
     return repr(value[:60] if isinstance(value, str) else value)[:80]
@@ -142,8 +147,8 @@ def _check_text(field: JobField, value: Any) -> tuple[Any, str | None]:
             return value, f"must be JSON text, not {type(value).__name__}"
         try:
             value = _canonical(value)
-        except ValueError:
-            return value, "NaN and Infinity are not JSON"
+        except ValueError as err:
+            return value, _not_json(err)
         except (TypeError, RecursionError) as err:
             return value, f"not JSON: {err}" if isinstance(err, TypeError) else "nested too deeply"
     if type(value) is not str:
@@ -172,7 +177,7 @@ def _check_metrics(value: Any) -> tuple[dict[str, Any], str | None]:
     except ValueError as err:
         if isinstance(err, UnicodeEncodeError):
             return metrics, "not valid Unicode text (a lone surrogate)"
-        return metrics, "NaN and Infinity are not JSON"
+        return metrics, _not_json(err)
     except TypeError as err:
         return metrics, str(err)
     except RecursionError:
@@ -205,7 +210,7 @@ def prepare(doc: Mapping[str, Any], *, experiment_id: str | None = None) -> dict
             if value is None or value == "":
                 value = spec.default
             problem = None
-            if value not in _CHOICES[spec.name]:
+            if not isinstance(value, str) or value not in _CHOICES[spec.name]:
                 problem = f"must be one of {', '.join(spec.choices)} (got {_show(value)})"
         else:
             value, problem = _check_text(spec, value)

@@ -41,15 +41,20 @@ def _json_text(value: str | None, field: str) -> str | None:
     return value
 
 
-def _field(f: JobField) -> tuple[Any, Any]:
-    """The pydantic annotation and default of one declared job field."""
+def _field(f: JobField, strict: bool) -> tuple[Any, Any]:
+    """The pydantic annotation and default of one declared job field.
+
+    ``strict``: logbook's own limits too (ids of at most ``MAX_ID`` characters,
+    which the API's server does not enforce).
+    """
     if f.kind == "enum":
         return _ENUMS[f.name], f.default  # the value: use_enum_values does not touch defaults
     if f.kind == "object":
         return dict[str, Any], Field(default_factory=dict)
+    limits = {"short": MAX_TEXT, "id": MAX_ID} if strict else {"short": MAX_TEXT}
+    limit = limits.get(f.kind)
     if f.required:
-        return str, Field(min_length=1)
-    limit = {"short": MAX_TEXT}.get(f.kind)
+        return str, Field(min_length=1, max_length=limit)
     return str | None, Field(default=f.default, max_length=limit)
 
 
@@ -71,7 +76,8 @@ class _ServerChecks(_Checks):
         return value
 
 
-_FIELDS: dict[str, Any] = {f.name: _field(f) for f in JOB}
+_FIELDS: dict[str, Any] = {f.name: _field(f, strict=True) for f in JOB}
+_SERVER_FIELDS: dict[str, Any] = {f.name: _field(f, strict=False) for f in JOB}
 
 #: The ``POST /jobs`` body, checked as strictly as logbook checks it.
 JobSubmit: type[BaseModel] = create_model(  # type: ignore[call-overload]
@@ -85,7 +91,7 @@ JobSubmit.model_rebuild(force=True)
 
 #: What the API's server accepts: unknown fields ignored, "" status/job type = default.
 ServerJobSubmit: type[BaseModel] = create_model(  # type: ignore[call-overload]
-    "ServerJobSubmit", __base__=_ServerChecks, **_FIELDS
+    "ServerJobSubmit", __base__=_ServerChecks, **_SERVER_FIELDS
 )
 ServerJobSubmit.model_config = ConfigDict(extra="ignore", use_enum_values=True)
 ServerJobSubmit.model_rebuild(force=True)

@@ -220,6 +220,8 @@ def _parse_lines(
             reason = f"not JSON: {err.msg} at column {err.colno}"
         except InvalidJob as err:
             reason = _job_reason(str(err), experiment_id)
+        except ValueError as err:  # e.g. an integer of more than 4,300 digits
+            reason = f"not JSON: {err}"
         except InvalidFile as err:
             reason = str(err)
         except RecursionError:
@@ -313,6 +315,17 @@ def _parse(
     return res
 
 
+def _read_at_most(fh: Any, limit: int) -> bytes:
+    """Up to ``limit`` bytes, read in pieces: no buffer of ``limit`` bytes for a small file."""
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = fh.read(min(1 << 20, limit - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
 def read_file(
     path: str | os.PathLike[str],
     *,
@@ -350,7 +363,7 @@ def read_file(
                 return _invalid(res, "not a regular file (a FIFO, socket or device)")
             if st.st_size > max_bytes:
                 return _invalid(res, _too_large(st.st_size, max_bytes))
-            data = fh.read(max_bytes + 1)
+            data = _read_at_most(fh, max_bytes + 1)
     except OSError as err:
         return _invalid(res, _os_reason(err))
     if len(data) > max_bytes:  # grew after the stat

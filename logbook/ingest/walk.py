@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 DEFAULT_PATTERNS: tuple[str, ...] = ("*.json", "*.jsonl")
 _IGNORED_SUFFIXES = (".tmp", ".part", "~")
@@ -42,7 +42,7 @@ def walk(
     top: str,
     patterns: Iterable[str] = DEFAULT_PATTERNS,
     *,
-    exclude: Container[str] = (),
+    exclude: Iterable[str] = (),
     sort: bool = True,
 ) -> Iterator[tuple[str, os.stat_result]]:
     """``(path, stat)`` of every result file under the directory ``top``.
@@ -52,6 +52,7 @@ def walk(
     skipped; the walk goes on.
     """
     pats = tuple(patterns)
+    skip = {os.path.abspath(p) for p in exclude}  # whatever the spelling of top
     stack = [top]
     while stack:
         d = stack.pop()
@@ -71,7 +72,7 @@ def walk(
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.path)
                     continue
-                if not wanted(name, pats) or entry.path in exclude:
+                if not wanted(name, pats) or (skip and os.path.abspath(entry.path) in skip):
                     continue
                 st = entry.stat()  # follows a symlink to a file; a loop raises
             except OSError:

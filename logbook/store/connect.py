@@ -26,6 +26,11 @@ from . import schema
 from .schema import APPLICATION_ID, SCHEMA_VERSION
 
 BUSY_TIMEOUT_S = 30.0
+#: The columns every logbook store had from version 1: an ``entries`` table without
+#: them belongs to some other program.
+_LEGACY_COLUMNS = frozenset(
+    {"experiment_id", "hash", "state", "attempts", "remote_id", "remote_status", "created_at"}
+)
 T = TypeVar("T")
 
 
@@ -159,7 +164,12 @@ def check_ours(conn: sqlite3.Connection, path: str) -> None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if app_id == 0 and not tables and version == 0:
         return  # a new, empty file: ours to set up
-    legacy = app_id == 0 and 1 <= version <= 3 and "entries" in tables
+    legacy = (
+        app_id == 0
+        and 1 <= version <= 3
+        and "entries" in tables
+        and _LEGACY_COLUMNS <= {r[1] for r in conn.execute("PRAGMA table_info(entries)")}
+    )
     if not legacy:
         raise NotALogbookStore(
             f"{path} is not a logbook store (another program's SQLite file?):"

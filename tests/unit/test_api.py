@@ -1,11 +1,13 @@
-"""``logbook.log()``: Qiskit results and jobs, mappings and counts, offline."""
+"""``logbook.log()``: Qiskit results and jobs, mappings and counts, offline (in-process).
+
+That ``log`` never loads the HTTP client is checked in a fresh interpreter in
+tests/e2e/test_store_processes.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,7 @@ def test_log_a_qiskit_result(bell_job: Any, db_path: Path) -> None:
 
 
 def test_result_job_and_file_are_one_entry(
-    bell_job: Any, tmp_path: Path, run_cli: Any, db_path: Path
+    bell_job: Any, tmp_path: Path, cli_runner: Any, db_path: Path
 ) -> None:
     result = bell_job.result()
     as_result = logbook.log(result, experiment_id="bell")
@@ -62,12 +64,12 @@ def test_result_job_and_file_are_one_entry(
     assert as_job.id == as_result.id
     f = tmp_path / "bell_result.json"
     f.write_text(json.dumps(result.to_dict(), default=str))
-    res = run_cli("import", f, "--experiment", "bell", "--json")
-    assert res.returncode == 0, res.stderr
+    res = cli_runner("import", f, "--experiment", "bell", "--json")
+    assert res.exit_code == 0, res.stderr
     report = json.loads(res.stdout)
     assert (report["recorded"], report["known"]) == (0, 1)
     with Store(db_path) as s:
-        entries = s.list()
+        entries = list(s.entries())
     assert [e.id for e in entries] == [as_result.id]
     # the same result in another experiment is another entry
     other = logbook.log(result, experiment_id="bell-2")
@@ -98,7 +100,7 @@ def test_log_to_an_explicit_store(tmp_path: Path, db_path: Path) -> None:
     target = tmp_path / "other.db"
     logbook.log({"0": 1}, experiment_id="x", db=target)
     with Store(target) as s:
-        assert len(s.list()) == 1
+        assert len(list(s.entries())) == 1
     assert not db_path.exists()
 
 
@@ -121,7 +123,7 @@ def test_bad_objects_raise_invalid_job_and_store_nothing(
         logbook.log(obj, **kwargs)
     if db_path.exists():
         with Store(db_path) as s:
-            assert s.list() == []
+            assert list(s.entries()) == []
 
 
 class _JobWithPrimitiveResult:
@@ -142,31 +144,27 @@ def test_job_without_a_result_is_invalid() -> None:
         logbook.log(_JobWithPrimitiveResult(), experiment_id="e")
 
 
-_NO_NETWORK = r"""
-import sys, json
-import logbook
-entry = logbook.log({"00": 5}, experiment_id="offline")
-mods = sys.modules
-print(json.dumps({"id": entry.id, "httpx": "httpx" in mods,
-                  "sync": "logbook.sync" in mods, "client": "logbook.client" in mods}))
-"""
-
-
-def test_log_never_loads_the_http_client(run_cli: Any, logbook_home: Path) -> None:
-    import os
-
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    res = subprocess.run(
-        [sys.executable, "-c", _NO_NETWORK], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert res.returncode == 0, res.stderr
-    data = json.loads(res.stdout)
-    assert data == {"id": 1, "httpx": False, "sync": False, "client": False}
-    assert (logbook_home / "logbook.db").exists()
-
-
 def test_log_a_result_dict_is_the_same_entry(bell_job: Any) -> None:
     result = bell_job.result()
     live = logbook.log(result, experiment_id="bell")
     from_dict = logbook.log(json.loads(json.dumps(result.to_dict(), default=str)), "bell")
     assert from_dict.id == live.id
+
+
+def test_callers_metrics_join_the_results_own(db_path: Path) -> None:
+    entry = logbook.log(
+        {"name": "m", "results": {"00": 1}, "metrics": {"depth": 2, "width": 1}},
+        experiment_id="metrics",
+        metrics={"width": 3, "fidelity": 0.9},
+    )
+    assert entry.metrics == {"depth": 2, "width": 3, "fidelity": 0.9}
+    with pytest.raises(InvalidJob, match="metrics"):
+        logbook.log({"00": 1}, experiment_id="metrics", metrics=[1, 2])
+
+
+def test_log_returns_the_stored_entry(db_path: Path) -> None:
+    entry = logbook.log({"00": 7}, experiment_id="e", name="n", device_id="d")
+    with Store(db_path) as s:
+        stored = s.get(entry.id)
+    assert stored.to_dict() == entry.to_dict()
+    assert logbook.log({"00": 7}, experiment_id="e", name="n", device_id="d").id == entry.id
