@@ -271,6 +271,12 @@ class ApiClient:
             )
         if code in AUTH_CODES:
             return RequestFailed(msg, kind="auth", status=code)
+        if code == 407:  # the proxy refused it: nothing reached the API
+            return RequestFailed(
+                f"{method} {shown}: the proxy refused the request (HTTP 407): give its user and"
+                " password in the proxy URL (http://user:password@proxy:port)",
+                kind="retry", status=code, connect_failed=True,
+            )  # fmt: skip
         if code in RETRY_CODES or code >= 500:
             return RequestFailed(
                 msg, kind="retry", status=code,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,12 +47,15 @@ class EmulatorProcess:
         extra_args: Sequence[str] = (),
         host: str = "127.0.0.1",
         start_timeout: float = 15.0,
+        cafile: str | None = None,
     ) -> None:
         self.key = key
         self.progress_seconds = progress_seconds
         self.extra_args = tuple(extra_args)
         self.host = host
         self.start_timeout = start_timeout
+        # An emulator serving https (--tls-cert): the admin calls trust this CA.
+        self._ssl = ssl.create_default_context(cafile=cafile) if cafile else None
         self.proc: subprocess.Popen[bytes] | None = None
         self._url: str | None = None
         self._stderr: IO[bytes] | None = None
@@ -205,7 +209,7 @@ class EmulatorProcess:
             headers={"Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=10, context=self._ssl) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")

@@ -13,12 +13,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import signal
 import socket
-import ssl
 import subprocess
-import sys
-import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -28,8 +24,8 @@ import aiohttp
 import httpx2
 import pytest
 import trustme
-
 from adversary import REDIRECT_LOCATION, Adversary, closed_port
+from netsupport import ProxyPy, server_ctx
 
 from logbook.client.network import make_ssl_context, proxy_resolver
 from logbook.client.transport import AiohttpTransport, ProxyConnectError, ResponseTooLarge
@@ -65,7 +61,9 @@ async def post(
     # Not ``async with``: closing an AsyncClient closes its transport, and the
     # tests reuse one transport (its pool) across several calls.
     client = httpx2.AsyncClient(transport=transport, timeout=timeout or httpx2.Timeout(5.0))
-    return await client.request(method, url, content=BODY if method == "POST" else None, headers=HEADERS)
+    return await client.request(
+        method, url, content=BODY if method == "POST" else None, headers=HEADERS
+    )
 
 
 async def expect_error(transport: AiohttpTransport, url: str, **kw: Any) -> httpx2.HTTPError:
@@ -98,69 +96,10 @@ def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(path)
 
 
-def server_ctx(ca: trustme.CA, *names: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*(names or ("127.0.0.1", "localhost"))).configure_cert(ctx)
-    return ctx
-
-
 @pytest.fixture
 def tls_adv(ca: trustme.CA) -> Iterator[Adversary]:
     with Adversary(ssl_context=server_ctx(ca)) as a:
         yield a
-
-
-# ---------------------------------------------------------------------------
-# proxy.py as a real forward proxy
-# ---------------------------------------------------------------------------
-
-
-class ProxyPy:
-    """``python -m proxy`` in its own process group; port learnt via --port-file."""
-
-    def __init__(self, tmp: Path, basic_auth: str | None) -> None:
-        port_file = tmp / "port"
-        args = [
-            sys.executable, "-m", "proxy",
-            "--hostname", "127.0.0.1", "--port", "0", "--port-file", str(port_file),
-            "--num-workers", "1", "--num-acceptors", "1", "--log-level", "WARNING",
-        ]  # fmt: skip
-        if basic_auth:
-            args += ["--basic-auth", basic_auth]
-        self.log = open(tmp / "proxy.log", "wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 20
-        self.port = 0
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            text = port_file.read_text().strip() if port_file.exists() else ""
-            if text.isdigit() and _connectable(int(text)):
-                self.port = int(text)
-                break
-            time.sleep(0.02)  # poll interval while waiting for a condition
-        if not self.port:
-            self.stop()
-            raise RuntimeError(f"proxy.py did not start: {(tmp / 'proxy.log').read_text()}")
-
-    def url(self, creds: str | None = None) -> str:
-        return f"http://{creds + '@' if creds else ''}127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
-
-
-def _connectable(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +139,17 @@ def test_ok_sends_target_and_headers_verbatim(adv: Adversary) -> None:
     assert req.body == BODY
     names = sorted(k.lower() for k, _ in req.headers)
     # exactly httpx2's headers: nothing added by aiohttp (no aiohttp User-Agent, no gzip)
-    assert names == sorted(["host", "accept", "accept-encoding", "connection", "user-agent", "content-length", "content-type"])
+    assert names == sorted(
+        [
+            "host",
+            "accept",
+            "accept-encoding",
+            "connection",
+            "user-agent",
+            "content-length",
+            "content-type",
+        ]
+    )
     assert req.header("accept-encoding") == "identity"
     assert "aiohttp" not in (req.header("user-agent") or "")
 
@@ -366,7 +315,9 @@ def test_refuse_after_accept_either_class_is_truthful(adv: Adversary) -> None:
             return await expect_error(t, adv.url(PATH_QS))
 
     exc = run(go())
-    assert isinstance(exc, (httpx2.ConnectError, httpx2.ReadError, httpx2.RemoteProtocolError)), repr(exc)
+    assert isinstance(exc, (httpx2.ConnectError, httpx2.ReadError, httpx2.RemoteProtocolError)), (
+        repr(exc)
+    )
     assert adv.count() == 0
 
 
@@ -384,7 +335,9 @@ def test_reset_while_writing_body_is_maybe_sent(adv: Adversary) -> None:
             return info.value
 
     exc = run(go())
-    assert isinstance(exc, (httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError)), repr(exc)
+    assert isinstance(exc, (httpx2.ReadError, httpx2.WriteError, httpx2.RemoteProtocolError)), repr(
+        exc
+    )
     assert not isinstance(exc, NOT_SENT)
     assert adv.count("POST") == 1, repr(exc)
 
@@ -457,7 +410,9 @@ def test_connect_timeout_is_connect_timeout() -> None:
 
         async def go() -> httpx2.HTTPError:
             async with AiohttpTransport() as t:
-                return await expect_error(t, f"http://127.0.0.1:{port}{PATH_QS}", timeout=httpx2.Timeout(5.0, connect=0.3))
+                return await expect_error(
+                    t, f"http://127.0.0.1:{port}{PATH_QS}", timeout=httpx2.Timeout(5.0, connect=0.3)
+                )
 
         exc = run(go())
         assert type(exc) is httpx2.ConnectTimeout
@@ -471,9 +426,13 @@ def test_pool_exhausted_timeout_is_nothing_sent(adv: Adversary) -> None:
 
     async def go() -> httpx2.HTTPError:
         async with AiohttpTransport(limit=1) as t:
-            first = asyncio.ensure_future(post(t, adv.url(PATH_QS), timeout=httpx2.Timeout(5.0, read=3.0)))
+            first = asyncio.ensure_future(
+                post(t, adv.url(PATH_QS), timeout=httpx2.Timeout(5.0, read=3.0))
+            )
             await asyncio.to_thread(adv.wait_for, lambda a: a.count("POST") == 1)
-            exc = await expect_error(t, adv.url(PATH_QS), timeout=httpx2.Timeout(5.0, pool=0.2, connect=0.2))
+            exc = await expect_error(
+                t, adv.url(PATH_QS), timeout=httpx2.Timeout(5.0, pool=0.2, connect=0.2)
+            )
             first.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await first
@@ -501,7 +460,7 @@ def test_dns_failure_is_connect_error() -> None:
             return await expect_error(t, f"http://api.example.invalid{PATH_QS}")
 
     exc = run(go())
-    assert type(exc) is httpx2.ConnectError and "ClientConnectorDNSError" in str(exc)
+    assert type(exc) is httpx2.ConnectError and "Name or service not known" in str(exc)
 
 
 # ---------------------------------------------------------------------------
@@ -570,7 +529,10 @@ def test_private_cas_are_added_to_the_system_store(
     monkeypatch.delenv("SSL_CERT_FILE")
     assert ctx.cert_store_stats()["x509_ca"] >= make_ssl_context().cert_store_stats()["x509_ca"] + 2
     assert system_only.cert_store_stats()["x509_ca"] > 1  # the system's CAs are there
-    with Adversary(ssl_context=server_ctx(other_ca)) as srv1, Adversary(ssl_context=server_ctx(ca)) as srv2:
+    with (
+        Adversary(ssl_context=server_ctx(other_ca)) as srv1,
+        Adversary(ssl_context=server_ctx(ca)) as srv2,
+    ):
 
         async def go() -> list[int]:
             async with AiohttpTransport(ssl_context=ctx) as t:
@@ -595,26 +557,36 @@ def test_http_through_proxy_absolute_form(proxypy: ProxyPy, adv: Adversary) -> N
 
 def test_https_through_proxy_connect(proxypy: ProxyPy, tls_adv: Adversary, ca_file: str) -> None:
     async def go() -> int:
-        async with AiohttpTransport(proxy_for=fixed(proxypy.url()), ssl_context=make_ssl_context(ca_file)) as t:
+        async with AiohttpTransport(
+            proxy_for=fixed(proxypy.url()), ssl_context=make_ssl_context(ca_file)
+        ) as t:
             return (await post(t, tls_adv.url(PATH_QS))).status_code
 
     assert run(go()) == 200
     assert tls_adv.requests[0].target == PATH_QS
 
 
-def test_auth_proxy_with_credentials_in_url(proxypy_auth: ProxyPy, adv: Adversary, tls_adv: Adversary, ca_file: str) -> None:
+def test_auth_proxy_with_credentials_in_url(
+    proxypy_auth: ProxyPy, adv: Adversary, tls_adv: Adversary, ca_file: str
+) -> None:
     proxy = proxypy_auth.url("user:pa%3Ass")  # password "pa:ss", percent-encoded in the URL
 
     async def go() -> list[int]:
-        async with AiohttpTransport(proxy_for=fixed(proxy), ssl_context=make_ssl_context(ca_file)) as t:
+        async with AiohttpTransport(
+            proxy_for=fixed(proxy), ssl_context=make_ssl_context(ca_file)
+        ) as t:
             return [(await post(t, s.url(PATH_QS))).status_code for s in (adv, tls_adv)]
 
     assert run(go()) == [200, 200]
 
 
-def test_auth_proxy_without_credentials(proxypy_auth: ProxyPy, adv: Adversary, tls_adv: Adversary, ca_file: str) -> None:
+def test_auth_proxy_without_credentials(
+    proxypy_auth: ProxyPy, adv: Adversary, tls_adv: Adversary, ca_file: str
+) -> None:
     async def go() -> tuple[httpx2.Response, httpx2.HTTPError]:
-        async with AiohttpTransport(proxy_for=fixed(proxypy_auth.url()), ssl_context=make_ssl_context(ca_file)) as t:
+        async with AiohttpTransport(
+            proxy_for=fixed(proxypy_auth.url()), ssl_context=make_ssl_context(ca_file)
+        ) as t:
             plain = await post(t, adv.url(PATH_QS))
             tunnelled = await expect_error(t, tls_adv.url(PATH_QS))
             return plain, tunnelled
@@ -623,7 +595,11 @@ def test_auth_proxy_without_credentials(proxypy_auth: ProxyPy, adv: Adversary, t
     # absolute-form: the proxy's 407 is an ordinary response (the origin saw nothing)
     assert plain.status_code == 407
     # CONNECT refused: nothing sent, and both a ConnectError and a ProxyError
-    assert isinstance(exc, ProxyConnectError) and isinstance(exc, httpx2.ConnectError) and isinstance(exc, httpx2.ProxyError)
+    assert (
+        isinstance(exc, ProxyConnectError)
+        and isinstance(exc, httpx2.ConnectError)
+        and isinstance(exc, httpx2.ProxyError)
+    )
     assert "407" in str(exc)
     assert adv.count() == 0 and tls_adv.count() == 0
 
@@ -658,12 +634,16 @@ def test_proxy_credentials_reach_proxy_as_proxy_authorization(adv: Adversary) ->
         ("never_answer", httpx2.ConnectTimeout),
     ],
 )
-def test_misbehaving_proxy_on_connect_is_nothing_sent(adv: Adversary, mode: str, expected: type) -> None:
+def test_misbehaving_proxy_on_connect_is_nothing_sent(
+    adv: Adversary, mode: str, expected: type
+) -> None:
     adv.mode = mode
 
     async def go() -> httpx2.HTTPError:
         async with AiohttpTransport(proxy_for=fixed(f"http://127.0.0.1:{adv.port}")) as t:
-            return await expect_error(t, f"https://origin.test{PATH_QS}", timeout=httpx2.Timeout(5.0, connect=0.5))
+            return await expect_error(
+                t, f"https://origin.test{PATH_QS}", timeout=httpx2.Timeout(5.0, connect=0.5)
+            )
 
     exc = run(go())
     assert type(exc) is expected
@@ -671,7 +651,9 @@ def test_misbehaving_proxy_on_connect_is_nothing_sent(adv: Adversary, mode: str,
     assert [r.method for r in adv.requests] == ["CONNECT"]
 
 
-@pytest.mark.parametrize("script", [["close_before_response"], ["ok", "close_before_response"]], ids=["fresh", "reused"])
+@pytest.mark.parametrize(
+    "script", [["close_before_response"], ["ok", "close_before_response"]], ids=["fresh", "reused"]
+)
 def test_origin_failure_inside_tunnel_is_maybe_sent(
     proxypy: ProxyPy, tls_adv: Adversary, ca_file: str, script: list[str]
 ) -> None:
@@ -679,7 +661,9 @@ def test_origin_failure_inside_tunnel_is_maybe_sent(
     tls_adv.mode = script
 
     async def go() -> httpx2.HTTPError:
-        async with AiohttpTransport(proxy_for=fixed(proxypy.url()), ssl_context=make_ssl_context(ca_file)) as t:
+        async with AiohttpTransport(
+            proxy_for=fixed(proxypy.url()), ssl_context=make_ssl_context(ca_file)
+        ) as t:
             for _ in script[:-1]:
                 assert (await post(t, tls_adv.url(PATH_QS))).status_code == 200
             return await expect_error(t, tls_adv.url(PATH_QS))
@@ -748,7 +732,12 @@ P = "http://proxy:3128"
         ({"HTTP_PROXY": P}, "http://cfg:1", "http://a.test/", P),
         ({"HTTP_PROXY": P}, None, "https://a.test/", None),  # http_proxy is for http only
         ({"HTTP_PROXY": P}, "http://cfg:1", "https://a.test/", "http://cfg:1"),
-        ({"https_proxy": P, "HTTPS_PROXY": "http://upper:1"}, None, "https://a.test/", P),  # lower case wins
+        (
+            {"https_proxy": P, "HTTPS_PROXY": "http://upper:1"},
+            None,
+            "https://a.test/",
+            P,
+        ),  # lower case wins
         ({"ALL_PROXY": P}, None, "https://a.test/", P),
         ({"all_proxy": P, "HTTPS_PROXY": "http://s:1"}, None, "https://a.test/", "http://s:1"),
         ({"ALL_PROXY": P, "NO_PROXY": "*"}, None, "http://a.test/", None),
@@ -758,9 +747,19 @@ P = "http://proxy:3128"
         ({"ALL_PROXY": P, "no_proxy": "A.Test"}, None, "http://a.test/", None),  # case
         ({"ALL_PROXY": P, "NO_PROXY": "a.test:8080"}, None, "http://a.test:8080/", None),
         ({"ALL_PROXY": P, "NO_PROXY": "x.test, y.test,z.test"}, None, "http://z.test/", None),
-        ({"ALL_PROXY": P, "NO_PROXY": "a.test"}, "http://cfg:1", "http://a.test/", None),  # bypass covers config
+        (
+            {"ALL_PROXY": P, "NO_PROXY": "a.test"},
+            "http://cfg:1",
+            "http://a.test/",
+            None,
+        ),  # bypass covers config
         ({"ALL_PROXY": "http://u:p@proxy:3128"}, None, "http://a.test/", "http://u:p@proxy:3128"),
-        ({"HTTP_PROXY": "http://evil:1", "REQUEST_METHOD": "GET"}, None, "http://a.test/", None),  # httpoxy
+        (
+            {"HTTP_PROXY": "http://evil:1", "REQUEST_METHOD": "GET"},
+            None,
+            "http://a.test/",
+            None,
+        ),  # httpoxy
         ({"http_proxy": P, "REQUEST_METHOD": "GET"}, None, "http://a.test/", P),
     ],
 )
