@@ -973,14 +973,16 @@ def _listen(value: str) -> tuple[str, int]:
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="The certificate's PEM key.")
 @click.option("--refresh", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="S",
               help="Seconds between refreshes of unfinished upstream statuses (0: never).")  # fmt: skip
+@click.option("--max-in-flight", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Requests in flight at most; each client key gets an equal share.")  # fmt: skip
 @LOG_FORMAT
 @click.option("--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit.")
 @click.pass_context
 @handle_errors
 def relay(
     ctx: click.Context, listen: str | None, upstream: str | None, auth: str | None,
-    tls_cert: str | None, tls_key: str | None, refresh: float, log_format: str | None,
-    print_unit: bool,
+    tls_cert: str | None, tls_key: str | None, refresh: float, max_in_flight: int,
+    log_format: str | None, print_unit: bool,
 ) -> None:  # fmt: skip
     """Serve the Jobs API on a lab network and forward every job upstream, exactly once.
 
@@ -1016,7 +1018,10 @@ def relay(
     except (OSError, ValueError) as err:
         raise click.BadParameter(f"cannot use the TLS certificate and key: {err}") from None
     cfg = c.config(auth=auth)
-    server = Relay(cfg, RelayOptions(host, port, upstream, tls=tls, refresh_every=refresh))
+    options = RelayOptions(
+        host, port, upstream, tls=tls, refresh_every=refresh, max_in_flight=max_in_flight
+    )
+    server = Relay(cfg, options)
     import asyncio
 
     try:
@@ -1072,6 +1077,25 @@ def relay_key_revoke(c: Ctx, name: str) -> None:
     click.echo(f"revoked {name}")
 
 
+@relay.command("doctor")
+@click.option("--upstream", metavar="URL", required=True, help="The Jobs API the relay forwards to.")
+@click.option("--url", metavar="URL", help="Where the relay listens, to check it answers.")
+@click.option("--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT)
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@pass_ctx
+@handle_errors
+def relay_doctor(c: Ctx, upstream: str, url: str | None, auth: str | None, as_json: bool) -> None:
+    """Check a relay: its store and keys, that it listens, that the upstream answers and takes the key.
+
+    \b
+    Example:
+      logbook relay doctor --upstream https://api.haiqu.ai --url http://127.0.0.1:8700
+    """
+    from .doctor import relay_checks
+
+    _report(relay_checks(c.config(endpoint=upstream, auth=auth), url), as_json)
+
+
 @relay.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @pass_ctx
@@ -1114,8 +1138,11 @@ def doctor(c: Ctx, endpoint: str | None, auth: str | None, as_json: bool) -> Non
     """
     from .doctor import run_checks
 
-    cfg = c.config(endpoint=endpoint, auth=auth)
-    checks = run_checks(cfg)
+    _report(run_checks(c.config(endpoint=endpoint, auth=auth)), as_json)
+
+
+def _report(checks: list[Any], as_json: bool) -> None:
+    """Doctor's checks, one a line (or JSON); exit 1 when one failed."""
     if as_json:
         _print_json([ch.to_dict() for ch in checks])
     else:

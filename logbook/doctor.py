@@ -182,3 +182,41 @@ def check_server(cfg: Config) -> list[Check]:
 
 def run_checks(cfg: Config) -> list[Check]:
     return check_store(cfg) + check_config(cfg) + check_server(cfg)
+
+
+def check_listening(url: str) -> Check:
+    """Whether a Jobs API server (a relay) answers at ``url``: a keyless lookup must get a JSON 401."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/experiments/logbook-doctor/jobs/0", timeout=5) as r:
+            code, ctype = r.status, r.headers.get("content-type", "")
+    except urllib.error.HTTPError as err:
+        code, ctype = err.code, err.headers.get("content-type", "")
+    except (OSError, ValueError) as err:
+        return Check("relay", "fail", f"nothing answers at {url} ({err}): is the relay running?")
+    if code == 401 and ctype.startswith("application/json"):
+        return Check("relay", "ok", f"listening at {url}")
+    return Check("relay", "fail", f"{url} answered HTTP {code}: not a logbook relay?")
+
+
+def relay_checks(cfg: Config, url: str | None) -> list[Check]:
+    """A relay's store, its keys, whether it listens at ``url``, and its upstream and key."""
+    checks = check_store(cfg)
+    try:
+        from .store import Store
+
+        keys = []
+        if cfg.db.exists():
+            with Store(cfg.db, readonly=True) as store:
+                keys = [k for k in store.keys.list() if not k["revoked_at"]]
+        checks.append(Check(
+            "keys", "ok" if keys else "warn",
+            f"{len(keys)} relay keys" if keys else "no relay keys: `logbook relay key add NAME`",
+        ))  # fmt: skip
+    except LogbookError as err:
+        checks.append(Check("keys", "fail", str(err)))
+    if url:
+        checks.append(check_listening(url))
+    return checks + [c for c in check_config(cfg) if c.name != "config"] + check_server(cfg)

@@ -1,0 +1,323 @@
+"""``logbook relay``, end to end: lab machines -> relay -> emulator, all real processes on loopback.
+
+What a lab would check: every job reaches the API once, whatever fails in
+between (the upstream down for a while, the relay killed with SIGKILL); the
+ids and statuses come back; a wrong relay key is refused; the upstream key
+never leaves the relay.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from relaysupport import RelayProcess, free_port
+from support import (
+    assert_no_key,
+    cli,
+    dump_db,
+    entries,
+    seed_store,
+    started,
+    states,
+    sync_until_done,
+    wait_until,
+)
+
+from logbook.emulator.testing import EmulatorProcess
+
+UP_KEY = "upstream+key/never=leaves"
+
+
+@pytest.fixture
+def upstream() -> Iterator[EmulatorProcess]:
+    emu = EmulatorProcess(UP_KEY, progress_seconds=0.5, extra_args=("--port", str(free_port())))
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, upstream: EmulatorProcess) -> Iterator[RelayProcess]:
+    r = RelayProcess(tmp_path / "relay", upstream.url, UP_KEY)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def lab(tmp_path: Path, name: str, n: int) -> Path:
+    home = tmp_path / name
+    seed_store(home, n, experiment=f"exp-{name}")
+    return home
+
+
+def upstream_pairs(emu: EmulatorProcess) -> list[tuple[str, str]]:
+    return [(j["experiment_id"], j["hash"]) for j in emu.jobs()]
+
+
+def test_keys_are_shown_once_stored_hashed_and_revocable(relay: RelayProcess) -> None:
+    key = relay.add_key("lab-pc-1")
+    assert key.startswith("lbr_") and len(key) > 30
+    listed = cli(relay.home, "relay", "key", "list", "--json")
+    assert [k["name"] for k in listed.json()] == ["lab-pc-1"] and key not in listed.out
+    assert key not in dump_db(relay.home / "logbook.db")
+    again = cli(relay.home, "relay", "key", "add", "lab-pc-1")
+    assert again.code == 2 and "exists" in again.err
+    assert cli(relay.home, "relay", "key", "revoke", "lab-pc-1").code == 0
+    assert cli(relay.home, "relay", "key", "revoke", "nobody").code == 1
+
+
+def test_two_labs_through_the_relay_with_the_upstream_down_for_a_while(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    keys = {name: relay.add_key(name) for name in ("lab-a", "lab-b")}
+    homes = {name: lab(tmp_path, name, 40) for name in keys}
+    port = upstream.url.rsplit(":", 1)[1]
+    upstream.stop()  # the internet is down
+    relay.start()
+    for name, home in homes.items():
+        run = cli(home, "--stats", "0", "sync", "--json", env=relay.env_for_lab(keys[name]))
+        assert run.code == 0, run.err  # durable at the relay: done for the lab machine
+        assert states(home / "logbook.db")["synced"] == 40
+    status = cli(relay.home, "relay", "status", "--json").json()
+    assert status["backlog"] == 80 and status["oldest_unforwarded"]
+    assert set(status["clients"]) == {"lab-a", "lab-b"}
+    upstream.extra_args = ("--port", port)
+    upstream.start()  # back, on the same address
+    wait_until(lambda: upstream.stats()["jobs_created"] >= 80, 60, "the relay to forward")
+    stats = upstream.stats()
+    assert stats["jobs_created"] == 80 and stats["duplicates"] == 0
+    expected = {
+        (e["experiment_id"], e["hash"]) for h in homes.values() for e in entries(h / "logbook.db")
+    }
+    assert set(upstream_pairs(upstream)) == expected
+
+    # Ids and statuses flow back: a lab's refresh ends with every entry Done.
+    def all_done() -> bool:
+        for name, home in homes.items():
+            cli(home, "--stats", "0", "sync", env=relay.env_for_lab(keys[name]))
+        return all(
+            e["remote_status"] == "Done" for h in homes.values() for e in entries(h / "logbook.db")
+        )
+
+    wait_until(all_done, 60, "every lab entry to be Done")
+    shown = cli(homes["lab-a"], "show", "1").out
+    upstream_ids = {j["id"] for j in upstream.jobs()}
+    assert "remote_id:      relay-" in shown
+    assert any(f"upstream_id:    {uid}" in shown for uid in upstream_ids), shown
+    assert cli(relay.home, "relay", "status", "--json").json()["backlog"] == 0
+    assert relay.stop() == 0  # SIGTERM: drained, exit 0
+    log = relay.log.read_text()
+    assert_no_key(log, UP_KEY, "relay log")
+    for home in homes.values():
+        assert_no_key(dump_db(home / "logbook.db"), UP_KEY, "a lab store")
+
+
+def test_a_repeated_post_returns_the_job_the_relay_holds(relay: RelayProcess) -> None:
+    key = relay.add_key("lab")
+    relay.start()
+    body = {"experiment_id": "dup", "hash": "h-1", "results": '{"00": 1}'}
+    with httpx2.Client(base_url=relay.url, timeout=10) as c:
+        first = c.post("/jobs", params={"HAIQU_API_KEY": key}, json=body).json()
+        second = c.post("/jobs", headers={"authorization": key}, json=body).json()
+        assert first["id"] == second["id"] and first["id"].startswith("relay-")
+        by_id = c.get(f"/jobs/{first['id']}", params={"HAIQU_API_KEY": key}).json()
+        by_hash = c.get(
+            "/experiments/dup/jobs/h-1", headers={"authorization": f"Bearer {key}"}
+        ).json()
+        assert by_id["id"] == by_hash["id"] == first["id"]
+        # Like the API: 422 for a bad body or bad JSON, 404 for an unknown route, 401 for a bad key.
+        assert c.post("/jobs", params={"HAIQU_API_KEY": key}, json={"hash": "x"}).status_code == 422
+        bad = c.post("/jobs", params={"HAIQU_API_KEY": key}, content=b"{nope")
+        assert bad.status_code == 422 and "detail" in bad.json()
+        assert c.get("/nowhere", params={"HAIQU_API_KEY": key}).status_code == 404
+        assert c.post("/jobs", params={"HAIQU_API_KEY": "lbr_wrong"}, json=body).status_code == 401
+        big = c.post(
+            "/jobs", params={"HAIQU_API_KEY": key}, content=b"{" + b" " * (17 << 20) + b"}"
+        )
+        assert big.status_code == 413
+    with sqlite3.connect(relay.home / "logbook.db") as conn:
+        assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 1
+
+
+def test_a_wrong_relay_key_is_exit_3_and_changes_nothing(
+    tmp_path: Path, relay: RelayProcess
+) -> None:
+    relay.add_key("lab")
+    home = lab(tmp_path, "lab", 5)
+    relay.start()
+    run = cli(home, "--stats", "0", "sync", env=relay.env_for_lab("lbr_not-a-key"))
+    assert run.code == 3, run.err
+    assert states(home / "logbook.db")["pending"] == 5
+
+
+def test_the_haiqu_sdk_client_posts_through_the_relay(
+    relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    sdk = pytest.importorskip("haiqu.sdk.api_client")
+    from haiqu.sdk.schemas import LocalJobSubmitModel
+
+    key = relay.add_key("sdk")
+    relay.start()
+    client = sdk.ApiClient(rest_api_uri=relay.url + "/", api_access_key=key)
+    job = LocalJobSubmitModel(
+        experiment_id="sdk-exp", hash="sdk-h", results='{"0": 3}', shots="[3]",
+        name="from the SDK", status="Done", job_type="User local job",
+    )  # fmt: skip
+    created = client.submit_job(job)
+    assert str(created.id).startswith("relay-") and created.hash == "sdk-h"
+    # The SDK's own duplicate check goes through the relay too.
+    assert client.get_job(experiment_id="sdk-exp", job_hash="sdk-h").id == created.id
+    wait_until(lambda: upstream.stats()["jobs_created"] == 1, 30, "the job upstream")
+    assert upstream.jobs()[0]["hash"] == "sdk-h"
+
+
+def test_killing_the_relay_loses_nothing_and_doubles_nothing(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """SIGKILL in a loop while lab machines post and while it forwards; then a final sync."""
+    keys = {name: relay.add_key(name) for name in ("k1", "k2")}
+    homes = {name: lab(tmp_path, name, 100) for name in keys}
+    upstream.set_faults(latency_ms=30, routes="*")
+    relay.start()
+    stop = threading.Event()
+
+    def lab_syncs(name: str) -> None:
+        while not stop.is_set():
+            cli(homes[name], "--stats", "0", "sync", "--concurrency", "8",
+                env=relay.env_for_lab(keys[name]), timeout=120)  # fmt: skip
+            if states(homes[name] / "logbook.db")["synced"] == 100:
+                return
+
+    threads = [threading.Thread(target=lab_syncs, args=(n,)) for n in keys]
+    for t in threads:
+        t.start()
+
+    def progress() -> int:
+        """Jobs the relay holds plus jobs upstream: it grows while lab machines post and it forwards."""
+        return len(entries(relay.home / "logbook.db")) + upstream.stats()["jobs_created"]
+
+    try:
+        for _ in range(2):
+            target = progress() + 20
+            wait_until(lambda: progress() >= target, 60, "traffic before the kill")  # noqa: B023
+            relay.kill()  # mid-stream: lab machines are posting and the relay is forwarding
+            relay.start()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(180)
+    for name, home in homes.items():
+        sync_until_done(home, relay.env_for_lab(keys[name]))
+    upstream.clear_faults()
+    wait_until(lambda: upstream.stats()["jobs_created"] >= 200, 90, "everything upstream")
+    stats = upstream.stats()
+    assert stats["duplicates"] == 0 and stats["jobs_created"] == 200, stats
+    expected = {
+        (e["experiment_id"], e["hash"]) for h in homes.values() for e in entries(h / "logbook.db")
+    }
+    assert set(upstream_pairs(upstream)) == expected
+
+
+def test_one_client_flooding_does_not_starve_another(
+    tmp_path: Path, upstream: EmulatorProcess
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", upstream.url, UP_KEY, extra=("--max-in-flight", "4"))
+    flood, calm = relay.add_key("flood"), relay.add_key("calm")
+    relay.start()
+    db = relay.home / "logbook.db"
+    # Hold the store's write lock so that requests stay in flight.
+    locker = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None);"
+         " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(3); c.execute('COMMIT')", str(db)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+
+        def post(key: str, i: int) -> int:
+            body = {"experiment_id": "fair", "hash": f"{key[-6:]}-{i}"}
+            with httpx2.Client(base_url=relay.url, timeout=30) as c:
+                return c.post("/jobs", params={"HAIQU_API_KEY": key}, json=body).status_code
+
+        results: dict[str, list[int]] = {"flood": [], "calm": []}
+        threads = [
+            threading.Thread(target=lambda i=i: results["flood"].append(post(flood, i)))
+            for i in range(12)
+        ]
+        for t in threads:
+            t.start()
+        wait_until(
+            lambda: len(results["flood"]) >= 8, 20, "the flood to be refused beyond its share"
+        )
+        calm_threads = [
+            threading.Thread(target=lambda i=i: results["calm"].append(post(calm, i)))
+            for i in range(2)
+        ]
+        for t in calm_threads:
+            t.start()
+        for t in threads + calm_threads:
+            t.join(60)
+    finally:
+        locker.wait(30)
+        relay.stop()
+    assert results["flood"].count(429) >= 8, results
+    assert results["calm"] == [200, 200], results
+
+
+def test_sigterm_drains_and_exits_0(tmp_path: Path, relay: RelayProcess) -> None:
+    key = relay.add_key("lab")
+    home = lab(tmp_path, "lab", 60)
+    relay.start()
+    with started(
+        home, "--stats", "0", "sync", "--concurrency", "16", env=relay.env_for_lab(key)
+    ) as proc:
+        wait_until(lambda: states(home / "logbook.db")["synced"] > 0, 30, "the first jobs")
+        assert relay.stop(signal.SIGTERM) == 0
+        proc.wait(60)
+    # Whatever the lab machine counts as synced, the relay committed.
+    held = {(e["experiment_id"], e["hash"]) for e in entries(relay.home / "logbook.db")}
+    done = {
+        (e["experiment_id"], e["hash"])
+        for e in entries(home / "logbook.db")
+        if e["state"] == "synced"
+    }
+    assert done <= held
+
+
+def test_relay_doctor(relay: RelayProcess, upstream: EmulatorProcess) -> None:
+    relay.add_key("lab")
+    relay.start()
+    run = cli(relay.home, "relay", "doctor", "--upstream", upstream.url, "--url", relay.url,
+              env={"HAIQU_API_KEY": UP_KEY})  # fmt: skip
+    assert run.code == 0, run.out + run.err
+    assert "listening at" in run.out and "accepts the key" in run.out
+    bad = cli(
+        relay.home, "relay", "doctor", "--upstream", upstream.url, env={"HAIQU_API_KEY": "wrong"}
+    )
+    assert bad.code == 1 and "refused the key" in bad.out
+
+
+def test_print_unit(relay: RelayProcess) -> None:
+    run = cli(
+        relay.home,
+        "relay",
+        "--listen",
+        "0.0.0.0:8700",
+        "--upstream",
+        "https://api.example.test",
+        "--print-unit",
+    )
+    assert run.code == 0 and "ExecStart=" in run.out and "relay --listen 0.0.0.0:8700" in run.out
+    assert json.dumps(run.out)  # printable
