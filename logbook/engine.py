@@ -413,7 +413,9 @@ class SyncEngine:
         finally:
             self.limit.release()
         self.any_success = True
-        return None if job is None else (e.id, job.status, job.upstream_id)
+        if job is None or job.id != e.remote_id or job.hash != e.hash:
+            return None  # not the job asked for: nothing to learn from it
+        return (e.id, job.status, job.upstream_id)
 
 
 class _Step:
@@ -469,7 +471,11 @@ class _Step:
             return
         async with self.flush_lock:
             batch, self.outcomes = self.outcomes, []
-            await self.e.settle(batch)
+            try:
+                await self.e.settle(batch)
+            except StoreError:
+                self.outcomes[:0] = batch  # not written: kept for the next flush or finish()
+                raise
 
     def _took(self, fut: asyncio.Future[Any]) -> None:
         self.claiming.discard(fut)
@@ -559,7 +565,10 @@ class _Step:
         renewed = time.time()
         while True:
             await asyncio.sleep(SETTLE_INTERVAL)
-            await self.flush(force=True)
+            try:
+                await self.flush(force=True)
+            except StoreError as err:  # busy past patience: the outcomes wait for the next tick
+                log.warning("cannot write outcomes yet: %s", err)
             if time.time() - renewed > self.e.lease_seconds / 4 and self.held:
                 # Entries waiting behind a cut limit must not look abandoned.
                 async with self.lease_lock:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 REDACTED = "[REDACTED]"
@@ -29,52 +28,63 @@ def mask(key: str | None) -> str:
     return f"{key[:2]}{'*' * 8}{key[-2:]}"
 
 
+#: The ``safe`` sets URL encoders use: Python's, JavaScript's encodeURIComponent,
+#: RFC 3986's unreserved characters, and none at all.
+_SAFE_SETS = ("", "/", "-_.!~*'()", "-_.~")
+
+
 def key_forms(key: str) -> list[str]:
     """Every spelling of ``key`` that may show up in a URL, header, repr or message."""
-    once = quote(key, safe="")
-    forms = {
-        key,
-        once,
-        quote_plus(key),
-        quote(key),
-        quote(once, safe=""),  # escaped twice
-        quote_plus(quote_plus(key)),
-        key.replace("+", " "),
-        repr(key)[1:-1],
-        json.dumps(key)[1:-1],
-        key.encode("unicode_escape").decode("ascii", "replace"),
-    }
+    forms = {key, key.replace("+", " "), repr(key)[1:-1], json.dumps(key)[1:-1]}
+    forms.add(json.dumps(key)[1:-1].replace("/", "\\/"))  # JSON with escaped slashes (PHP)
+    forms.add(key.encode("unicode_escape").decode("ascii", "replace"))
+    for safe in _SAFE_SETS:
+        for once in (quote(key, safe=safe), quote_plus(key, safe=safe)):
+            forms.update({once, once.replace("~", "%7E"), quote(once, safe=""), quote_plus(once)})
     return sorted((f for f in forms if f), key=len, reverse=True)
 
 
 @functools.lru_cache(maxsize=16)
-def _needles(secrets: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
-    """``(form, shortest match)`` for every spelling of every secret, lowercased."""
-    out = set()
+def _needles(secrets: tuple[str, ...]) -> tuple[frozenset[str], frozenset[str]]:
+    """Whole spellings of short secrets, and every ``MIN_PREFIX``-character window of long ones."""
+    whole: set[str] = set()
+    windows: set[str] = set()
     for secret in secrets:
-        shortest = MIN_PREFIX if len(secret) >= MIN_PREFIX else None
         for form in key_forms(secret):
             low = form.lower()
-            out.add((low, min(shortest, len(low)) if shortest else len(low)))
-    return tuple(sorted(out, key=lambda n: len(n[0]), reverse=True))
+            if len(secret) < MIN_PREFIX or len(low) < MIN_PREFIX:
+                whole.add(low)
+            else:
+                windows.update(low[i : i + MIN_PREFIX] for i in range(len(low) - MIN_PREFIX + 1))
+    return frozenset(whole), frozenset(windows)
 
 
-def _spans(low: str, needles: Iterable[tuple[str, int]]) -> list[tuple[int, int]]:
+def _spans(low: str, whole: frozenset[str], windows: frozenset[str]) -> list[tuple[int, int]]:
+    """Where a secret shows: a whole short spelling, or any run of text whose every
+    ``MIN_PREFIX`` characters belong to some spelling (so a prefix, a suffix, or a
+    spelling that changes half-way through, are all caught)."""
     spans = []
-    for form, shortest in needles:
-        head = form[:shortest]
-        at = low.find(head)
+    for form in whole:
+        at = low.find(form)
         while at != -1:
-            n = shortest
-            while n < len(form) and at + n < len(low) and low[at + n] == form[n]:
-                n += 1
-            spans.append((at, at + n))
-            at = low.find(head, at + 1)
+            end = at + len(form)
+            # A short secret counts only on its own, not inside a word ("k" in "networks").
+            if not _alnum(low, at - 1) and not _alnum(low, end):
+                spans.append((at, end))
+            at = low.find(form, at + 1)
+    if windows:
+        for i in range(len(low) - MIN_PREFIX + 1):
+            if low[i : i + MIN_PREFIX] in windows:
+                spans.append((i, i + MIN_PREFIX))
     return spans
 
 
+def _alnum(text: str, i: int) -> bool:
+    return 0 <= i < len(text) and text[i].isalnum()
+
+
 def redact(text: str, *secrets: str | None) -> str:
-    """``text`` with every spelling of each secret (and long prefixes of them) replaced.
+    """``text`` with every spelling of each secret (and any ten characters of one) replaced.
 
     Case is ignored: over-redacting a look-alike costs nothing, and percent-escapes
     come in either case.
@@ -82,15 +92,15 @@ def redact(text: str, *secrets: str | None) -> str:
     present = tuple(s for s in secrets if s)
     if not text or not present:
         return text
-    spans = sorted(_spans(text.lower(), _needles(present)))
+    spans = sorted(_spans(text.lower(), *_needles(present)))
     if not spans:
         return text
     out, pos = [], 0
     for start, end in spans:
         if end <= pos:
             continue
-        out.append(text[pos:start] if start > pos else "")
         if start >= pos:
+            out.append(text[pos:start])
             out.append(REDACTED)
         pos = end
     out.append(text[pos:])

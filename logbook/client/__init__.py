@@ -141,9 +141,15 @@ class KeyTransport(httpx2.AsyncBaseTransport):
             extensions=request.extensions,
         )  # fmt: skip
         try:
-            return await self.inner.handle_async_request(keyed)
+            response = await self.inner.handle_async_request(keyed)
         except httpx2.TransportError as err:
-            raise type(err)(redact(str(err), self.key), request=request) from None
+            # Built here, raised below: outside the except block the key-bearing
+            # original is neither its __cause__ nor its __context__.
+            failure = type(err)(redact(str(err), self.key), request=request)
+        else:
+            response.request = request  # the key-free one: nothing returned holds the key
+            return response
+        raise failure
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -226,49 +232,50 @@ class ApiClient:
         self, method: str, path: str, shown: str, body: bytes | None = None
     ) -> httpx2.Response:
         """One request under an overall deadline (socket timeouts bound each read, not the whole)."""
-        maybe = method == "POST"
         try:
             return await self.send(method, path, body)
-        except TimeoutError:
-            raise RequestFailed(
+        except (TimeoutError, httpx2.HTTPError) as err:
+            failure = self._classify(method, shown, err)
+        raise failure  # outside the except block: no chain back to a key-bearing error
+
+    def _classify(self, method: str, shown: str, err: BaseException) -> RequestFailed:
+        """A transport failure as the sync engine needs it: was anything sent?"""
+        maybe = method == "POST"
+        if isinstance(err, TimeoutError):
+            return RequestFailed(
                 f"{method} {shown}: no complete answer from {self._host} within {self.deadline:g} s",
                 kind="retry", maybe_sent=maybe, timed_out=True,
-            ) from None  # fmt: skip
-        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ProxyError) as err:
+            )  # fmt: skip
+        if isinstance(err, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ProxyError)):
             reason = self._redact(str(err)) or type(err).__name__
             if _CERT_FAILURE.search(reason):
-                raise RequestFailed(
+                return RequestFailed(
                     f"the TLS certificate of {self._host} (or of the proxy) did not verify"
                     f" ({reason}): if your network inspects TLS, set SSL_CERT_FILE or"
                     " ca_bundle in config.toml to your institution's CA bundle",
                     kind="retry", connect_failed=True, trust_failed=True,
-                ) from None  # fmt: skip
-            raise RequestFailed(
+                )  # fmt: skip
+            return RequestFailed(
                 f"{reason} (check the network, HAIQU_EDGE_URI and any proxy setting;"
                 " `logbook doctor` tests them)",
                 kind="retry", connect_failed=True,
-            ) from None  # fmt: skip
-        except httpx2.TimeoutException as err:
-            raise RequestFailed(
-                self._redact(f"{method} {shown}: {type(err).__name__} from {self._host}: {err}"),
-                kind="retry", maybe_sent=maybe, timed_out=True,
-            ) from None  # fmt: skip
-        except httpx2.TransportError as err:
-            raise RequestFailed(
-                self._redact(f"{method} {shown}: {type(err).__name__} from {self._host}: {err}"),
-                kind="retry", maybe_sent=maybe,
-            ) from None  # fmt: skip
+            )  # fmt: skip
+        # Anything else (a read timeout, a dropped connection, a body that cannot be
+        # decoded) came after the request may have reached the server.
+        return RequestFailed(
+            self._redact(f"{method} {shown}: {type(err).__name__} from {self._host}: {err}"),
+            kind="retry", maybe_sent=maybe, timed_out=isinstance(err, httpx2.TimeoutException),
+        )  # fmt: skip
 
     def _failure(self, method: str, shown: str, response: httpx2.Response) -> RequestFailed:
         code = response.status_code
         detail = self._reason(response)
         msg = f"{method} {shown}: HTTP {code}{': ' + detail if detail else ''}"
         if 300 <= code < 400:
-            location = response.headers.get("location") or "(no Location)"
-            target = show_url(location) if "://" in location else location.split("?")[0]
             return RequestFailed(
-                self._redact(msg), kind="redirect", status=code, location=self._redact(target)
-            )
+                self._redact(msg), kind="redirect", status=code,
+                location=self._redact(self._moved_to(response)),
+            )  # fmt: skip
         if code in AUTH_CODES:
             return RequestFailed(msg, kind="auth", status=code)
         if code == 407:  # the proxy refused it: nothing reached the API
@@ -287,12 +294,24 @@ class ApiClient:
             return RequestFailed(msg, kind="reject", status=code)
         return RequestFailed(msg, kind="retry", status=code, maybe_sent=method == "POST")
 
+    def _moved_to(self, response: httpx2.Response) -> str:
+        """The base URL a redirect points at: its Location without the route asked for, nor a query."""
+        location = response.headers.get("location")
+        if not location:
+            return "(a redirect without a Location)"
+        target = httpx2.URL(self.endpoint + "/").join(location)
+        route = response.request.url.path[len(urlsplit(self.endpoint).path) :]
+        path = target.path
+        if route and path.endswith(route):
+            path = path[: -len(route)]
+        return show_url(str(target.copy_with(path=path or "/", query=None, fragment=None))).rstrip("/")
+
     def _reason(self, response: httpx2.Response) -> str:
         """The server's reason, redacted, then cut short: FastAPI-style ``detail`` when there is one."""
         text = self._redact(response.content[:4000].decode("utf-8", "replace"))
         try:
             data = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             return " ".join(text.split())[:300]
         detail = data.get("detail", data) if isinstance(data, dict) else data
         if isinstance(detail, list):
@@ -310,7 +329,7 @@ class ApiClient:
         """The job in a 2xx body; a body that is not one may hide a stored job: uncertain."""
         try:
             data = json.loads(response.content)
-        except ValueError:
+        except (ValueError, RecursionError):
             data = None
         if (
             isinstance(data, dict)

@@ -43,15 +43,21 @@ _live: set[str] = set()
 _live_lock = threading.Lock()
 
 
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux), or "" where unknown."""
+def _proc_stat(pid: int) -> list[bytes]:
+    """The fields of ``/proc/PID/stat`` after the command name (Linux), or [] where unknown."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
-        return ""
+        return []
     # The command name (field 2) may hold spaces and parentheses: split after the last ")".
-    return stat[stat.rfind(b")") + 2 :].split()[19].decode()
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot, or "" where unknown."""
+    fields = _proc_stat(pid)
+    return fields[19].decode() if len(fields) > 19 else ""
 
 
 _MY_START = _start_time(os.getpid())
@@ -90,7 +96,10 @@ def owner_alive(owner: str | None) -> bool | None:
         return False
     except PermissionError:
         pass
-    if len(parts) >= 4 and parts[2] and _start_time(pid) not in ("", parts[2]):
+    fields = _proc_stat(pid)
+    if fields and fields[0] == b"Z":
+        return False  # killed, not yet reaped by its parent: it will never post again
+    if len(parts) >= 4 and parts[2] and len(fields) > 19 and fields[19].decode() != parts[2]:
         return False  # the pid was reused by a later process
     return True
 

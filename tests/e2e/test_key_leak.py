@@ -179,11 +179,6 @@ def test_library_logs_and_errors_never_hold_the_key(
     _check_store(db, key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: ApiClient.send() returns the response AiohttpTransport built for the"
-    " keyed request, so response.request carries the key (URL query, or authorization header)",
-)
 @pytest.mark.parametrize("auth", ["query", "header"])
 def test_responses_from_the_real_transport_carry_no_key(
     emulator: EmulatorProcess, auth: str
