@@ -1,0 +1,113 @@
+"""``logbook doctor`` as a real process: exit 0 only when all is well; the key only ever masked."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import Run, assert_no_key, assert_no_traceback, write_config
+
+from logbook.emulator.testing import EmulatorProcess
+from logbook.store import Store
+from logbook.store.leases import Outcome, end_owner, new_owner
+
+RunCli = Callable[..., Run]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _doctor(run_cli: RunCli, env: dict[str, str], *args: str) -> tuple[int, dict[str, Any], str]:
+    r = run_cli("doctor", "--json", *args, env=env)
+    assert_no_traceback(r.out, r.err)
+    return r.code, {c["check"]: c for c in json.loads(r.out)}, r.out + r.err
+
+
+def test_all_well_exit_0_and_key_masked(run_cli: RunCli, emulator: EmulatorProcess) -> None:
+    assert run_cli("record", "-e", "x", "--results", "{}").code == 0
+    code, checks, text = _doctor(run_cli, emulator.env())
+    assert code == 0, text
+    assert {c["level"] for c in checks.values()} == {"ok"}, checks
+    assert "accepts the key" in checks["server"]["message"]
+    assert "integrity ok" in checks["store"]["message"]
+    assert checks["journal"]["message"] == "journal mode wal"
+    assert "HAIQU_API_KEY" in checks["key"]["message"] and "*" in checks["key"]["message"]
+    assert_no_key(text, emulator.key, "doctor --json")
+    table = run_cli("doctor", env=emulator.env())
+    assert table.code == 0 and table.out.startswith("OK")
+    assert_no_key(table.out + table.err, emulator.key, "doctor")
+
+
+def test_no_key_needs_the_user_and_nothing_is_probed(run_cli: RunCli) -> None:
+    code, checks, _ = _doctor(run_cli, {})
+    assert code == 1
+    assert checks["key"]["level"] == "fail" and "HAIQU_API_KEY" in checks["key"]["message"]
+    # Without a key the default endpoint (the Haiqu SDK's) is shown, not contacted.
+    assert checks["endpoint"]["level"] == "ok" and "SDK" in checks["endpoint"]["message"]
+    assert "server" not in checks
+
+
+def test_refused_key(run_cli: RunCli, emulator: EmulatorProcess) -> None:
+    emulator.set_faults(unauthorized=True)
+    code, checks, text = _doctor(run_cli, emulator.env())
+    assert code == 1 and "refused the key" in checks["server"]["message"]
+    assert_no_key(text, emulator.key, "doctor with a refused key")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="library bug: doctor takes any JSON 404 for the Jobs API; the emulator (as FastAPI"
+    " does) answers an unknown route with a JSON 404 {'detail': 'Not Found'}: a wrong base URL"
+    " passes",
+)
+def test_wrong_base_url_is_not_taken_for_the_api(
+    run_cli: RunCli, emulator: EmulatorProcess
+) -> None:
+    env = dict(emulator.env(), HAIQU_EDGE_URI=emulator.url + "/not-the-api")
+    code, checks, _ = _doctor(run_cli, env)
+    assert code == 1
+    assert checks["server"]["level"] == "fail" and "base URL" in checks["server"]["message"]
+
+
+def test_unreachable_endpoint(run_cli: RunCli) -> None:
+    env = {"HAIQU_API_KEY": "k" * 16, "HAIQU_EDGE_URI": f"http://127.0.0.1:{_free_port()}"}
+    code, checks, _ = _doctor(run_cli, env)
+    assert code == 1 and "cannot connect" in checks["server"]["message"]
+
+
+def test_corrupt_store(run_cli: RunCli, logbook_home: Path) -> None:
+    (logbook_home / "logbook.db").write_bytes(b"this is not sqlite" * 100)
+    code, checks, _ = _doctor(run_cli, {})
+    assert code == 1 and checks["store"]["level"] == "fail"
+    assert "not a logbook store" in checks["store"]["message"]
+    assert (logbook_home / "logbook.db").read_bytes() == b"this is not sqlite" * 100
+
+
+def test_rejected_entries_and_a_readable_key_file_are_warnings(
+    run_cli: RunCli, logbook_home: Path, emulator: EmulatorProcess
+) -> None:
+    assert run_cli("record", "-e", "x", "--name", "a").code == 0
+    assert run_cli("record", "-e", "x", "--name", "b").code == 0
+    owner = new_owner()
+    with Store(logbook_home / "logbook.db") as store:
+        [first, *_] = store.leases.claim(owner, 1, lease_seconds=60).entries
+        store.leases.settle(owner, [Outcome(first.id, "rejected", error="422 no")])
+    end_owner(owner)
+    write_config(logbook_home, [f'api_key = "{emulator.key}"', f'endpoint = "{emulator.url}"'])
+    (logbook_home / "config.toml").chmod(0o644)
+    code, checks, text = _doctor(run_cli, {})
+    assert code == 0, text  # warnings need attention, but nothing fails
+    assert checks["backlog"]["level"] == "warn" and "1 rejected" in checks["backlog"]["message"]
+    warned = [c for c in json.loads(run_cli("doctor", "--json").out) if c["level"] == "warn"]
+    assert any("chmod 600" in c["message"] and "config.toml" in c["message"] for c in warned)
+    assert_no_key(text, emulator.key, "doctor with the key in config.toml")
+    (logbook_home / "config.toml").chmod(0o600)
+    _, checks, _ = _doctor(run_cli, {})
+    assert "config.toml" in checks["key"]["message"]
