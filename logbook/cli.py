@@ -335,6 +335,13 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, ensure_ascii=False))
 
 
+def _printable(text: str) -> str:
+    """Text fit for a terminal: control characters (escape sequences, line breaks) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _echo(text: str) -> None:
     """A line of data on stdout, printable whatever bytes a name holds."""
     click.echo(text.encode("utf-8", "backslashreplace").decode("utf-8"))
@@ -502,10 +509,11 @@ def import_(
     Example:
       logbook import results/ --experiment bell
     """
-    from .importer import import_paths
+    from .importer import check_paths, import_paths
     from .progress import Progress
 
     cfg = c.config()
+    check_paths(paths)  # before the store is opened: a typo creates nothing
     store = c.open()
     assert store is not None
     progress = Progress()
@@ -547,7 +555,8 @@ def _table(entries: Iterable[Entry]) -> None:
     )
     heads = ("id", "state", "experiment", "name", "device", "server status", "server id", "created")
     rows = [
-        [str(getattr(e, k) if getattr(e, k) is not None else "") for k in cols] for e in entries
+        [_printable(str(getattr(e, k) if getattr(e, k) is not None else "")) for k in cols]
+        for e in entries
     ]
     if not rows:
         click.echo("no entries (record one with `logbook record`, or `logbook import DIR`)")
@@ -614,7 +623,7 @@ def show(c: Ctx, entry_id: int, as_json: bool) -> None:
     for key, value in entry.to_dict().items():
         if isinstance(value, dict):
             value = json.dumps(value, ensure_ascii=False)
-        _echo(f"{key + ':':16}{'' if value is None else value}")
+        _echo(f"{key + ':':16}{'' if value is None else _printable(str(value))}")
     if entry.upstream_id:  # synced through a relay: the job's id beyond it
         _echo(f"{'upstream_id:':16}{entry.upstream_id}")
 
@@ -892,11 +901,15 @@ def watch(
 
     roots = [os.path.abspath(d) for d in dirs]
     if print_unit:
-        args = ["watch", *roots]
-        if experiment:
-            args += ["--experiment", experiment]
-        for p in patterns:
-            args += ["--pattern", p]
+        args = ["--db", os.path.abspath(c.db_option)] if c.db_option else []
+        args += ["watch", *roots]
+        for flag, value in (
+            ("--experiment", experiment), ("--endpoint", endpoint), ("--auth", auth),
+            ("--settle", settle), ("--rescan", rescan), ("--refresh", refresh),
+        ):  # fmt: skip
+            if value is not None:
+                args += [flag, str(value)]
+        args += [a for p in patterns for a in ("--pattern", p)]
         args += ["--sync"] * do_sync + ["--polling"] * polling
         click.echo(_unit(args))
         return
@@ -952,7 +965,9 @@ def _unit(args: list[str], kind: str = "watch") -> str:
 
     exe = shutil.which("logbook") or f"{sys.executable} -m logbook"
     template = (files("logbook") / f"data/logbook-{kind}.service").read_text(encoding="utf-8")
-    return template.replace("@EXEC@", exe).replace("@ARGS@", " ".join(shlex.quote(a) for a in args))
+    # systemd expands % specifiers and $VARIABLES in ExecStart: double them to mean themselves.
+    line = " ".join(shlex.quote(a).replace("%", "%%").replace("$", "$$") for a in args)
+    return template.replace("@EXEC@", exe.replace("%", "%%")).replace("@ARGS@", line)
 
 
 # --- relay --------------------------------------------------------------------------------
@@ -1004,7 +1019,9 @@ def relay(
         raise click.UsageError("give --listen HOST:PORT and --upstream URL (or a subcommand)")
     host, port = _listen(listen)
     if print_unit:
-        args = ["relay", "--listen", listen, "--upstream", upstream]
+        args = ["--db", os.path.abspath(c.db_option)] if c.db_option else []
+        args += ["relay", "--listen", listen, "--upstream", upstream, "--refresh", str(refresh)]
+        args += ["--max-in-flight", str(max_in_flight)] + (["--auth", auth] if auth else [])
         if tls_cert and tls_key:
             args += ["--tls-cert", os.path.abspath(tls_cert), "--tls-key", os.path.abspath(tls_key)]
         click.echo(_unit(args, "relay"))

@@ -152,6 +152,9 @@ def clean_key(raw: str, source: str) -> tuple[str, str | None]:
 def check_endpoint(url: str, source: str) -> str:
     """The endpoint without a trailing slash; no credentials, no query, a host and a port."""
     url = url.strip().rstrip("/")
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        url = f"{scheme.lower()}://{rest}"  # HTTP://... is http://...
     if not url.startswith(("http://", "https://")):
         raise ConfigError(
             f"the endpoint from {source} must start with http:// or https://: {show_url(url)}"

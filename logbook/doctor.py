@@ -164,6 +164,12 @@ async def _probe(cfg: Config) -> Check:
         )
     json_answer = content_type.startswith("application/json")
     if code in (200, 404) and json_answer:
+        if not await _refuses_a_wrong_key(cfg):
+            return Check(
+                "server", "fail",
+                f"{cfg.endpoint} answers, but not like the Jobs API (it did not refuse a wrong"
+                " key): is HAIQU_EDGE_URI the API's base URL?",
+            )  # fmt: skip
         return Check(
             "server", "ok", f"{cfg.endpoint} answers{through} and accepts the key ({ms:.0f} ms)"
         )
@@ -172,6 +178,22 @@ async def _probe(cfg: Config) -> Check:
         f"{cfg.endpoint} answered HTTP {code}{'' if json_answer else ' (not JSON)'}:"
         " is this the Jobs API's base URL? (HAIQU_EDGE_URI)",
     )  # fmt: skip
+
+
+async def _refuses_a_wrong_key(cfg: Config) -> bool:
+    """The Jobs API refuses a wrong key on its routes; a wrong base URL answers 404 whatever the key."""
+    from .client import ApiClient
+
+    assert cfg.endpoint
+    async with ApiClient(
+        cfg.endpoint, "logbook-doctor-wrong-key", auth=cfg.auth, connections=1, deadline=10.0,
+        network=cfg.network(),
+    ) as client:  # fmt: skip
+        try:
+            code, _ = await client.probe()
+        except RequestFailed:
+            return False
+    return code in (401, 403)
 
 
 def check_server(cfg: Config) -> list[Check]:

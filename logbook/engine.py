@@ -271,6 +271,8 @@ class SyncEngine:
         #: Why the run stops early (auth, redirect, unreachable), if it does.
         self.stop_reason: RequestFailed | None = None
         self.interrupted: int | None = None
+        #: A store that could not be written: the run ends with this error once it has unwound.
+        self.store_error: StoreError | None = None
         self.any_success = False
         self.timeouts_in_a_row = 0
         self._settling: set[asyncio.Future[None]] = set()
@@ -304,7 +306,11 @@ class SyncEngine:
         await asyncio.shield(task)
 
     async def _write(self, batch: list[Outcome]) -> None:
-        written = await self.db.run(self.leases.settle, self.owner, batch)
+        try:
+            written = await self.db.run(self.leases.settle, self.owner, batch)
+        except StoreError as err:
+            self.store_error = self.store_error or err
+            raise
         self.report.synced += written.get("synced", 0)
         self.report.rejected += written.get("rejected", 0)
         self.progress.done += written.get("synced", 0) + written.get("rejected", 0)
@@ -781,6 +787,8 @@ class _Run:
             await asyncio.sleep(wait)
 
     def _raise_if_stopped(self, engine: SyncEngine) -> None:
+        if engine.store_error is not None:
+            raise engine.store_error
         failure = engine.stop_reason
         if failure is None:
             return

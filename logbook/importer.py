@@ -122,6 +122,13 @@ def ingest_file(
     return created, known, reason()
 
 
+def check_paths(paths: Iterable[str]) -> None:
+    """``BadInput`` for a path that does not exist, before anything is opened or recorded."""
+    missing = [p for p in paths if not os.path.lexists(p)]
+    if missing:
+        raise BadInput(f"no such file or directory: {shown(missing[0])}")
+
+
 def import_paths(
     store: Store,
     paths: Iterable[str],
@@ -136,9 +143,7 @@ def import_paths(
     Raises ``BadInput`` before recording anything when a path does not exist.
     """
     paths = list(paths)
-    missing = [p for p in paths if not os.path.lexists(p)]
-    if missing:
-        raise BadInput(f"no such file or directory: {shown(missing[0])}")
+    check_paths(paths)
     if workers is None:
         workers = min(4, os.cpu_count() or 1)
     sweep_scratch()

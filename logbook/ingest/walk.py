@@ -38,6 +38,25 @@ def wanted(name: str, patterns: Iterable[str]) -> bool:
     return not is_ignored(name) and matches(name, patterns)
 
 
+class Excluded:
+    """Paths never to read, whatever their spelling: a symlinked directory, a relative top.
+
+    Cheap for the common case: only a file whose *name* is excluded has its
+    directory resolved.
+    """
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self.where: dict[str, set[str]] = {}
+        for p in paths:
+            self.where.setdefault(os.path.basename(p), set()).add(
+                os.path.realpath(os.path.dirname(os.path.abspath(p)))
+            )
+
+    def __call__(self, path: str) -> bool:
+        dirs = self.where.get(os.path.basename(path))
+        return bool(dirs) and os.path.realpath(os.path.dirname(os.path.abspath(path))) in dirs  # type: ignore[operator]
+
+
 def walk(
     top: str,
     patterns: Iterable[str] = DEFAULT_PATTERNS,
@@ -52,7 +71,7 @@ def walk(
     skipped; the walk goes on.
     """
     pats = tuple(patterns)
-    skip = {os.path.abspath(p) for p in exclude}  # whatever the spelling of top
+    skip = Excluded(exclude)
     stack = [top]
     while stack:
         d = stack.pop()
@@ -72,7 +91,7 @@ def walk(
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append(entry.path)
                     continue
-                if not wanted(name, pats) or (skip and os.path.abspath(entry.path) in skip):
+                if not wanted(name, pats) or skip(entry.path):
                     continue
                 st = entry.stat()  # follows a symlink to a file; a loop raises
             except OSError:

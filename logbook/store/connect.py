@@ -46,17 +46,18 @@ def translate(err: sqlite3.Error, path: str) -> StoreError:
         return StoreBusy(
             f"the store {path} is busy: another process held it too long ({msg}); try again"
         )
-    if "disk is full" in msg:
+    if "disk is full" in msg or "disk I/O error" in msg:
+        why = "is full" if "full" in msg else "failed a write (full, past a file-size limit, or failing)"
         return StoreFull(
-            f"the disk holding the store {path} is full: free some space and try again"
-            " (nothing was lost; what was not written was not recorded)"
+            f"the disk holding the store {path} {why}: free some space and try again"
+            " (nothing recorded was lost; what was not written was not recorded)"
         )
     if isinstance(err, sqlite3.DatabaseError) and (
         "not a database" in msg or "malformed" in msg or "corrupt" in msg
     ):
         return StoreError(
-            f"the store {path} is damaged or not a logbook store ({msg}); move it aside and"
-            " run `logbook doctor`"
+            f"the store {path} is damaged or not a logbook store ({msg}): move it aside and"
+            " restore a backup"
         )
     if "readonly" in msg or "read-only" in msg:
         return StoreError(f"the store {path} is read-only ({msg}): check its permissions")
@@ -126,6 +127,8 @@ def open_readwrite(path: str) -> sqlite3.Connection:
 
 def open_readonly(path: str) -> sqlite3.Connection:
     """A connection that writes nothing, even in a directory it cannot write."""
+    if os.path.isdir(path):
+        raise StoreError(f"the store {path} is a directory: give the path of a store file")
     uri = Path(path).resolve().as_uri()
     conn = _connect(path, f"{uri}?mode=ro", uri=True)
     try:
@@ -133,8 +136,17 @@ def open_readonly(path: str) -> sqlite3.Connection:
         conn.execute("SELECT count(*) FROM entries").fetchone()
     except sqlite3.OperationalError:
         # A WAL store in a directory we cannot write: SQLite cannot make its
-        # -shm file there.  Nobody can write it there either, so read it as is.
+        # -shm file there.  Nobody can write it there either, so read it as is,
+        # unless its write-ahead log holds commits that only -shm could make
+        # readable: then showing the main file alone would show too little.
         conn.close()
+        wal = path + "-wal"
+        if os.path.exists(wal) and os.path.getsize(wal) > 0:
+            raise StoreError(
+                f"the store {path} has recent changes in {wal} that cannot be read from a"
+                " place this user cannot write: copy the store (with its -wal) somewhere"
+                " writable, or run logbook as its owner"
+            )
         conn = _connect(path, f"{uri}?mode=ro&immutable=1", uri=True)
         try:
             check_ours(conn, path)

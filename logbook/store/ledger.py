@@ -194,6 +194,19 @@ class Ledger:
     def invalid_count(self) -> int:
         return int(self.store.scalar("SELECT count(*) FROM files WHERE outcome = 'invalid'"))
 
+    def forget_missing(self, roots: Sequence[str]) -> int:
+        """Drop the invalid files under ``roots`` that are gone: they no longer need the user."""
+        prefixes = tuple(os.fsencode(os.path.join(r, "")) for r in roots)
+        gone = [
+            bytes(r["path"])
+            for r in self.store.read("SELECT path FROM files WHERE outcome = 'invalid'")
+            if bytes(r["path"]).startswith(prefixes) and not os.path.lexists(bytes(r["path"]))
+        ]
+        if gone:
+            with self.store.write() as conn:
+                conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in gone])
+        return len(gone)
+
     def invalid(self, limit: int = 100) -> list[tuple[str, str]]:
         """``(path, reason)`` of invalid files, newest first (for ``doctor`` and ``status``)."""
         rows = self.store.read(

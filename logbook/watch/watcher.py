@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from ..errors import LogbookError, StoreError
 from ..importer import store_files
 from ..ingest import DEFAULT_PATTERNS, ReadResult, read_file, walk, wanted
+from ..ingest.walk import Excluded
 from ..progress import Progress
 from ..store import Store
 from ..store.ledger import FileRead, FileRecord, FileState, shown
@@ -124,7 +125,8 @@ class Watcher:
         self.opt = options
         self.syncer = syncer
         self.progress = progress
-        self.roots = [os.path.abspath(d) for d in options.dirs]
+        # Real paths: inotify watches a symlink itself (no events), not what it points to.
+        self.roots = [os.path.realpath(d) for d in options.dirs]
         self.patterns = tuple(options.patterns) or DEFAULT_PATTERNS
         self.settler = Settler(options.settle, max(INVALID_GRACE, 3 * options.settle))
         self.rescan_every = options.rescan if options.rescan is not None else DEFAULT_RESCAN
@@ -134,7 +136,8 @@ class Watcher:
         self.pending_scans: list[str] = []
         self.missing: set[str] = set()
         self.stats = WatchStats()
-        self.exclude = frozenset(store_files(str(cfg.db)))
+        self.exclude = store_files(str(cfg.db))
+        self.excluded = Excluded(self.exclude)
         self.observer = Observer(
             self.roots, self.events, polling=options.polling, on_overflow=self.request_rescan
         )
@@ -177,7 +180,7 @@ class Watcher:
         """A result file under a watched directory: not hidden, not temporary, not the store's."""
         return (
             wanted(os.path.basename(path), self.patterns)
-            and path not in self.exclude
+            and not self.excluded(path)
             and self.relevant_dir(os.path.dirname(path))
         )
 
@@ -228,6 +231,8 @@ class Watcher:
 
     def rescan_all(self) -> None:
         self.stats.rescans += 1
+        assert self.store is not None
+        self.store.ledger.forget_missing([r for r in self.roots if r not in self.missing])
         for root in self.roots:
             if root not in self.missing:
                 self.scan(root)

@@ -239,11 +239,6 @@ def test_watch_print_unit(run_cli: RunCli, tmp_path: Path) -> None:
     assert "watch" in exec_start and str(d) in exec_start and "bell" in exec_start
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: --print-unit drops --db, --endpoint, --auth, --settle, --rescan and"
-    " --refresh: the service would run a different command than the one given",
-)
 def test_watch_print_unit_keeps_every_option(run_cli: RunCli, tmp_path: Path) -> None:
     db = tmp_path / "lab.db"
     res = run_cli(
@@ -256,11 +251,6 @@ def test_watch_print_unit_keeps_every_option(run_cli: RunCli, tmp_path: Path) ->
         assert word in unit, word
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: --print-unit quotes for a shell, but systemd expands % specifiers and"
-    " $VARIABLES inside ExecStart (a literal needs %% and $$)",
-)
 def test_watch_print_unit_escapes_percent_and_dollar(run_cli: RunCli, tmp_path: Path) -> None:
     d = tmp_path / "100%" / "$HOME"
     res = run_cli("watch", d, "--print-unit")
@@ -297,11 +287,6 @@ def _on_a_terminal(home: Path, *args: str) -> bytes:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: list and show print a name's escape sequences raw on a terminal: a"
-    " result file in a watched directory can clear or recolour the user's screen",
-)
 def test_names_cannot_send_escape_sequences_to_the_terminal(
     run_cli: RunCli, logbook_home: Path
 ) -> None:
@@ -403,17 +388,11 @@ def test_unopenable_store_is_one_line_exit_1(run_cli: RunCli, tmp_path: Path) ->
     assert_error(run_cli("--db", blocker / "sub" / "store.db", "record", "-e", "e"), 1)
 
 
-_READ_ONLY_DIR_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="library bug: the read-only open (status, list) of a directory says 'disk I/O error'",
-)
-
-
 @pytest.mark.parametrize(
     "command",
     [
-        pytest.param(["status"], marks=_READ_ONLY_DIR_BUG),
-        pytest.param(["list"], marks=_READ_ONLY_DIR_BUG),
+        ["status"],
+        ["list"],
         ["record", "-e", "e"],
     ],
 )
@@ -555,11 +534,6 @@ def test_a_store_in_a_read_only_place_is_readable(read_only_dir: Path, logbook_h
     assert db.read_bytes() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a WAL store copied without its -shm into a read-only place is opened"
-    " immutable, so what is in its -wal is silently left out (status counts 3 of 7)",
-)
 def test_a_store_with_its_wal_in_a_read_only_place_shows_every_entry(
     read_only_dir: Path, logbook_home: Path
 ) -> None:
@@ -779,11 +753,6 @@ def test_record_on_a_full_disk_is_one_line_and_keeps_the_store(logbook_home: Pat
     assert states(db)["pending"] == 301
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: a write refused with EFBIG (file size limit) is SQLite's 'disk I/O"
-    " error' and is not translated to StoreFull ('the disk holding the store is full')",
-)
 def test_record_on_a_full_disk_says_the_disk_is_full(logbook_home: Path) -> None:
     res, _ = _record_on_a_full_disk(logbook_home)
     assert "full" in res.err, res.err
@@ -836,11 +805,6 @@ def test_sync_that_runs_out_of_disk_half_way_loses_nothing_and_duplicates_nothin
     assert half_way, "no limit made the disk fill up half-way through a sync"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bugs: EFBIG is 'disk I/O error', not 'full'; and some failed settles are"
-    " dropped silently (exit 1, 'N entries could not be settled', nothing on stderr)",
-)
 def test_sync_that_runs_out_of_disk_half_way_says_the_disk_is_full(
     tmp_path: Path, emulator: EmulatorProcess
 ) -> None:

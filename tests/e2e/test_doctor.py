@@ -61,12 +61,6 @@ def test_refused_key(run_cli: RunCli, emulator: EmulatorProcess) -> None:
     assert_no_key(text, emulator.key, "doctor with a refused key")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: doctor takes any JSON 404 for the Jobs API; the emulator (as FastAPI"
-    " does) answers an unknown route with a JSON 404 {'detail': 'Not Found'}: a wrong base URL"
-    " passes",
-)
 def test_wrong_base_url_is_not_taken_for_the_api(
     run_cli: RunCli, emulator: EmulatorProcess
 ) -> None:

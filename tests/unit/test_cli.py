@@ -331,11 +331,6 @@ def test_print_unit(cli_runner: Invoke, tmp_path: Path) -> None:
     assert "HAIQU_API_KEY=" not in exec_start
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: the list table prints a name's line breaks raw, so one entry spans"
-    " several lines (names come from result files too)",
-)
 def test_list_table_is_one_line_per_entry_whatever_the_name(cli_runner: Invoke) -> None:
     record_json(cli_runner, "-e", "e", "--name", "first line\nsecond line\rthird")
     lines = cli_runner("list").stdout.splitlines()

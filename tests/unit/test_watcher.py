@@ -366,11 +366,6 @@ def test_the_stores_own_files_are_never_read(
     _store_is_never_read(watch, results, logs, _spy_reads(monkeypatch))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: the watcher excludes the store's files by their abspath only; a store"
-    " reached through a symlinked path is read as results, and its -wal re-read every second",
-)
 @pytest.mark.parametrize("via", ["watched-dir", "logbook-home"])
 def test_the_stores_own_files_are_never_read_through_a_symlink(
     watch: Callable[..., Running], tmp_path: Path, logs: Logs, monkeypatch: pytest.MonkeyPatch,
@@ -493,11 +488,6 @@ def test_replaced_by_other_content_of_the_same_size_and_mtime_is_read_again(
     wait_until(lambda: names() == ["first", "other"], what="the replacement read")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug (or a gap): an invalid file that is deleted stays in the ledger, so"
-    " `status` counts it and `doctor` warns about it forever; nothing can clear it",
-)
 def test_an_invalid_file_that_is_deleted_is_no_longer_counted(
     watch: Callable[..., Running], results: Path
 ) -> None:
