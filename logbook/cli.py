@@ -901,17 +901,14 @@ def watch(
 
     roots = [os.path.abspath(d) for d in dirs]
     if print_unit:
-        args = ["--db", os.path.abspath(c.db_option)] if c.db_option else []
-        args += ["watch", *roots]
-        for flag, value in (
-            ("--experiment", experiment), ("--endpoint", endpoint), ("--auth", auth),
-            ("--settle", settle), ("--rescan", rescan), ("--refresh", refresh),
-        ):  # fmt: skip
-            if value is not None:
-                args += [flag, str(value)]
+        flags: dict[str, Any] = {
+            "--experiment": experiment, "--endpoint": endpoint, "--auth": auth,
+            "--settle": settle, "--rescan": rescan, "--refresh": refresh,
+        }  # fmt: skip
+        args = ["watch", *roots, *_flags(flags)]
         args += [a for p in patterns for a in ("--pattern", p)]
         args += ["--sync"] * do_sync + ["--polling"] * polling
-        click.echo(_unit(args))
+        click.echo(_unit(c, args))
         return
     _setup_logging(c.verbose, c.quiet, log_format or c.log_format, service=True)
     check_dirs(roots)
@@ -922,30 +919,19 @@ def watch(
         syncer = BackgroundSyncer(cfg, refresh_every=refresh)
     options = WatchOptions(
         dirs=roots, experiment_id=experiment or cfg.experiment, patterns=patterns,
-        polling=polling,
+        polling=polling, rescan=rescan, max_bytes=cfg.max_file_bytes,
         settle=settle if settle is not None else (cfg.settle if cfg.settle is not None else 0.2),
-        rescan=rescan, max_bytes=cfg.max_file_bytes,
     )  # fmt: skip
     log = logging.getLogger("logbook.watch")
     if not polling:
-        from .fsinfo import network_filesystem
-
-        for root in roots:
-            fstype = network_filesystem(root)
-            if fstype:
-                log.warning(
-                    "%s is on a network filesystem (%s): inotify does not see files written by"
-                    " other hosts there; use --polling", root, fstype,
-                )  # fmt: skip
+        _warn_network_dirs(roots, log)
     from .progress import Progress
 
     progress = Progress()
     watcher = Watcher(cfg, options, syncer=syncer, progress=progress)
 
-    def on_signal(signum: int, frame: Any) -> None:
-        watcher.request_stop()
-
-    old = [(s, signal.signal(s, on_signal)) for s in (signal.SIGINT, signal.SIGTERM)]
+    stop_on = (signal.SIGINT, signal.SIGTERM)
+    old = [(s, signal.signal(s, lambda *_: watcher.request_stop())) for s in stop_on]
     try:
         with show_progress(c, progress, "files"):
             stats = watcher.run()
@@ -957,11 +943,31 @@ def watch(
     log.info("stopped: %s", stats.summary())
 
 
-def _unit(args: list[str], kind: str = "watch") -> str:
+def _warn_network_dirs(roots: list[str], log: logging.Logger) -> None:
+    """inotify does not see other hosts' writes on NFS/SMB: say so, and what to use."""
+    from .fsinfo import network_filesystem
+
+    for root in roots:
+        fstype = network_filesystem(root)
+        if fstype:
+            log.warning(
+                "%s is on a network filesystem (%s): inotify does not see files written by"
+                " other hosts there; use --polling", root, fstype,
+            )  # fmt: skip
+
+
+def _flags(options: dict[str, Any]) -> list[str]:
+    return [a for flag, value in options.items() if value is not None for a in (flag, str(value))]
+
+
+def _unit(c: Ctx, args: list[str], kind: str = "watch") -> str:
     """The packaged systemd unit of ``kind`` (watch, relay), filled in for this command line."""
     import shlex
     import shutil
     from importlib.resources import files
+
+    if c.db_option:
+        args = ["--db", os.path.abspath(c.db_option), *args]
 
     exe = shutil.which("logbook") or f"{sys.executable} -m logbook"
     template = (files("logbook") / f"data/logbook-{kind}.service").read_text(encoding="utf-8")
@@ -1019,12 +1025,11 @@ def relay(
         raise click.UsageError("give --listen HOST:PORT and --upstream URL (or a subcommand)")
     host, port = _listen(listen)
     if print_unit:
-        args = ["--db", os.path.abspath(c.db_option)] if c.db_option else []
-        args += ["relay", "--listen", listen, "--upstream", upstream, "--refresh", str(refresh)]
+        args = ["relay", "--listen", listen, "--upstream", upstream, "--refresh", str(refresh)]
         args += ["--max-in-flight", str(max_in_flight)] + (["--auth", auth] if auth else [])
         if tls_cert and tls_key:
             args += ["--tls-cert", os.path.abspath(tls_cert), "--tls-key", os.path.abspath(tls_key)]
-        click.echo(_unit(args, "relay"))
+        click.echo(_unit(c, args, "relay"))
         return
     from .relay import Relay, RelayOptions
     from .server import tls_context

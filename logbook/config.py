@@ -249,6 +249,13 @@ def load_config(
     raw_proxy = pick("proxy")
     cfg.proxy = check_proxy(raw_proxy, where) if raw_proxy else None
     cfg.ca_bundle = pick("ca_bundle")
+    cfg.sources = sources
+    _validate(cfg, where)
+    return cfg
+
+
+def _validate(cfg: Config, where: str) -> None:
+    """Ranges the settings must be in: one clear ConfigError (exit 2) for the first that is not."""
     if cfg.concurrency is not None and not 1 <= cfg.concurrency <= 512:
         raise ConfigError(f"{where}: concurrency must be between 1 and 512")
     if cfg.max_file_bytes <= 0:
@@ -258,5 +265,3 @@ def load_config(
     _positive("max_time", cfg.max_time, where, zero_ok=True)
     if cfg.ca_bundle and not os.path.exists(cfg.ca_bundle):
         raise ConfigError(f"{where}: ca_bundle {cfg.ca_bundle} does not exist")
-    cfg.sources = sources
-    return cfg

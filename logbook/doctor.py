@@ -75,6 +75,14 @@ def check_store(cfg: Config) -> list[Check]:
         + ("" if integrity == "ok" else "; move it aside and restore a copy"),
     ))  # fmt: skip
     checks.append(Check("journal", "ok" if journal == "wal" else "warn", f"journal mode {journal}"))
+    return checks + _backlog(counts, oldest, stuck, last, invalid)
+
+
+def _backlog(
+    counts: dict[str, int], oldest: str | None, stuck: int, last: str | None, invalid: int
+) -> list[Check]:
+    """What is waiting, what is stuck, when it last synced, and files that need the user."""
+    checks = []
     backlog = f"{counts['pending']} pending, {counts['rejected']} rejected"
     if oldest:
         backlog += f", oldest pending since {oldest}"

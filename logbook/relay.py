@@ -41,7 +41,7 @@ from .errors import InvalidJob, LogbookError
 from .jobs import prepare
 from .server import Handler, JobsApi, json_response, presented_key, serve
 from .store import Entry
-from .store.keys import RelayKeys
+from .store.relay import RelayKeys
 
 if TYPE_CHECKING:
     import ssl
@@ -109,7 +109,7 @@ class StoreBackend:
             store = self.db.store
             try:
                 results = await self.db.run(
-                    store.record_batch, [j for j, _, _ in batch], [s for _, s, _ in batch]
+                    store.relay.record_batch, [j for j, _, _ in batch], [s for _, s, _ in batch]
                 )
             except Exception as err:  # noqa: BLE001 - every waiter learns why
                 for _, _, fut in batch:
@@ -246,7 +246,7 @@ def relay_status(cfg: Config) -> dict[str, Any]:
         counts = store.counts()
         clients = {
             source.removeprefix("relay:"): by_state
-            for source, by_state in store.counts_by_source().items()
+            for source, by_state in store.relay.counts_by_source().items()
             if source.startswith("relay:")
         }
         return {

@@ -236,27 +236,10 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
         failure: httpx2.TransportError | None = None
         try:
             body = await request.aread()
-            headers: CIMultiDict[str] = CIMultiDict()
-            chunked = False
-            for k, v in request.headers.raw:
-                if k.lower() in _HOP_BY_HOP_REQUEST:
-                    chunked = True  # we buffered the body; send it with a length
-                    continue
-                headers.add(k.decode("latin-1"), v.decode("latin-1"))
-            if chunked and "Content-Length" not in headers:
-                headers["Content-Length"] = str(len(body))
-            # encoded=True: send the target exactly as httpx2 encoded it
-            # (yarl would otherwise re-quote %2B, %2F, %3D in the API key).
-            # (str + split, not url.copy_with(): that re-parses the URL, ~25 µs.)
-            # Userinfo is dropped: httpx2 already turned it into an
-            # Authorization header, and aiohttp refuses URL credentials plus
-            # that header.
-            raw_url = str(url.copy_with(userinfo=b"")) if url.userinfo else str(url)
-            target = yarl.URL(raw_url.partition("#")[0], encoded=True)
             resp = await session.request(
                 request.method,
-                target,
-                headers=headers,
+                _target(url),
+                headers=_headers(request, len(body)),
                 # > 1 MiB as bytes makes aiohttp warn (ResourceWarning) that
                 # it may block the loop; BytesIO is streamed in chunks.
                 data=(body if len(body) <= _LARGE_BODY else io.BytesIO(body)) if body else None,
@@ -286,18 +269,7 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             raise failure
         assert resp is not None
         resp.release()
-        return httpx2.Response(
-            resp.status,
-            headers=list(resp.raw_headers),
-            # stream=, not content=: content= would add a Content-Length to a
-            # chunked response.  AsyncClient reads it; direct callers aread().
-            stream=httpx2.ByteStream(content),
-            request=request,
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": (resp.reason or "").encode("latin-1", "replace"),
-            },
-        )
+        return _response(resp, content, request)
 
     async def _read_body(self, resp: aiohttp.ClientResponse, url: httpx2.URL) -> bytes:
         """Read the whole body, refusing more than ``max_body`` bytes."""
@@ -321,6 +293,47 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
                     f"response body from {_origin(url)} exceeds max_body={limit}"
                 )
             parts.append(chunk)
+
+
+def _headers(request: httpx2.Request, length: int) -> CIMultiDict[str]:
+    """httpx2's headers, as they are; a body it would have chunked goes with its length."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    chunked = False
+    for k, v in request.headers.raw:
+        if k.lower() in _HOP_BY_HOP_REQUEST:
+            chunked = True  # we buffered the body; send it with a length
+            continue
+        headers.add(k.decode("latin-1"), v.decode("latin-1"))
+    if chunked and "Content-Length" not in headers:
+        headers["Content-Length"] = str(length)
+    return headers
+
+
+def _target(url: httpx2.URL) -> yarl.URL:
+    """The URL exactly as httpx2 encoded it.
+
+    ``encoded=True``: yarl would otherwise re-quote %2B, %2F, %3D in the API key
+    (str + split, not url.copy_with(): that re-parses the URL, ~25 µs).
+    Userinfo is dropped: httpx2 already turned it into an Authorization
+    header, and aiohttp refuses URL credentials plus that header.
+    """
+    raw_url = str(url.copy_with(userinfo=b"")) if url.userinfo else str(url)
+    return yarl.URL(raw_url.partition("#")[0], encoded=True)
+
+
+def _response(resp: aiohttp.ClientResponse, content: bytes, request: httpx2.Request) -> httpx2.Response:
+    return httpx2.Response(
+        resp.status,
+        headers=list(resp.raw_headers),
+        # stream=, not content=: content= would add a Content-Length to a
+        # chunked response.  AsyncClient reads it; direct callers aread().
+        stream=httpx2.ByteStream(content),
+        request=request,
+        extensions={
+            "http_version": b"HTTP/1.1",
+            "reason_phrase": (resp.reason or "").encode("latin-1", "replace"),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -386,69 +399,65 @@ def _detail(exc: BaseException) -> str:
     return name
 
 
+Mapped = tuple[type[httpx2.TransportError], str]
+
+
 def _map_exception(
     exc: Exception, phase: _Phase, request: httpx2.Request, proxy: str | None
 ) -> httpx2.TransportError:
     """Pick the httpx2 class: ConnectError family only if nothing can have been sent."""
-    url = request.url
-    where = _origin(url)
+    where = _origin(request.url)
     via = f" via proxy {_proxy_origin(proxy)}" if proxy else ""
-    detail = _detail(exc)
-    cls: type[httpx2.TransportError]
-
-    if not phase.connected:
-        tunnelled = bool(proxy) and url.scheme == "https"
-        if isinstance(exc, aiohttp.ClientHttpProxyError):
-            cls, what = ProxyConnectError, f"proxy refused CONNECT to {where}"
-        elif isinstance(exc, aiohttp.ClientProxyConnectionError):
-            cls, what = httpx2.ConnectError, f"cannot connect to proxy for {where}"
-        elif isinstance(exc, aiohttp.ConnectionTimeoutError):
-            # Raised only around connector.connect() (pool wait, DNS, TCP,
-            # CONNECT exchange, TLS).  A bare asyncio.TimeoutError (the
-            # ``deadline``) carries no such evidence and stays "maybe sent".
-            # Pool waits land here too: ConnectTimeout, never PoolTimeout, so
-            # "ConnectError or ConnectTimeout => nothing sent" checks hold.
-            cls, what = (
-                httpx2.ConnectTimeout,
-                f"timed out acquiring or opening a connection to {where}",
-            )
-        elif isinstance(exc, _CONNECT_CLASSES):
-            what = f"cannot connect to {where}"
-            if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-                what = f"TLS certificate verification failed for {where}"
-            elif isinstance(exc, aiohttp.ClientConnectorSSLError):
-                what = f"TLS handshake failed with {where}"
-            cls = httpx2.ConnectError
-        elif isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
-            cls, what = httpx2.UnsupportedProtocol, f"cannot send to {where}"
-        elif isinstance(exc, ValueError):
-            cls, what = httpx2.LocalProtocolError, f"invalid request for {where}"
-        elif tunnelled and isinstance(
-            exc, (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError)
-        ):
-            # Only the CONNECT exchange runs before the connection is handed
-            # out: the origin saw nothing.
-            cls, what = ProxyConnectError, f"proxy failed the CONNECT to {where}"
-        else:
-            # Unknown pre-connection failure: stay on the safe ("maybe sent") side.
-            cls, what = httpx2.ReadError, f"request to {where} failed"
+    if phase.connected:
+        cls, what = _after_connecting(exc, where)
     else:
-        if isinstance(exc, asyncio.TimeoutError):  # SocketTimeoutError (sock_read) or the deadline
-            cls, what = httpx2.ReadTimeout, f"timed out reading from {where}"
-        elif isinstance(
-            exc,
-            (
-                aiohttp.ServerDisconnectedError,
-                aiohttp.ClientPayloadError,
-                aiohttp.ClientResponseError,
-            ),
-        ):
-            cls, what = httpx2.RemoteProtocolError, f"bad or incomplete response from {where}"
-        elif isinstance(exc, aiohttp.ClientConnectionResetError):
-            cls, what = httpx2.WriteError, f"connection to {where} lost while sending"
-        elif isinstance(exc, ValueError):
-            cls, what = httpx2.RemoteProtocolError, f"bad response from {where}"
-        else:  # ClientOSError, ClientConnectionError, OSError, anything else
-            cls, what = httpx2.ReadError, f"connection to {where} failed"
+        cls, what = _before_connecting(exc, where, bool(proxy) and request.url.scheme == "https")
+    return cls(f"{what}{via}: {_detail(exc)}", request=request)
 
-    return cls(f"{what}{via}: {detail}", request=request)
+
+def _before_connecting(exc: Exception, where: str, tunnelled: bool) -> Mapped:
+    """No connection was handed out: nothing reached the origin (unless we cannot tell)."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return ProxyConnectError, f"proxy refused CONNECT to {where}"
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return httpx2.ConnectError, f"cannot connect to proxy for {where}"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        # Raised only around connector.connect() (pool wait, DNS, TCP, CONNECT
+        # exchange, TLS).  A bare asyncio.TimeoutError (the ``deadline``) carries
+        # no such evidence and stays "maybe sent".  Pool waits land here too:
+        # ConnectTimeout, never PoolTimeout, so "ConnectError or ConnectTimeout
+        # => nothing sent" holds.
+        return httpx2.ConnectTimeout, f"timed out acquiring or opening a connection to {where}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return httpx2.ConnectError, f"TLS certificate verification failed for {where}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return httpx2.ConnectError, f"TLS handshake failed with {where}"
+    if isinstance(exc, _CONNECT_CLASSES):
+        return httpx2.ConnectError, f"cannot connect to {where}"
+    if isinstance(exc, (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError)):
+        return httpx2.UnsupportedProtocol, f"cannot send to {where}"
+    if isinstance(exc, ValueError):
+        return httpx2.LocalProtocolError, f"invalid request for {where}"
+    if tunnelled and isinstance(
+        exc, (aiohttp.ClientConnectionError, aiohttp.ClientResponseError, OSError)
+    ):
+        # Only the CONNECT exchange runs before the connection is handed out.
+        return ProxyConnectError, f"proxy failed the CONNECT to {where}"
+    # Unknown pre-connection failure: stay on the safe ("maybe sent") side.
+    return httpx2.ReadError, f"request to {where} failed"
+
+
+def _after_connecting(exc: Exception, where: str) -> Mapped:
+    """A connection was handed out: the request may have reached the origin."""
+    if isinstance(exc, asyncio.TimeoutError):  # SocketTimeoutError (sock_read) or the deadline
+        return httpx2.ReadTimeout, f"timed out reading from {where}"
+    if isinstance(
+        exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError)
+    ):
+        return httpx2.RemoteProtocolError, f"bad or incomplete response from {where}"
+    if isinstance(exc, aiohttp.ClientConnectionResetError):
+        return httpx2.WriteError, f"connection to {where} lost while sending"
+    if isinstance(exc, ValueError):
+        return httpx2.RemoteProtocolError, f"bad response from {where}"
+    # ClientOSError, ClientConnectionError, OSError, anything else
+    return httpx2.ReadError, f"connection to {where} failed"

@@ -73,9 +73,9 @@ class Store:
     def __init__(
         self, path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False
     ) -> None:
-        from .keys import RelayKeys
         from .leases import Leases
         from .ledger import Ledger
+        from .relay import RelayJobs, RelayKeys
 
         self.path = str(path)
         self.readonly = readonly
@@ -96,6 +96,7 @@ class Store:
         self.leases = Leases(self)
         self.ledger = Ledger(self)
         self.keys = RelayKeys(self)
+        self.relay = RelayJobs(self)
 
     def close(self) -> None:
         self.conn.close()
@@ -185,39 +186,6 @@ class Store:
         if rows:
             created, seen = created + self._insert_rows(rows), seen + len(rows)
         return created, seen - created
-
-    def record_batch(
-        self, jobs: list[Mapping[str, Any]], sources: list[str | None]
-    ) -> list[tuple[Entry, bool]]:
-        """Record many prepared jobs in ONE transaction (one fsync): ``(entry, created)`` each.
-
-        A relay's group commit: concurrent POSTs share this commit.  A job
-        already held (the same experiment and hash) gives its existing entry.
-        """
-        created_at = now_iso()
-        out: list[tuple[Entry, bool]] = []
-        with self.write() as conn:
-            for job, source in zip(jobs, sources, strict=True):
-                cur = conn.execute(INSERT, schema.row(job, created_at, source))
-                if cur.rowcount == 1 and cur.lastrowid is not None:
-                    entry = Entry(**job, id=cur.lastrowid, created_at=created_at, source=source)
-                    out.append((entry, True))
-                    continue
-                row = conn.execute(
-                    SELECT + " WHERE experiment_id = ? AND hash = ?",
-                    (job["experiment_id"], job["hash"]),
-                ).fetchone()
-                out.append((Entry.from_row(row), False))
-        return out
-
-    def counts_by_source(self) -> dict[str, dict[str, int]]:
-        """``{source: {state: n}}``: a relay's per-client counts."""
-        out: dict[str, dict[str, int]] = {}
-        for r in self.read(
-            "SELECT source, state, count(*) AS n FROM entries GROUP BY source, state"
-        ):
-            out.setdefault(r["source"] or "", dict.fromkeys(STATES, 0))[r["state"]] = r["n"]
-        return out
 
     def _insert_rows(self, rows: list[tuple[Any, ...]]) -> int:
         with self.write() as conn:

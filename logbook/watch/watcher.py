@@ -29,7 +29,7 @@ import queue
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -110,6 +110,129 @@ class _Ready:
     key: tuple[int, int] = field(default=(0, 0))
 
 
+class Recorder:
+    """Reads the files that have settled and records them in batches: one transaction each,
+    then one line per file that says what came of it (once per change, not per rescan)."""
+
+    def __init__(
+        self,
+        settler: Settler,
+        options: WatchOptions,
+        stop_flag: threading.Event,
+        show: Callable[[str], str],
+        touch: Callable[[str], None],
+    ) -> None:
+        self.settler = settler
+        self.options = options
+        self.stop_flag = stop_flag
+        self.show = show
+        self.touch = touch
+        self.stats = WatchStats()
+        self.store: Store | None = None
+        self.progress: Progress | None = None
+        self.syncer: BackgroundSyncer | None = None
+
+    def check_due(self, budget: float = 0.25) -> None:
+        """Read the files whose settle time has come and record them in batches.
+
+        Works for up to ``budget`` seconds so events keep being drained in a
+        burst.  A batch is one transaction (one fsync).
+        """
+        start = time.monotonic()
+        batch: list[_Ready] = []
+        while not self.stop_flag.is_set() and time.monotonic() - start <= budget:
+            path = self.settler.pop_due()
+            if path is None:
+                break
+            try:
+                ready = self.check(path)
+            except Exception as err:  # noqa: BLE001 - one file never stops the watcher
+                log.debug("checking %s failed", path, exc_info=True)
+                log.warning("%s: %s: %s", self.show(path), type(err).__name__, err)
+                self.settler.forget(path)
+                continue
+            if ready is not None:
+                batch.append(ready)
+                if len(batch) >= RECORD_BATCH:
+                    self.record(batch)
+                    batch = []
+        self.record(batch)
+
+    def check(self, path: str) -> _Ready | None:
+        """The settle check of one due file: its read result when it is ready to record."""
+        assert self.store is not None
+        try:
+            st = os.stat(path)
+        except OSError:
+            self.settler.forget(path)
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            self.settler.forget(path)
+            return None
+        key = (st.st_size, st.st_mtime_ns)
+        if not self.settler.ready(path, key):
+            return None
+        seen = self.store.ledger.seen(path)
+        if seen is not None and seen.unchanged(FileState.of(st)):
+            self.settler.forget(path)  # already handled, as it is now
+            return None
+        res = read_file(path, experiment_id=self.options.experiment_id, max_bytes=self.options.max_bytes)
+        if res.sha256 and (res.size, res.mtime_ns) != key:
+            self.touch(path)  # it changed while we read it: settle again on what it is now
+            return None
+        if not res.ok and not self.stop_flag.is_set() and self.settler.hold_invalid(path, key):
+            return None  # maybe a writer paused half-way: give it the grace period
+        return _Ready(path, res, seen, key)
+
+    def record(self, batch: list[_Ready]) -> None:
+        """Commit a batch of read files (one transaction), then say what came of each."""
+        assert self.store is not None
+        if not batch:
+            return
+        items = [
+            FileRead(
+                r.path,
+                FileState(r.res.size, r.res.mtime_ns, r.res.ino, r.res.ctime_ns),
+                r.res.sha256,
+                jobs=r.res.jobs,
+                reason="; ".join(r.res.errors) or None,
+                read_ns=r.res.read_ns,
+            )  # fmt: skip
+            for r in batch
+        ]
+        try:
+            counts = self.store.ledger.record(items)
+        except StoreError as err:
+            # The store is busy or full: keep the files and try again shortly.
+            log.warning("cannot record %d files now: %s; will retry", len(batch), err)
+            for r in batch:
+                self.settler.touch(r.path, r.key)
+            return
+        any_created = False
+        for r, item, (created, known) in zip(batch, items, counts, strict=True):
+            self.settler.done(r.path, r.key)
+            self.stats.files += 1
+            self.stats.created += created
+            self.stats.known += known
+            any_created = any_created or bool(created)
+            reason = item.reason if isinstance(item.reason, str) else None
+            outcome = "invalid" if reason else "recorded"
+            # Say it once per change: a file read again as it was is not news.
+            news = r.seen is None or r.seen.sha256 != r.res.sha256 or r.seen.outcome != outcome
+            if reason:
+                self.stats.invalid += 1
+                if news:
+                    extra = f" ({created} new recorded)" if created else ""
+                    log.warning("invalid %s: %s%s", self.show(r.path), reason, extra)
+            elif news:
+                tail = f", {known} already known" if known else ""
+                log.info("recorded %s: %d new%s", self.show(r.path), created, tail)
+        if self.progress is not None:
+            self.progress.done += len(batch)
+        if any_created and self.syncer is not None:
+            self.syncer.kick()
+
+
 class Watcher:
     """The loop: owns the store connection, the settler and the observer."""
 
@@ -135,7 +258,11 @@ class Watcher:
         self.overflowed = threading.Event()
         self.pending_scans: list[str] = []
         self.missing: set[str] = set()
-        self.stats = WatchStats()
+        self.recorder = Recorder(
+            self.settler, options, self.stop_flag, self.show, lambda path: self.touch(path)
+        )
+        self.recorder.progress, self.recorder.syncer = progress, syncer
+        self.stats = self.recorder.stats
         self.exclude = store_files(str(cfg.db))
         self.excluded = Excluded(self.exclude)
         self.observer = Observer(
@@ -237,108 +364,6 @@ class Watcher:
             if root not in self.missing:
                 self.scan(root)
 
-    # --- settling and recording ------------------------------------------------------------
-
-    def check_due(self, budget: float = 0.25) -> None:
-        """Read the files whose settle time has come and record them in batches.
-
-        Works for up to ``budget`` seconds so events keep being drained in a
-        burst.  A batch is one transaction (one fsync).
-        """
-        start = time.monotonic()
-        batch: list[_Ready] = []
-        while not self.stop_flag.is_set() and time.monotonic() - start <= budget:
-            path = self.settler.pop_due()
-            if path is None:
-                break
-            try:
-                ready = self.check(path)
-            except Exception as err:  # noqa: BLE001 - one file never stops the watcher
-                log.debug("checking %s failed", path, exc_info=True)
-                log.warning("%s: %s: %s", self.show(path), type(err).__name__, err)
-                self.settler.forget(path)
-                continue
-            if ready is not None:
-                batch.append(ready)
-                if len(batch) >= RECORD_BATCH:
-                    self.record(batch)
-                    batch = []
-        self.record(batch)
-
-    def check(self, path: str) -> _Ready | None:
-        """The settle check of one due file: its read result when it is ready to record."""
-        assert self.store is not None
-        try:
-            st = os.stat(path)
-        except OSError:
-            self.settler.forget(path)
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            self.settler.forget(path)
-            return None
-        key = (st.st_size, st.st_mtime_ns)
-        if not self.settler.ready(path, key):
-            return None
-        seen = self.store.ledger.seen(path)
-        if seen is not None and seen.unchanged(FileState.of(st)):
-            self.settler.forget(path)  # already handled, as it is now
-            return None
-        res = read_file(path, experiment_id=self.opt.experiment_id, max_bytes=self.opt.max_bytes)
-        if res.sha256 and (res.size, res.mtime_ns) != key:
-            self.touch(path)  # it changed while we read it: settle again on what it is now
-            return None
-        if not res.ok and not self.stop_flag.is_set() and self.settler.hold_invalid(path, key):
-            return None  # maybe a writer paused half-way: give it the grace period
-        return _Ready(path, res, seen, key)
-
-    def record(self, batch: list[_Ready]) -> None:
-        """Commit a batch of read files (one transaction), then say what came of each."""
-        assert self.store is not None
-        if not batch:
-            return
-        items = [
-            FileRead(
-                r.path,
-                FileState(r.res.size, r.res.mtime_ns, r.res.ino, r.res.ctime_ns),
-                r.res.sha256,
-                jobs=r.res.jobs,
-                reason="; ".join(r.res.errors) or None,
-                read_ns=r.res.read_ns,
-            )  # fmt: skip
-            for r in batch
-        ]
-        try:
-            counts = self.store.ledger.record(items)
-        except StoreError as err:
-            # The store is busy or full: keep the files and try again shortly.
-            log.warning("cannot record %d files now: %s; will retry", len(batch), err)
-            for r in batch:
-                self.settler.touch(r.path, r.key)
-            return
-        any_created = False
-        for r, item, (created, known) in zip(batch, items, counts, strict=True):
-            self.settler.done(r.path, r.key)
-            self.stats.files += 1
-            self.stats.created += created
-            self.stats.known += known
-            any_created = any_created or bool(created)
-            reason = item.reason if isinstance(item.reason, str) else None
-            outcome = "invalid" if reason else "recorded"
-            # Say it once per change: a file read again as it was is not news.
-            news = r.seen is None or r.seen.sha256 != r.res.sha256 or r.seen.outcome != outcome
-            if reason:
-                self.stats.invalid += 1
-                if news:
-                    extra = f" ({created} new recorded)" if created else ""
-                    log.warning("invalid %s: %s%s", self.show(r.path), reason, extra)
-            elif news:
-                tail = f", {known} already known" if known else ""
-                log.info("recorded %s: %d new%s", self.show(r.path), created, tail)
-        if self.progress is not None:
-            self.progress.done += len(batch)
-        if any_created and self.syncer is not None:
-            self.syncer.kick()
-
     # --- health ---------------------------------------------------------------------------
 
     def check_roots(self) -> bool:
@@ -388,7 +413,7 @@ class Watcher:
 
     def run(self) -> WatchStats:
         """Watch until ``request_stop()``; raises ``WatchError`` if the observer cannot run."""
-        self.store = Store(self.cfg.db)
+        self.store = self.recorder.store = Store(self.cfg.db)
         try:
             self._run()
         finally:
@@ -435,7 +460,7 @@ class Watcher:
             if time.monotonic() >= next_health:
                 self.supervise()
                 next_health = time.monotonic() + HEALTH_INTERVAL
-            self.check_due()
+            self.recorder.check_due()
 
     def _catch_up(self) -> None:
         """The start-up scan (the observer is already running), with progress for a big backlog."""
@@ -444,7 +469,7 @@ class Watcher:
             self.progress.begin("catching up", len(self.settler))
             while len(self.settler) and not self.stop_flag.is_set():
                 self._drain(0.0)
-                self.check_due(budget=1.0)
+                self.recorder.check_due(budget=1.0)
                 due = self.settler.next_due()
                 if due is not None and due > time.monotonic():
                     self._drain(min(MAX_WAIT, due - time.monotonic()))
