@@ -187,7 +187,9 @@ def stats_line(p: Progress) -> str:
 def show_progress(
     c: Ctx, progress: Progress, unit: str, *, as_json: bool = False
 ) -> Iterator[None]:
-    """A live bar on a terminal (tqdm), else a stats line every ``--stats`` seconds; ``-q`` hides both."""
+    """A live bar on a terminal (tqdm), else a stats line every ``--stats`` seconds;
+    ``-q`` hides both.
+    """
     stop = threading.Event()
     thread: threading.Thread | None = None
     if not c.quiet and not as_json:
@@ -800,7 +802,8 @@ def retry(c: Ctx, ids: tuple[int, ...], all_: bool, as_json: bool) -> None:
 @click.option("--no-refresh", is_flag=True, help="Skip refreshing unfinished remote statuses.")
 @click.option(
     "--max-time", type=click.FloatRange(min=0), metavar="S",
-    help="Stop the run after S seconds (0: no limit).", show_default="3600, or max_time in config.toml",
+    help="Stop the run after S seconds (0: no limit).",
+    show_default="3600, or max_time in config.toml",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_ctx
@@ -857,6 +860,7 @@ def sync(
 
 # --- watch --------------------------------------------------------------------------------
 
+
 @cli.command()
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--experiment", "-e", help="Experiment id for files that do not name one.")
@@ -869,12 +873,15 @@ def sync(
 )
 @click.option("--polling", is_flag=True, help="Poll instead of inotify (for NFS/SMB).")
 @click.option("--settle", type=click.FloatRange(min=0), metavar="S",
-              help="Seconds a file must be unchanged before it is read.", show_default="0.2")  # fmt: skip
+              help="Seconds a file must be unchanged before it is read.",
+              show_default="0.2")  # fmt: skip
 @click.option("--rescan", type=click.FloatRange(min=0.5), metavar="S",
               help="Seconds between full rescans (also after an event queue overflow).",
               show_default="60")  # fmt: skip
-@click.option("--refresh", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="S",
-              help="With --sync: seconds between refreshes of unfinished server statuses (0: never).")  # fmt: skip
+@click.option("--refresh", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              metavar="S",
+              help="With --sync: seconds between refreshes of unfinished server statuses"
+                   " (0: never).")  # fmt: skip
 @LOG_FORMAT
 @click.option(
     "--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit."
@@ -895,7 +902,7 @@ def watch(
     Example:
       logbook watch ~/results -e bell --sync
       logbook watch ~/results -e bell --sync --print-unit > ~/.config/systemd/user/logbook-watch.service
-    """
+    """  # noqa: E501 - the help shows this example line as is
     from .engine import BackgroundSyncer, require
     from .watch import Watcher, WatchOptions, check_dirs
 
@@ -987,17 +994,29 @@ def _listen(value: str) -> tuple[str, int]:
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--listen", metavar="HOST:PORT", help="Where lab machines reach the relay (port 0: any free one).")
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Where lab machines reach the relay (port 0: any free one).",
+)
 @click.option("--upstream", metavar="URL", help="The Jobs API the relay forwards to.")
-@click.option("--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT)
-@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Serve https with this PEM certificate.")
+@click.option(
+    "--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT
+)
+@click.option(
+    "--tls-cert", type=click.Path(dir_okay=False), help="Serve https with this PEM certificate."
+)
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="The certificate's PEM key.")
-@click.option("--refresh", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="S",
-              help="Seconds between refreshes of unfinished upstream statuses (0: never).")  # fmt: skip
+@click.option("--refresh", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              metavar="S",
+              help="Seconds between refreshes of unfinished upstream statuses"
+                   " (0: never).")  # fmt: skip
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Requests in flight at most; each client key gets an equal share.")  # fmt: skip
 @LOG_FORMAT
-@click.option("--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit.")
+@click.option(
+    "--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit."
+)
 @click.pass_context
 @handle_errors
 def relay(
@@ -1100,14 +1119,19 @@ def relay_key_revoke(c: Ctx, name: str) -> None:
 
 
 @relay.command("doctor")
-@click.option("--upstream", metavar="URL", required=True, help="The Jobs API the relay forwards to.")
+@click.option(
+    "--upstream", metavar="URL", required=True, help="The Jobs API the relay forwards to."
+)
 @click.option("--url", metavar="URL", help="Where the relay listens, to check it answers.")
-@click.option("--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT)
+@click.option(
+    "--auth", type=click.Choice(["query", "header"]), help=AUTH_HELP, show_default=AUTH_DEFAULT
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @pass_ctx
 @handle_errors
 def relay_doctor(c: Ctx, upstream: str, url: str | None, auth: str | None, as_json: bool) -> None:
-    """Check a relay: its store and keys, that it listens, that the upstream answers and takes the key.
+    """Check a relay: its store and keys, that it listens, that the upstream answers and
+    takes the key.
 
     \b
     Example:

@@ -189,7 +189,9 @@ async def _probe(cfg: Config) -> Check:
 
 
 async def _refuses_a_wrong_key(cfg: Config) -> bool:
-    """The Jobs API refuses a wrong key on its routes; a wrong base URL answers 404 whatever the key."""
+    """The Jobs API refuses a wrong key on its routes; a wrong base URL answers 404
+    whatever the key.
+    """
     from .client import ApiClient
 
     assert cfg.endpoint
@@ -215,7 +217,9 @@ def run_checks(cfg: Config) -> list[Check]:
 
 
 def check_listening(url: str) -> Check:
-    """Whether a Jobs API server (a relay) answers at ``url``: a keyless lookup must get a JSON 401."""
+    """Whether a Jobs API server (a relay) answers at ``url``: a keyless lookup must get a
+    JSON 401.
+    """
     import urllib.error
     import urllib.request
 

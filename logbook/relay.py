@@ -236,7 +236,9 @@ class Relay:
 
 
 def relay_status(cfg: Config) -> dict[str, Any]:
-    """What ``logbook relay status`` shows: backlog, oldest unforwarded job, upstream contact, clients."""
+    """What ``logbook relay status`` shows: backlog, oldest unforwarded job, upstream contact,
+    clients.
+    """
     from .store import Store
 
     if not cfg.db.exists():

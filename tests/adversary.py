@@ -61,8 +61,8 @@ import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 REDIRECT_LOCATION = "http://other.example:1/jobs?HAIQU_API_KEY=k%2Bey%2Fwith%3Dchars"
 _MAX_HEAD = 64 * 1024
@@ -133,7 +133,9 @@ class Adversary:
         ls.listen(128)
         self._listener = ls
         self.port = ls.getsockname()[1]
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="adversary-accept", daemon=True)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name="adversary-accept", daemon=True
+        )
         self._accept_thread.start()
 
     def stop(self) -> None:
@@ -204,7 +206,9 @@ class Adversary:
                 conn = _Conn(sock=sock, conn_id=self.connections)
                 self._conns.append(conn)
                 self._lock.notify_all()
-            t = threading.Thread(target=self._serve, args=(conn,), name=f"adversary-conn-{conn.conn_id}", daemon=True)
+            t = threading.Thread(
+                target=self._serve, args=(conn,), name=f"adversary-conn-{conn.conn_id}", daemon=True
+            )
             conn.thread = t
             t.start()
 
@@ -264,7 +268,9 @@ class Adversary:
                 return None
             rest += chunk
         body, conn.buf = rest[:length], rest[length:]
-        req = RecordedRequest(conn.conn_id, method, target, version, headers, body, head + b"\r\n\r\n")
+        req = RecordedRequest(
+            conn.conn_id, method, target, version, headers, body, head + b"\r\n\r\n"
+        )
         with self._lock:
             self.requests.append(req)
             self._lock.notify_all()
@@ -279,17 +285,38 @@ class Adversary:
                 sent_hash = json.loads(req.body or b"{}").get("hash", sent_hash)
             except (ValueError, AttributeError):
                 pass
-            job = {"id": "job-1", "hash": sent_hash if mode == "ok" else "0000deadbeef", "status": "stored"}
+            job = {
+                "id": "job-1",
+                "hash": sent_hash if mode == "ok" else "0000deadbeef",
+                "status": "stored",
+            }
             s.sendall(_response(200, "OK", json.dumps(job).encode(), "application/json"))
             return True
         if mode == "echo_target":
-            echoed = re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f"{req.method} {req.target} {req.version}")
-            s.sendall(_response(500, "Internal Server Error", f"cannot handle: {echoed}".encode(), "text/plain"))
+            echoed = re.sub(
+                r"%[0-9A-F]{2}",
+                lambda m: m.group(0).lower(),
+                f"{req.method} {req.target} {req.version}",
+            )
+            s.sendall(
+                _response(
+                    500, "Internal Server Error", f"cannot handle: {echoed}".encode(), "text/plain"
+                )
+            )
             return True
         if mode.startswith("redirect"):
             status = int(mode.rsplit("_", 1)[1]) if "_" in mode else 307
-            reason = {301: "Moved Permanently", 302: "Found", 307: "Temporary Redirect", 308: "Permanent Redirect"}[status]
-            s.sendall(_response(status, reason, b"", "text/plain", extra=[("Location", REDIRECT_LOCATION)]))
+            reason = {
+                301: "Moved Permanently",
+                302: "Found",
+                307: "Temporary Redirect",
+                308: "Permanent Redirect",
+            }[status]
+            s.sendall(
+                _response(
+                    status, reason, b"", "text/plain", extra=[("Location", REDIRECT_LOCATION)]
+                )
+            )
             return True
         if mode == "never_answer":
             self._stop.wait()
@@ -302,7 +329,10 @@ class Adversary:
             s.shutdown(socket.SHUT_WR)
             return False
         if mode == "close_mid_body":
-            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\": \"jo")
+            s.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                b'{"id": "jo'
+            )
             s.shutdown(socket.SHUT_WR)
             return False
         if mode in ("reset", "refuse_after_accept", "reset_before_body"):
@@ -317,23 +347,37 @@ class Adversary:
             s.shutdown(socket.SHUT_WR)
             return False
         if mode == "chunked_trailers_forever":
-            s.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n5\r\nhello\r\n0\r\n")
+            s.sendall(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n"
+            )
             self._stream(s, lambda i: f"X-T-{i}: {'v' * 64}\r\n".encode())
             return False
         if mode == "huge_body":
-            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 10000000000\r\n\r\n")
+            s.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: 10000000000\r\n\r\n"
+            )
             block = b"\0" * 65536
             self._stream(s, lambda i: block)
             return False
         if mode == "huge_chunked":
-            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            s.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n"
+            )
             chunk = b"10000\r\n" + b"\0" * 65536 + b"\r\n"
             self._stream(s, lambda i: chunk)
             return False
         if mode == "trickle":
-            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            s.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n"
+            )
             for _ in range(100000):
-                if self._stop.wait(0.05):  # one byte per 50 ms: never idle long enough for sock_read
+                if self._stop.wait(
+                    0.05
+                ):  # one byte per 50 ms: never idle long enough for sock_read
                     break
                 try:
                     s.sendall(b" ")
@@ -344,7 +388,11 @@ class Adversary:
             status = int(mode.rsplit("_", 1)[1])
             extra = [("Proxy-Authenticate", 'Basic realm="adversary"')] if status == 407 else []
             reason = {407: "Proxy Authentication Required", 403: "Forbidden"}[status]
-            s.sendall(_response(status, reason, b"", "text/plain", extra=extra + [("Connection", "close")]))
+            s.sendall(
+                _response(
+                    status, reason, b"", "text/plain", extra=extra + [("Connection", "close")]
+                )
+            )
             return False
         raise ValueError(f"unknown adversary mode {mode!r}")
 
@@ -355,7 +403,11 @@ class Adversary:
         blocked ``sendall`` fail at once.
         """
         sent, i, t0 = 0, 0, time.monotonic()
-        while not self._stop.is_set() and sent < _STREAM_CAP and time.monotonic() - t0 < _STREAM_SECONDS:
+        while (
+            not self._stop.is_set()
+            and sent < _STREAM_CAP
+            and time.monotonic() - t0 < _STREAM_SECONDS
+        ):
             data = piece(i)
             try:
                 s.sendall(data)
@@ -365,7 +417,9 @@ class Adversary:
             i += 1
 
 
-def _response(status: int, reason: str, body: bytes, ctype: str, extra: list[tuple[str, str]] | None = None) -> bytes:
+def _response(
+    status: int, reason: str, body: bytes, ctype: str, extra: list[tuple[str, str]] | None = None
+) -> bytes:
     head = [f"HTTP/1.1 {status} {reason}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}"]
     head += [f"{k}: {v}" for k, v in extra or []]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body

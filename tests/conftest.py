@@ -31,7 +31,9 @@ EMULATOR_SEED = 12345
 
 @pytest.fixture(autouse=True)
 def logbook_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh, empty LOGBOOK_HOME for every test; no store, key, endpoint, proxy or CA inherited."""
+    """A fresh, empty LOGBOOK_HOME for every test; no store, key, endpoint, proxy or CA
+    inherited.
+    """
     home = tmp_path_factory.mktemp("logbook-home")
     for name in list(os.environ):
         if name.startswith(("HAIQU_", "LOGBOOK_", "SSL_CERT_")) or name.lower().endswith("_proxy"):

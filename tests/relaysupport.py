@@ -1,4 +1,6 @@
-"""``logbook relay`` as a real process on loopback, for the tests: started, waited for, stopped by PID."""
+"""``logbook relay`` as a real process on loopback, for the tests: started, waited for,
+stopped by PID.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ def free_port() -> int:
 
 class RelayProcess:
     def __init__(
-        self, home: Path, upstream: str, upstream_key: str, *, port: int = 0, extra: tuple[str, ...] = (),
-        env: dict[str, str] | None = None,
+        self, home: Path, upstream: str, upstream_key: str, *, port: int = 0,
+        extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         self.home, self.upstream, self.upstream_key = home, upstream, upstream_key
         self.port = port or free_port()

@@ -77,13 +77,17 @@ def cli(
     timeout: float = CLI_TIMEOUT,
 ) -> Run:
     """Run ``logbook ARGS`` to completion as a real process; killed by PID if it overruns."""
-    proc = spawn(home, *args, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL)
+    proc = spawn(
+        home, *args, env=env, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL
+    )
     try:
         out, err = proc.communicate(input=input, timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"logbook {args} did not finish in {timeout} s\n{out}\n{err}") from None
+        raise AssertionError(
+            f"logbook {args} did not finish in {timeout} s\n{out}\n{err}"
+        ) from None
     return Run(proc.returncode, out, err)
 
 
@@ -172,7 +176,9 @@ def dump_db(db: Path) -> str:
         for t in tables:
             for row in conn.execute(f'SELECT * FROM "{t}"'):
                 parts.append(repr(row))
-                parts.extend(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in row)
+                parts.extend(
+                    v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in row
+                )
         return "\n".join(parts)
     finally:
         conn.close()
@@ -213,7 +219,9 @@ def assert_exactly_once(db: Path, emulator: Any) -> None:
 
 
 def key_forms(key: str) -> list[str]:
-    """Spellings of the key that must never show up anywhere (written here, not taken from logbook)."""
+    """Spellings of the key that must never show up anywhere (written here, not taken from
+    logbook).
+    """
     once = quote(key, safe="")
     forms = {
         key, once, once.lower(), quote_plus(key), quote(key), key.replace("+", " "),

@@ -25,7 +25,9 @@ from logbook.cli import cli
 README = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+def commands(
+    group: click.Group, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], click.Command]]:
     for name, command in sorted(group.commands.items()):
         yield (*prefix, name), command
         if isinstance(command, click.Group):
@@ -83,13 +85,15 @@ def test_the_quick_start_works_as_written(tmp_path: Path) -> None:
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 )  # fmt: skip
                 port = int(re.search(r"--port (\d+)", line).group(1))  # type: ignore[union-attr]
-                wait_until(lambda: _listening(port), 30, "the emulator to listen")
+                wait_until(lambda port=port: _listening(port), 30, "the emulator to listen")
                 continue
             if line.startswith("export "):
                 for name, _, value in (part.partition("=") for part in shlex.split(line)[1:]):
                     env[name] = value
                 continue
-            run = subprocess.run(["bash", "-c", line], env=env, capture_output=True, text=True, timeout=60)
+            run = subprocess.run(
+                ["bash", "-c", line], env=env, capture_output=True, text=True, timeout=60
+            )
             assert run.returncode == 0, (line, run.stdout, run.stderr)
             outputs.append(run.stdout)
     finally:

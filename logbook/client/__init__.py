@@ -86,7 +86,9 @@ def key_param(key: str) -> str:
 
 
 def remote_status(value: str) -> str:
-    """A status the server sent, as stored: the API's enum, or ``Unknown`` with the raw value escaped."""
+    """A status the server sent, as stored: the API's enum, or ``Unknown`` with the raw
+    value escaped.
+    """
     if value in _STATUS_SET:
         return value
     escaped = value[:40].encode("unicode_escape").decode("ascii")
@@ -231,7 +233,9 @@ class ApiClient:
     async def _request(
         self, method: str, path: str, shown: str, body: bytes | None = None
     ) -> httpx2.Response:
-        """One request under an overall deadline (socket timeouts bound each read, not the whole)."""
+        """One request under an overall deadline (socket timeouts bound each read, not the
+        whole).
+        """
         try:
             return await self.send(method, path, body)
         except (TimeoutError, httpx2.HTTPError) as err:
@@ -243,7 +247,8 @@ class ApiClient:
         maybe = method == "POST"
         if isinstance(err, TimeoutError):
             return RequestFailed(
-                f"{method} {shown}: no complete answer from {self._host} within {self.deadline:g} s",
+                f"{method} {shown}: no complete answer from {self._host}"
+                f" within {self.deadline:g} s",
                 kind="retry", maybe_sent=maybe, timed_out=True,
             )  # fmt: skip
         if isinstance(err, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ProxyError)):
@@ -295,7 +300,9 @@ class ApiClient:
         return RequestFailed(msg, kind="retry", status=code, maybe_sent=method == "POST")
 
     def _moved_to(self, response: httpx2.Response) -> str:
-        """The base URL a redirect points at: its Location without the route asked for, nor a query."""
+        """The base URL a redirect points at: its Location without the route asked for, nor
+        a query.
+        """
         location = response.headers.get("location")
         if not location:
             return "(a redirect without a Location)"
@@ -304,10 +311,14 @@ class ApiClient:
         path = target.path
         if route and path.endswith(route):
             path = path[: -len(route)]
-        return show_url(str(target.copy_with(path=path or "/", query=None, fragment=None))).rstrip("/")
+        return show_url(str(target.copy_with(path=path or "/", query=None, fragment=None))).rstrip(
+            "/"
+        )
 
     def _reason(self, response: httpx2.Response) -> str:
-        """The server's reason, redacted, then cut short: FastAPI-style ``detail`` when there is one."""
+        """The server's reason, redacted, then cut short: FastAPI-style ``detail`` when there
+        is one.
+        """
         text = self._redact(response.content[:4000].decode("utf-8", "replace"))
         try:
             data = json.loads(text)

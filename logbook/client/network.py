@@ -62,7 +62,9 @@ def proxy_resolver(config_proxy: str | None) -> Callable[[httpx2.URL], str | Non
 
 
 def make_ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
-    """The system's CAs (as httpx2 picks them) plus SSL_CERT_FILE, SSL_CERT_DIR and ``ca_bundle``."""
+    """The system's CAs (as httpx2 picks them) plus SSL_CERT_FILE, SSL_CERT_DIR and
+    ``ca_bundle``.
+    """
     env = os.environ
     ctx = httpx2.create_ssl_context(trust_env=False)
     extra = [("SSL_CERT_FILE", env.get("SSL_CERT_FILE")), ("ca_bundle", ca_bundle)]

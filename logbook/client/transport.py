@@ -220,7 +220,8 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             u = yarl.URL(proxy)
             if u.scheme not in ("http", "https"):
                 raise httpx2.UnsupportedProtocol(
-                    f"unsupported proxy scheme {u.scheme!r} (aiohttp speaks http/https proxies only)"
+                    f"unsupported proxy scheme {u.scheme!r}"
+                    " (aiohttp speaks http/https proxies only)"
                 )
             self._proxy_urls[proxy] = u
         return u
@@ -321,7 +322,9 @@ def _target(url: httpx2.URL) -> yarl.URL:
     return yarl.URL(raw_url.partition("#")[0], encoded=True)
 
 
-def _response(resp: aiohttp.ClientResponse, content: bytes, request: httpx2.Request) -> httpx2.Response:
+def _response(
+    resp: aiohttp.ClientResponse, content: bytes, request: httpx2.Request
+) -> httpx2.Response:
     return httpx2.Response(
         resp.status,
         headers=list(resp.raw_headers),
@@ -452,7 +455,8 @@ def _after_connecting(exc: Exception, where: str) -> Mapped:
     if isinstance(exc, asyncio.TimeoutError):  # SocketTimeoutError (sock_read) or the deadline
         return httpx2.ReadTimeout, f"timed out reading from {where}"
     if isinstance(
-        exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError)
+        exc,
+        (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError),
     ):
         return httpx2.RemoteProtocolError, f"bad or incomplete response from {where}"
     if isinstance(exc, aiohttp.ClientConnectionResetError):

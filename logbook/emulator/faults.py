@@ -83,7 +83,14 @@ class Faults:
             setattr(self, name, value)
 
 
-_RATES = {"error_rate", "rate_limit_rate", "drop_rate", "bad_json_rate", "echo_rate", "wrong_job_rate"}
+_RATES = {
+    "error_rate",
+    "rate_limit_rate",
+    "drop_rate",
+    "bad_json_rate",
+    "echo_rate",
+    "wrong_job_rate",
+}
 _COUNTS = {"fail_next", "rate_limit_next"}
 _STATUSES = {"error_status", "fail_status", "redirect_status"}
 _SECONDS = {"latency_ms", "trickle_seconds", "rate_limit_per_s"}

@@ -154,7 +154,11 @@ class Emulator:
         resp = await handler(request)
         if resp.status != 200 or not f.applies_to(route):
             return resp
-        if route == ROUTE_GET_BY_HASH and f.wrong_job_rate > 0 and self.rng.random() < f.wrong_job_rate:
+        if (
+            route == ROUTE_GET_BY_HASH
+            and f.wrong_job_rate > 0
+            and self.rng.random() < f.wrong_job_rate
+        ):
             self.injected["wrong_job"] += 1
             return self._wrong_job(resp)
         if f.drop_rate > 0 and self.rng.random() < f.drop_rate:

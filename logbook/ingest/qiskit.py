@@ -134,7 +134,8 @@ def _check_header(index: int, header: Mapping[str, Any]) -> tuple[Any, Any]:
         raise InvalidFile(f"experiment {index}: header.memory_slots must be an integer")
     if memory_slots and not 0 < memory_slots <= MAX_MEMORY_SLOTS:
         raise InvalidFile(
-            f"experiment {index}: header.memory_slots is {memory_slots}, outside 1..{MAX_MEMORY_SLOTS}"
+            f"experiment {index}: header.memory_slots is {memory_slots},"
+            f" outside 1..{MAX_MEMORY_SLOTS}"
         )
     if creg_sizes:
         ok = isinstance(creg_sizes, list) and all(
@@ -300,7 +301,9 @@ def looks_like_primitive_result(obj: object) -> bool:
 
 
 def is_primitive_result_dict(d: Any) -> bool:
-    """True for the JSON of a PrimitiveResult as qiskit-ibm-runtime's ``RuntimeEncoder`` writes it."""
+    """True for the JSON of a PrimitiveResult as qiskit-ibm-runtime's ``RuntimeEncoder``
+    writes it.
+    """
     return isinstance(d, Mapping) and d.get("__type__") == "PrimitiveResult"
 
 
@@ -346,10 +349,14 @@ def _primitive_job(
 ) -> dict[str, Any]:
     return {
         "hash": sdk_hash(job_id) if job_id not in (None, "") else "",
-        "results": json.dumps(outcomes[0] if len(outcomes) == 1 else outcomes, default=_json_default),
+        "results": json.dumps(
+            outcomes[0] if len(outcomes) == 1 else outcomes, default=_json_default
+        ),
         "shots": json.dumps(shots),
         "device_id": "" if device is None else str(device),
-        "name": f"Local job {job_id}"[:_MAX_NAME] if job_id else f"Primitive result ({len(outcomes)} pubs)",
+        "name": f"Local job {job_id}"[:_MAX_NAME]
+        if job_id
+        else f"Primitive result ({len(outcomes)} pubs)",
         "status": SDK_STATUS,
         "job_type": SDK_JOB_TYPE,
         "metrics": {"qiskit": metadata},
@@ -390,7 +397,9 @@ def _decode(value: Any) -> Any:
 
 
 def _ndarray(value: Any) -> Any:
-    """An ndarray as RuntimeEncoder writes it: base64 of zlib of the ``.npy`` bytes, read by numpy."""
+    """An ndarray as RuntimeEncoder writes it: base64 of zlib of the ``.npy`` bytes, read by
+    numpy.
+    """
     import base64
     import io
     import zlib
@@ -423,7 +432,8 @@ def job_from_primitive_dict(d: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def circuit_hash(circuit: Any) -> str:
-    """The Haiqu SDK's circuit hash (``haiqu.sdk.utils.get_circuit_hash``), so the server sees one circuit.
+    """The Haiqu SDK's circuit hash (``haiqu.sdk.utils.get_circuit_hash``), so the server
+    sees one circuit.
 
     Custom gates are unrolled, parameters bound to 0, and the decimal little-endian
     int of sha256(repr(circuit key)) taken; the key comes from qiskit's own

@@ -124,7 +124,8 @@ class JobsApi:
         app.router.add_post("/jobs", route(ROUTE_POST_JOBS, self.post_job))
         app.router.add_get("/jobs/{job_id}", route(ROUTE_GET_JOB, self.get_job))
         app.router.add_get(
-            "/experiments/{experiment_id}/jobs/{job_hash}", route(ROUTE_GET_BY_HASH, self.get_by_hash)
+            "/experiments/{experiment_id}/jobs/{job_hash}",
+            route(ROUTE_GET_BY_HASH, self.get_by_hash),
         )
 
     def _guarded(self, handler: Handler) -> Handler:

@@ -15,7 +15,8 @@ from typing import Any
 
 from .schema import INSERT_COLUMNS
 
-#: SQLite attaches at most 10 databases to a connection; a file is copied in this many chunks at most.
+#: SQLite attaches at most 10 databases to a connection; a file is copied in this many
+#: chunks at most.
 MAX_ROW_FILES = 8
 _COLUMNS = ", ".join(INSERT_COLUMNS)
 _COPY = (
@@ -43,7 +44,8 @@ def write_rows_file(path: str, rows: Sequence[tuple[Any, ...]]) -> tuple[str, in
 def copy_rows_files(
     conn: sqlite3.Connection, row_files: Iterable[tuple[str, int]], attached: list[str]
 ) -> int:
-    """Copy each scratch file's rows into ``entries`` as it arrives; returns how many rows were seen.
+    """Copy each scratch file's rows into ``entries`` as it arrives; returns how many rows
+    were seen.
 
     Runs inside the caller's transaction.  A file read in a transaction can
     only be detached after it, so the aliases go into ``attached`` for the

@@ -47,7 +47,11 @@ def translate(err: sqlite3.Error, path: str) -> StoreError:
             f"the store {path} is busy: another process held it too long ({msg}); try again"
         )
     if "disk is full" in msg or "disk I/O error" in msg:
-        why = "is full" if "full" in msg else "failed a write (full, past a file-size limit, or failing)"
+        why = (
+            "is full"
+            if "full" in msg
+            else "failed a write (full, past a file-size limit, or failing)"
+        )
         return StoreFull(
             f"the disk holding the store {path} {why}: free some space and try again"
             " (nothing recorded was lost; what was not written was not recorded)"
@@ -146,7 +150,7 @@ def open_readonly(path: str) -> sqlite3.Connection:
                 f"the store {path} has recent changes in {wal} that cannot be read from a"
                 " place this user cannot write: copy the store (with its -wal) somewhere"
                 " writable, or run logbook as its owner"
-            )
+            ) from None
         conn = _connect(path, f"{uri}?mode=ro&immutable=1", uri=True)
         try:
             check_ours(conn, path)

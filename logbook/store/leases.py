@@ -128,12 +128,15 @@ class Claim:
 _SETTLE = {
     "synced": "UPDATE entries SET state = 'synced', remote_id = ?, remote_status = ?,"
     " upstream_id = ?, synced_at = ?, attempts = attempts + 1, last_error = NULL, maybe_sent = 0,"
-    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+    " lease_owner = NULL, lease_until = NULL"
+    " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
     "pending": "UPDATE entries SET state = 'pending', last_error = ?, next_attempt_at = ?,"
     " maybe_sent = CASE WHEN ? THEN 1 ELSE maybe_sent END, attempts = attempts + 1,"
-    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+    " lease_owner = NULL, lease_until = NULL"
+    " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
     "rejected": "UPDATE entries SET state = 'rejected', last_error = ?, attempts = attempts + 1,"
-    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND state = 'sending' AND lease_owner = ?",
+    " lease_owner = NULL, lease_until = NULL"
+    " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
     "released": "UPDATE entries SET state = 'pending', lease_owner = NULL, lease_until = NULL"
     " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
 }
@@ -351,7 +354,8 @@ class Leases:
         marks = ",".join("?" * len(UNFINISHED_REMOTE))
         return int(
             self.store.scalar(
-                f"SELECT count(*) FROM entries WHERE state = 'synced' AND remote_status IN ({marks})",
+                "SELECT count(*) FROM entries WHERE state = 'synced'"
+                f" AND remote_status IN ({marks})",
                 UNFINISHED_REMOTE,
             )
         )

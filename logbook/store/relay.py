@@ -110,4 +110,3 @@ class RelayJobs:
         ):
             out.setdefault(r["source"] or "", dict.fromkeys(STATES, 0))[r["state"]] = r["n"]
         return out
-

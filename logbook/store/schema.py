@@ -154,7 +154,8 @@ RELAY_KEYS = """CREATE TABLE IF NOT EXISTS relay_keys (
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS entries_state ON entries (state, id)",
     "CREATE INDEX IF NOT EXISTS entries_experiment ON entries (experiment_id, id)",
-    "CREATE INDEX IF NOT EXISTS entries_remote ON entries (remote_status, id) WHERE state = 'synced'",
+    "CREATE INDEX IF NOT EXISTS entries_remote ON entries (remote_status, id)"
+    " WHERE state = 'synced'",
     "CREATE INDEX IF NOT EXISTS files_outcome ON files (outcome)",
     "CREATE INDEX IF NOT EXISTS entries_source ON entries (source, state)",
 )

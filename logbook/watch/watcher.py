@@ -176,7 +176,9 @@ class Recorder:
         if seen is not None and seen.unchanged(FileState.of(st)):
             self.settler.forget(path)  # already handled, as it is now
             return None
-        res = read_file(path, experiment_id=self.options.experiment_id, max_bytes=self.options.max_bytes)
+        res = read_file(
+            path, experiment_id=self.options.experiment_id, max_bytes=self.options.max_bytes
+        )
         if res.sha256 and (res.size, res.mtime_ns) != key:
             self.touch(path)  # it changed while we read it: settle again on what it is now
             return None
@@ -272,7 +274,9 @@ class Watcher:
         self.cwd = os.getcwd()
 
     def show(self, path: str) -> str:
-        """A path as the user would type it (relative below the cwd), printable whatever its bytes."""
+        """A path as the user would type it (relative below the cwd), printable whatever its
+        bytes.
+        """
         rel = os.path.relpath(path, self.cwd)
         return shown(path if rel.startswith("..") else rel)
 

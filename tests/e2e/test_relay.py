@@ -205,7 +205,9 @@ def test_killing_the_relay_loses_nothing_and_doubles_nothing(
         t.start()
 
     def progress() -> int:
-        """Jobs the relay holds plus jobs upstream: it grows while lab machines post and it forwards."""
+        """Jobs the relay holds plus jobs upstream: it grows while lab machines post and it
+        forwards.
+        """
         return len(entries(relay.home / "logbook.db")) + upstream.stats()["jobs_created"]
 
     try:
@@ -239,8 +241,10 @@ def test_one_client_flooding_does_not_starve_another(
     db = relay.home / "logbook.db"
     # Hold the store's write lock so that requests stay in flight.
     locker = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None);"
-         " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(3); c.execute('COMMIT')", str(db)],
+        [sys.executable, "-c",
+         "import sqlite3,sys,time; c=sqlite3.connect(sys.argv[1], isolation_level=None);"
+         " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(3);"
+         " c.execute('COMMIT')", str(db)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

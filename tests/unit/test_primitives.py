@@ -80,7 +80,9 @@ def test_several_pubs_and_registers(db_path: Path) -> None:
     entry = logbook.log(result, experiment_id="prim", db=db_path)
     first, second = json.loads(entry.results)
     assert first == result[0].join_data().get_counts()
-    assert second == {"001": 64}  # the first register rightmost, as Result.get_counts() without spaces
+    assert second == {
+        "001": 64
+    }  # the first register rightmost, as Result.get_counts() without spaces
     assert json.loads(entry.shots) == [100, 64]
 
 
@@ -133,10 +135,11 @@ def test_a_primitive_result_file_that_would_expand_without_end_is_invalid(tmp_pa
     bomb = base64.standard_b64encode(zlib.compress(b"\0" * (80 * 1024 * 1024), 9)).decode()
     doc = {
         "__type__": "PrimitiveResult",
-        "__value__": {"metadata": {}, "pub_results": [{"__type__": "SamplerPubResult", "__value__": {
-            "metadata": {}, "data": {"__type__": "DataBin", "__value__": {
+        "__value__": {"metadata": {}, "pub_results": [{"__type__": "SamplerPubResult",
+            "__value__": {"metadata": {}, "data": {"__type__": "DataBin", "__value__": {
                 "field_names": ["meas"], "shape": [], "fields": {"meas": {"__type__": "BitArray",
-                "__value__": {"num_bits": 2, "array": {"__type__": "ndarray", "__value__": bomb}}}}}}}}]},
+                "__value__": {"num_bits": 2,
+                              "array": {"__type__": "ndarray", "__value__": bomb}}}}}}}}]},
     }  # fmt: skip
     path = tmp_path / "bomb.json"
     path.write_text(json.dumps(doc))

@@ -322,7 +322,9 @@ def test_refuse_after_accept_either_class_is_truthful(adv: Adversary) -> None:
 
 
 def test_reset_while_writing_body_is_maybe_sent(adv: Adversary) -> None:
-    """ClientOSError (EPIPE/ECONNRESET) raised while *writing* must not look like a connect failure."""
+    """ClientOSError (EPIPE/ECONNRESET) raised while *writing* must not look like a connect
+    failure.
+    """
     adv.mode = "reset_before_body"
     big = b"x" * (32 * 1024 * 1024)
 
@@ -657,7 +659,9 @@ def test_misbehaving_proxy_on_connect_is_nothing_sent(
 def test_origin_failure_inside_tunnel_is_maybe_sent(
     proxypy: ProxyPy, tls_adv: Adversary, ca_file: str, script: list[str]
 ) -> None:
-    """Guards the phase flag: once the tunnel is up (new or reused), failures are not ProxyConnectError."""
+    """Guards the phase flag: once the tunnel is up (new or reused), failures are not
+    ProxyConnectError.
+    """
     tls_adv.mode = script
 
     async def go() -> httpx2.HTTPError:
