@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from support import Run, assert_no_key, assert_no_traceback, write_config
 
 from logbook.emulator.testing import EmulatorProcess

@@ -34,7 +34,9 @@ def test_the_wheel_installs_and_runs_in_a_clean_venv(tmp_path: Path) -> None:
     exe = venv / "bin" / "logbook"
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        return subprocess.run(
+            [str(exe), *args], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
 
     version = run("--version")
     assert version.returncode == 0 and "0.2.0" in version.stdout

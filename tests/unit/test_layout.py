@@ -53,7 +53,9 @@ def test_no_import_circles() -> None:
         stack.append(node)
         for nxt in graph[node]:
             if state.get(nxt) == 1:
-                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+                raise AssertionError(
+                    "import circle: " + " -> ".join(stack[stack.index(nxt) :] + [nxt])
+                )
             if nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -86,7 +88,12 @@ def test_each_outside_concern_lives_in_one_place(library: str, allowed: tuple[st
 
 def test_only_the_cli_prints_or_exits() -> None:
     """The library raises; ``cli`` (and the servers' own command lines) print and exit."""
-    allowed = ("logbook.cli", "logbook.emulator.server", "logbook.emulator.__main__", "logbook.__main__")
+    allowed = (
+        "logbook.cli",
+        "logbook.emulator.server",
+        "logbook.emulator.__main__",
+        "logbook.__main__",
+    )
     for name, path in MODULES.items():
         if name in allowed:
             continue
@@ -95,9 +102,9 @@ def test_only_the_cli_prints_or_exits() -> None:
                 assert node.func.id not in ("print", "exit"), f"{name} calls {node.func.id}()"
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
                 target = ast.unparse(node.func)
-                assert target not in ("sys.exit", "os._exit") or name == "logbook.ingest.parallel", (
-                    f"{name} calls {target}()"
-                )
+                assert (
+                    target not in ("sys.exit", "os._exit") or name == "logbook.ingest.parallel"
+                ), f"{name} calls {target}()"
 
 
 def test_no_class_over_300_lines_and_no_function_over_60() -> None:
