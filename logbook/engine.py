@@ -444,8 +444,8 @@ class _Step:
         self.in_flight: dict[int, Entry] = {}
         self.claiming: set[asyncio.Future[Any]] = set()
         self.claimed = 0
-        # Ignoring backoff, the step walks the pending entries once in id order:
-        # one that fails now is not claimed again in this step.
+        # A step walks the pending entries once, in id order: one that fails now
+        # is not claimed again in this step, however short its back-off.
         self.cursor = 0
         self.lease_until = time.time() + engine.lease_seconds
         self.flush_lock = asyncio.Lock()
@@ -510,8 +510,7 @@ class _Step:
                 if not claim.entries:
                     break
                 self.lease_until = min(self.lease_until, time.time() + e.lease_seconds)
-                if self.ignore_backoff:
-                    self.cursor = max(self.cursor, claim.last_pending)
+                self.cursor = max(self.cursor, claim.last_pending)
                 self.claimed += len(claim.entries)
                 for entry in claim.entries:
                     await self.queue.put(entry)
@@ -574,7 +573,7 @@ class _Step:
             try:
                 await self.flush(force=True)
             except StoreError as err:  # busy past patience: the outcomes wait for the next tick
-                log.warning("cannot write outcomes yet: %s", err)
+                log.info("cannot write outcomes yet: %s", err)
             if time.time() - renewed > self.e.lease_seconds / 4 and self.held:
                 # Entries waiting behind a cut limit must not look abandoned.
                 async with self.lease_lock:

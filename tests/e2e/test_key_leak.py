@@ -84,7 +84,7 @@ def test_cli_never_prints_or_stores_the_key(
     home = logbook_home
     db, env = _prepare(home, emulator, mode)
     key = env["HAIQU_API_KEY"]
-    common = ("--auth", auth, "--max-time", "0.8")
+    common = ("--auth", auth, "--max-time", "5")
     debug = cli(home, "-vv", "sync", *common, env=env)
     as_json = cli(home, "sync", "--json", *common, env=env)
     listing = cli(home, "list", "--limit", "0", "--json", env=env)
@@ -115,7 +115,7 @@ def test_a_server_that_echoes_the_request_never_shows_the_key(
     db = seed_store(home, 6)
     emulator.set_faults(echo_rate=1.0, routes=["*"])
     key = emulator.key
-    for args in (("-vv", "sync", "--max-time", "1"), ("sync", "--json", "--max-time", "1")):
+    for args in (("-vv", "sync", "--max-time", "5"), ("sync", "--json", "--max-time", "5")):
         run = cli(home, *args, "--auth", auth, env=emulator.env())
         assert run.code == 1, run
         assert_no_traceback(run.err)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import threading
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from logbook.config import Config
 from logbook.engine import (
     BASE_BACKOFF,
     MAX_BACKOFF,
+    MAX_STALLS,
     MAX_TIMEOUTS,
     AdaptiveLimit,
     StoreWorker,
@@ -484,10 +486,10 @@ def test_first_step_sends_every_entry_once_before_any_retry(tmp_path: Path) -> N
     sync(config(tmp_path), server, refresh=False, concurrency=4, retry_window=0)
     hashes = [json.loads(r.content)["hash"] for r in server.seen if r.method == "POST"]
     # the first step sends each entry once; only a retry whose (jittered) delay
-    # has already run out may follow it
+    # has already run out may follow it, once per later step
     assert len(set(hashes[:100])) == 100
-    assert len(hashes) < 120
-    assert min(e["attempts"] for e in entries(db)) == 1
+    assert max(Counter(hashes).values()) <= MAX_STALLS
+    assert min(e["attempts"] for e in entries(db)) >= 1
 
 
 def test_one_undecodable_answer_does_not_abort_the_run(tmp_path: Path) -> None:
