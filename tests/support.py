@@ -137,6 +137,12 @@ def make_jobs(n: int, experiment: str = "exp-sync", start: int = 0) -> list[dict
     ]  # fmt: skip
 
 
+def prepared_job(i: int | str, experiment: str = "exp", **fields: Any) -> dict[str, Any]:
+    """A small checked job, distinct for each ``i``."""
+    doc = {"experiment_id": experiment, "name": f"job {i}", "results": f'{{"n": "{i}"}}'}
+    return prepare({**doc, **fields})
+
+
 def seed_store(home: Path, n: int, experiment: str = "exp-sync") -> Path:
     """Record ``n`` distinct jobs into ``$home/logbook.db``; returns the db path."""
     home.mkdir(parents=True, exist_ok=True)

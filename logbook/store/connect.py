@@ -16,7 +16,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -113,19 +114,13 @@ def open_readwrite(path: str) -> sqlite3.Connection:
     except OSError as err:
         raise StoreError(f"cannot create the store {path}: {err.strerror}") from None
     conn = _connect(path, path)
-    try:
+    with _closed_on_error(conn, path):
         check_ours(conn, path)
         retry_busy(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
         conn.execute("PRAGMA synchronous=FULL")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
             retry_busy(lambda: migrate(conn))
-    except sqlite3.Error as err:
-        conn.close()
-        raise translate(err, path) from None
-    except StoreError:
-        conn.close()
-        raise
     return conn
 
 
@@ -136,34 +131,43 @@ def open_readonly(path: str) -> sqlite3.Connection:
     uri = Path(path).resolve().as_uri()
     conn = _connect(path, f"{uri}?mode=ro", uri=True)
     try:
-        check_ours(conn, path)
-        conn.execute("SELECT count(*) FROM entries").fetchone()
-    except sqlite3.OperationalError:
-        # A WAL store in a directory we cannot write: SQLite cannot make its
-        # -shm file there.  Nobody can write it there either, so read it as is,
-        # unless its write-ahead log holds commits that only -shm could make
-        # readable: then showing the main file alone would show too little.
-        conn.close()
-        wal = path + "-wal"
-        if os.path.exists(wal) and os.path.getsize(wal) > 0:
-            raise StoreError(
-                f"the store {path} has recent changes in {wal} that cannot be read from a"
-                " place this user cannot write: copy the store (with its -wal) somewhere"
-                " writable, or run logbook as its owner"
-            ) from None
-        conn = _connect(path, f"{uri}?mode=ro&immutable=1", uri=True)
-        try:
+        with _closed_on_error(conn, path, sqlite3.OperationalError):
             check_ours(conn, path)
-        except sqlite3.Error as err:
-            conn.close()
-            raise translate(err, path) from None
-    except sqlite3.Error as err:
-        conn.close()
-        raise translate(err, path) from None
-    except StoreError:
-        conn.close()
-        raise
+            conn.execute("SELECT count(*) FROM entries").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        pass
+    # A WAL store in a directory we cannot write: SQLite cannot make its -shm file
+    # there.  Nobody can write it there either, so read it as is, unless its
+    # write-ahead log holds commits that only -shm could make readable: then
+    # showing the main file alone would show too little.
+    wal = path + "-wal"
+    if os.path.exists(wal) and os.path.getsize(wal) > 0:
+        raise StoreError(
+            f"the store {path} has recent changes in {wal} that cannot be read from a"
+            " place this user cannot write: copy the store (with its -wal) somewhere"
+            " writable, or run logbook as its owner"
+        )
+    conn = _connect(path, f"{uri}?mode=ro&immutable=1", uri=True)
+    with _closed_on_error(conn, path):
+        check_ours(conn, path)
     return conn
+
+
+@contextmanager
+def _closed_on_error(
+    conn: sqlite3.Connection, path: str, passing: type[BaseException] | None = None
+) -> Iterator[None]:
+    """Close ``conn`` on any error; SQLite's become logbook's (``passing`` goes through as is)."""
+    try:
+        yield
+    except BaseException as err:
+        conn.close()
+        if passing is not None and isinstance(err, passing):
+            raise
+        if isinstance(err, sqlite3.Error):
+            raise translate(err, path) from None
+        raise
 
 
 def check_ours(conn: sqlite3.Connection, path: str) -> None:

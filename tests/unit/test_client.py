@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -21,26 +20,10 @@ from logbook.client import RETRY_AFTER_CAP, ApiClient, parse_retry_after, remote
 from logbook.errors import RequestFailed
 from logbook.vocab import STATUSES
 
-KEY = "k+ey/with=chars+/="
-ENDPOINT = "http://api.test"
-Handler = Callable[[httpx2.Request], Any]
+from .apimock import ENDPOINT, KEY, Handler, answer, job_doc, raising
+
 BODY = {"experiment_id": "e", "hash": "h1", "status": "Done", "job_type": "User local job"}
 LOOKUP = ("find_by_hash", "e", "h1")
-
-
-def job_doc(
-    body: dict[str, Any], job_id: str = "job-1", status: str = "Submitted"
-) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "user_id": 1,
-        "experiment_id": body.get("experiment_id", "e"),
-        "status": status,
-        "job_type": body.get("job_type", "User local job"),
-        "creation_date": "2026-01-01T00:00:00Z",
-        "hash": body.get("hash", "h"),
-        "backend_name": "Haiqu OS",
-    }
 
 
 def call(handler: Handler, fn: str, *args: Any, auth: str = "query", deadline: float = 5.0) -> Any:
@@ -57,22 +40,6 @@ def failure(handler: Handler, fn: str = "submit", *args: Any, **kwargs: Any) -> 
     with pytest.raises(RequestFailed) as info:
         call(handler, fn, *(args or (BODY,)), **kwargs)
     return info.value
-
-
-def answer(status: int, data: Any = None, headers: dict[str, str] | None = None) -> Handler:
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        if isinstance(data, bytes):
-            return httpx2.Response(status, content=data, headers=headers)
-        return httpx2.Response(status, json=data if data is not None else {}, headers=headers)
-
-    return handler
-
-
-def raising(exc_type: type[httpx2.TransportError]) -> Handler:
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        raise exc_type(f"boom {request.url}", request=request)
-
-    return handler
 
 
 # --- classification ----------------------------------------------------------------

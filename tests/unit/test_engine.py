@@ -36,38 +36,7 @@ from logbook.engine import (
 from logbook.errors import AuthError, Redirected, Unreachable
 from logbook.store import Entry, Store
 
-KEY = "k+ey/with=chars+/="
-ENDPOINT = "http://api.test"
-Handler = Callable[[httpx2.Request], Any]
-
-
-def job_doc(
-    body: dict[str, Any], job_id: str = "job-1", status: str = "Submitted"
-) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "user_id": 1,
-        "experiment_id": body.get("experiment_id", "e"),
-        "status": status,
-        "job_type": body.get("job_type", "User local job"),
-        "creation_date": "2026-01-01T00:00:00Z",
-        "hash": body.get("hash", "h"),
-        "backend_name": "Haiqu OS",
-    }
-
-
-def answer(status: int, data: Any = None, headers: dict[str, str] | None = None) -> Handler:
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        return httpx2.Response(status, json=data if data is not None else {}, headers=headers)
-
-    return handler
-
-
-def raising(exc_type: type[httpx2.TransportError]) -> Handler:
-    def handler(request: httpx2.Request) -> httpx2.Response:
-        raise exc_type(f"boom {request.url}", request=request)
-
-    return handler
+from .apimock import ENDPOINT, KEY, Handler, answer, job_doc, raising
 
 
 class FakeServer:

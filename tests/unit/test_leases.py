@@ -14,20 +14,16 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from logbook.jobs import prepare
 from logbook.store import Store
 from logbook.store.leases import Claim, Outcome, end_owner, new_owner, owner_alive
 
 HOST = socket.gethostname()
 
 
-def job(i: int | str, experiment: str = "exp", **fields: Any) -> dict[str, Any]:
-    doc = {"experiment_id": experiment, "name": f"job {i}", "results": f'{{"n": "{i}"}}'}
-    return prepare({**doc, **fields})
+from support import prepared_job as job  # noqa: E402
 
 
 def impossible_pid() -> int:
@@ -46,13 +42,6 @@ def store(path: Path) -> Iterator[Store]:
     s = Store(path)
     yield s
     s.close()
-
-
-@pytest.fixture
-def owner() -> Iterator[str]:
-    o = new_owner()
-    yield o
-    end_owner(o)
 
 
 @pytest.fixture

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from support import wait_until
 
-from logbook.jobs import prepare
 from logbook.store import Store
 from logbook.store.ledger import RACY_NS, FileRead, FileRecord, FileState, path_key, shown
 
@@ -24,16 +21,7 @@ from logbook.store.ledger import RACY_NS, FileRead, FileRecord, FileState, path_
 OLD_NS = time.time_ns() - 3600 * 10**9
 
 
-def job(i: int | str, experiment: str = "exp", **fields: Any) -> dict[str, Any]:
-    doc = {"experiment_id": experiment, "name": f"job {i}", "results": f'{{"n": "{i}"}}'}
-    return prepare({**doc, **fields})
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "store.db")
-    yield s
-    s.close()
+from support import prepared_job as job  # noqa: E402
 
 
 def state(path: Path | str) -> FileState:

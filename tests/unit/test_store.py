@@ -9,37 +9,15 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support import prepared_job as job  # noqa: E402
 
 from logbook.errors import NotALogbookStore, NotFound, StoreError
-from logbook.jobs import prepare
 from logbook.store import SCHEMA_VERSION, Status, Store
-from logbook.store.leases import Outcome, end_owner, new_owner
+from logbook.store.leases import Outcome
 from logbook.store.schema import APPLICATION_ID, ENTRY_KEYS
-
-
-def job(i: int | str, experiment: str = "exp", **fields: Any) -> dict[str, Any]:
-    doc = {"experiment_id": experiment, "name": f"job {i}", "results": f'{{"n": "{i}"}}'}
-    return prepare({**doc, **fields})
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "store.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def owner() -> Iterator[str]:
-    o = new_owner()
-    yield o
-    end_owner(o)
-
 
 # --- recording ----------------------------------------------------------------
 
