@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from click.testing import CliRunner, Result
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -99,3 +100,17 @@ def emulator(emulator_server: EmulatorProcess) -> Iterator[EmulatorProcess]:
         emulator_server.start()
     emulator_server.reset()
     yield emulator_server
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A private CA, like a lab's TLS-inspecting firewall's (import it into a test module)."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The private CA's certificate, as the PEM file SSL_CERT_FILE or ca_bundle would name."""
+    path = tmp_path_factory.mktemp("ca") / "lab-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)

@@ -34,18 +34,6 @@ N = 12
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("ca") / "lab-ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def tls_emulator(
     ca: trustme.CA, ca_file: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EmulatorProcess]:

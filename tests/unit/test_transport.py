@@ -84,18 +84,6 @@ def adv() -> Iterator[Adversary]:
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
-    path = tmp_path_factory.mktemp("ca") / "ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return str(path)
-
-
 @pytest.fixture
 def tls_adv(ca: trustme.CA) -> Iterator[Adversary]:
     with Adversary(ssl_context=server_ctx(ca)) as a:
