@@ -8,10 +8,11 @@ trusted CAs come from ``network``.
 
 Two rules shape it:
 
-- The key never leaks.  It is added *below* httpx2, by ``KeyTransport``, on
-  the way to the wire: no request that httpx2 logs, raises or returns ever
-  holds it, and every message is redacted (every spelling of the key, before
-  anything is cut) before it leaves this package.
+- The key never leaks.  It is only in the request handed to the transport,
+  on its way to the wire: the response carries a key-free request, a
+  transport error is raised again against that one, and every message is
+  redacted (every spelling of the key, before anything is cut) before it
+  leaves this package.  httpx2's client, which logs URLs, is not used.
 - Every failure is classified into a ``RequestFailed`` whose ``maybe_sent``
   says whether the server may have stored the job.  "Nothing was sent" is
   claimed only when no connection was opened (DNS, refused, TLS handshake, a
@@ -45,7 +46,7 @@ from ..vocab import STATUSES
 for _name in ("httpx2", "httpcore2", "httpx", "httpcore", "aiohttp.client"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-__all__ = ["ApiClient", "JobRef", "KeyTransport", "parse_retry_after", "key_param"]
+__all__ = ["ApiClient", "JobRef", "parse_retry_after", "key_param"]
 
 AUTH_CODES = frozenset({401, 403})
 RETRY_CODES = frozenset({408, 429})
@@ -116,47 +117,6 @@ class JobRef(NamedTuple):
         return value if isinstance(value, str) else None
 
 
-class KeyTransport(httpx2.AsyncBaseTransport):
-    """Adds the API key to each request on its way out (query or header).
-
-    Below everything httpx2 logs, raises or returns: an error from the inner
-    transport is raised again against the key-free request, with a redacted
-    message.
-    """
-
-    def __init__(self, inner: httpx2.AsyncBaseTransport, key: str, auth: str) -> None:
-        self.inner = inner
-        self.key = key
-        self.auth = auth
-        self._param = key_param(key).encode("ascii")
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        url, headers = request.url, request.headers.copy()
-        if self.auth == "header":
-            headers["authorization"] = self.key
-        else:
-            raw = url.raw_path
-            sep = b"&" if b"?" in raw else b"?"
-            url = url.copy_with(raw_path=raw + sep + self._param)
-        keyed = httpx2.Request(
-            request.method, url, headers=headers, content=request.content,
-            extensions=request.extensions,
-        )  # fmt: skip
-        try:
-            response = await self.inner.handle_async_request(keyed)
-        except httpx2.TransportError as err:
-            # Built here, raised below: outside the except block the key-bearing
-            # original is neither its __cause__ nor its __context__.
-            failure = type(err)(redact(str(err), self.key), request=request)
-        else:
-            response.request = request  # the key-free one: nothing returned holds the key
-            return response
-        raise failure
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 def _default_transport(connections: int, connect_timeout: float, network: Network) -> Any:
     from .network import make_ssl_context, proxy_resolver
     from .transport import AiohttpTransport
@@ -190,17 +150,21 @@ class ApiClient:
         self.deadline = deadline
         self.network = network or Network()
         self.secrets = [key, *_proxy_secrets(self.network)]
-        inner = transport or _default_transport(connections, connect_timeout, self.network)
-        self.transport = KeyTransport(inner, key, auth)
+        self.transport = transport or _default_transport(connections, connect_timeout, self.network)
         # identity: RFC 9110 reads no Accept-Encoding as "anything", brotli included.
         base = {
             "user-agent": USER_AGENT,
             "accept": "application/json",
             "accept-encoding": "identity",
         }
-        self._get_headers = httpx2.Headers(base)
-        self._post_headers = httpx2.Headers({**base, "content-type": "application/json"})
-        self._jobs_url = httpx2.URL(self.endpoint + "/jobs")
+        keyed = {**base, "authorization": key} if auth == "header" else base
+        self._param = "" if auth == "header" else "?" + key_param(key)
+        self._get_headers = httpx2.Headers(keyed)
+        self._post_headers = httpx2.Headers({**keyed, "content-type": "application/json"})
+        # POST /jobs is the hot path: its keyed URL, and the key-free request its
+        # responses and errors carry, are made once.
+        self._jobs_url = httpx2.URL(self.endpoint + "/jobs" + self._param)
+        self._jobs_plain = httpx2.Request("POST", self.endpoint + "/jobs")
         self._host = urlsplit(self.endpoint).netloc
 
     async def aclose(self) -> None:
@@ -216,19 +180,38 @@ class ApiClient:
         return redact(text, *self.secrets)
 
     async def send(self, method: str, path: str, body: bytes | None = None) -> httpx2.Response:
-        """One raw request under the deadline; the response's request holds no key."""
-        url = self._jobs_url if path == "/jobs" else httpx2.URL(self.endpoint + path)
-        request = httpx2.Request(
+        """One raw request under the deadline; nothing it returns or raises holds the key.
+
+        The key is in the request handed to the transport and nowhere else: the
+        response carries a key-free request, and a transport error is raised
+        again against it with a redacted message, outside the ``except`` block
+        so that the key-bearing original is neither its cause nor its context.
+        """
+        if path == "/jobs" and method == "POST":
+            url, plain = self._jobs_url, self._jobs_plain
+        else:
+            url, plain = httpx2.URL(self.endpoint + path + self._param), None
+        keyed = httpx2.Request(
             method, url, content=body,
             headers=self._post_headers if body is not None else self._get_headers,
         )  # fmt: skip
-        async with asyncio.timeout(self.deadline):
-            response = await self.transport.handle_async_request(request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-        return response
+        try:
+            async with asyncio.timeout(self.deadline):
+                response = await self.transport.handle_async_request(keyed)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except httpx2.TransportError as err:
+            failure = type(err)(self._redact(str(err)), request=plain or self._plain(method, path))
+        else:
+            response.request = plain or self._plain(method, path)
+            return response
+        raise failure
+
+    def _plain(self, method: str, path: str) -> httpx2.Request:
+        """The request as it is shown: without the key."""
+        return httpx2.Request(method, self.endpoint + path)
 
     async def _request(
         self, method: str, path: str, shown: str, body: bytes | None = None

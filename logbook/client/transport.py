@@ -29,7 +29,7 @@ signal through public hooks but cost ~20 µs CPU per request; see NOTES.md.)
 
 Messages never contain the request's path or query (the API key lives in the
 query): they are built from scheme://host:port plus the exception class and
-reason (and ``KeyTransport`` above redacts every spelling of the key again).  The original aiohttp
+reason (and ``ApiClient`` redacts every spelling of the key again).  The original aiohttp
 exception is *not* chained (neither ``__cause__`` nor ``__context__``) because
 aiohttp puts the full URL into several of its messages (e.g. ``ConnectionTimeoutError``,
 ``ClientResponseError.__str__``) and a logged traceback would leak it.
