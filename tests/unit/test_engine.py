@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -477,3 +478,24 @@ def test_one_undecodable_answer_does_not_abort_the_run(tmp_path: Path) -> None:
     assert report.synced == 4 and report.pending == 1
     (odd,) = [e for e in stored(db) if e.state == "pending"]
     assert odd.maybe_sent  # a 2xx that could not be read may hide a stored job
+
+
+def test_a_429_pauses_every_request_until_its_retry_after_with_jitter() -> None:
+    """A fleet backs off together on 429, and does not come back in lockstep."""
+    pauses = []
+    for seed in range(40):
+        lim = AdaptiveLimit(8, random.Random(seed))
+        before = time.monotonic()
+        lim.overload(retry_after=2.0)
+        pauses.append(lim.paused_until - before)
+    assert all(2.0 <= p <= 3.0 + 0.05 for p in pauses), pauses
+    assert max(pauses) - min(pauses) > 0.5  # spread, not one instant for everyone
+
+    async def acquire_after_pause() -> float:
+        lim = AdaptiveLimit(4, random.Random(1))
+        lim.overload(retry_after=0.2)
+        start = time.monotonic()
+        await lim.acquire()
+        return time.monotonic() - start
+
+    assert asyncio.run(acquire_after_pause()) >= 0.2  # no request starts during the pause
