@@ -666,7 +666,17 @@ def run_sync(
         progress=progress or Progress(), transport=transport, retry_window=retry_window,
         respect_backoff=respect_backoff,
     )  # fmt: skip
-    return asyncio.run(run.main(handle_signals))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(run.main(handle_signals))
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (it halves the loop's own CPU), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 class _Run:

@@ -117,13 +117,16 @@ class JobRef(NamedTuple):
         return value if isinstance(value, str) else None
 
 
-def _default_transport(connections: int, connect_timeout: float, network: Network) -> Any:
+def _default_transport(
+    connections: int, connect_timeout: float, network: Network, tls: bool
+) -> Any:
     from .network import make_ssl_context, proxy_resolver
     from .transport import AiohttpTransport
 
     return AiohttpTransport(
         limit=connections,
-        ssl_context=make_ssl_context(network.ca_bundle),
+        # Only an https endpoint needs the trust store (reading it costs tens of ms).
+        ssl_context=make_ssl_context(network.ca_bundle) if tls else None,
         proxy_for=proxy_resolver(network.proxy),
         connect_timeout=connect_timeout,
     )
@@ -150,7 +153,9 @@ class ApiClient:
         self.deadline = deadline
         self.network = network or Network()
         self.secrets = [key, *_proxy_secrets(self.network)]
-        self.transport = transport or _default_transport(connections, connect_timeout, self.network)
+        self.transport = transport or _default_transport(
+            connections, connect_timeout, self.network, self.endpoint.startswith("https://")
+        )
         # identity: RFC 9110 reads no Accept-Encoding as "anything", brotli included.
         base = {
             "user-agent": USER_AGENT,

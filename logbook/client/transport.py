@@ -169,7 +169,8 @@ class AiohttpTransport(httpx2.AsyncBaseTransport):
             if self._session.closed:
                 raise RuntimeError("AiohttpTransport is closed")
             return self._session
-        ctx = self._ssl_context if self._ssl_context is not None else httpx2.create_ssl_context()
+        # No context of our own for plain http: making one reads the whole CA bundle.
+        ctx: ssl.SSLContext | bool = self._ssl_context if self._ssl_context is not None else True
         connector = _PhaseConnector(
             limit=self._limit,
             limit_per_host=0,
@@ -328,9 +329,9 @@ def _response(
     return httpx2.Response(
         resp.status,
         headers=list(resp.raw_headers),
-        # stream=, not content=: content= would add a Content-Length to a
-        # chunked response.  AsyncClient reads it; direct callers aread().
-        stream=httpx2.ByteStream(content),
+        # content=: read (and decoded) here, once; a chunked answer gains a
+        # Content-Length header on this object, which nothing reads.
+        content=content,
         request=request,
         extensions={
             "http_version": b"HTTP/1.1",
