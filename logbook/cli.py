@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -220,9 +221,11 @@ def _bar(progress: Progress, unit: str, stop: threading.Event) -> None:
             phase = progress.phase
             bar = None
             if phase not in ("done", "starting"):
+                # A pty nobody sized reports 0x0, and tqdm hides a bar that does not fit.
+                size = shutil.get_terminal_size((100, 24))
                 bar = tqdm(
                     total=progress.total or None, desc=phase, unit=f" {unit}", file=sys.stderr,
-                    dynamic_ncols=True, leave=True,
+                    ncols=size.columns or 100, nrows=size.lines or 24, leave=True,
                 )  # fmt: skip
         if bar is not None:
             if progress.total and bar.total != progress.total:
