@@ -214,9 +214,11 @@ def _bar(progress: Progress, unit: str, stop: threading.Event) -> None:
     bar: Any = None
     phase = None
     while True:
-        done = stop.wait(0.2)
+        stopping = stop.wait(0.2)
         if progress.phase != phase or bar is None:
             if bar is not None:
+                ended, count = progress.last
+                bar.n = count if ended == phase else bar.n  # where it ended, not its last tick
                 bar.close()
             phase = progress.phase
             bar = None
@@ -235,7 +237,7 @@ def _bar(progress: Progress, unit: str, stop: threading.Event) -> None:
                 bar.set_postfix_str(f"retries {progress.retries}, throttled {progress.throttled}",
                                     refresh=False)  # fmt: skip
             bar.refresh()
-        if done:
+        if stopping:
             if bar is not None:
                 bar.close()
             return

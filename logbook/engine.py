@@ -388,14 +388,14 @@ class SyncEngine:
     async def refresh(self, synced_before: str) -> int:
         """``GET /jobs/{id}`` for synced entries whose remote status is unfinished."""
         after, refreshed = 0, 0
-        self.progress.begin("refreshing", await self.db.run(self.leases.count_unfinished_remote))
+        due = await self.db.run(self.leases.count_unfinished_remote, synced_before)
+        self.progress.begin("refreshing", due)
         while not self.stopped:
-            entries = await self.db.run(self.leases.unfinished_remote, 500, after)
+            entries = await self.db.run(self.leases.unfinished_remote, 500, after, synced_before)
             if not entries:
                 break
             after = entries[-1].id
-            due = [e for e in entries if (e.synced_at or "") < synced_before and e.remote_id]
-            results = await asyncio.gather(*(self._refresh_one(e) for e in due))
+            results = await asyncio.gather(*(self._refresh_one(e) for e in entries))
             updates = [r for r in results if r is not None]
             refreshed += len(updates)
             self.progress.done += len(entries)
@@ -841,7 +841,7 @@ class _Run:
         report.held_elsewhere = await db.run(leases.count_held, engine.owner)
         report.pending = await db.run(leases.count_left) + held
         report.elapsed = time.monotonic() - started
-        engine.progress.phase = "done"
+        engine.progress.end()
         await db.run(db.store.record_run, report_row(report, how))
         return report
 

@@ -21,9 +21,18 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     phase_started: float = field(default_factory=time.monotonic)
 
+    #: ``(phase, done)`` of the phase that ended last, so its bar can show where it ended.
+    last: tuple[str, int] = ("starting", 0)
+
     def begin(self, phase: str, total: int) -> None:
+        self.last = (self.phase, self.done)
         self.phase, self.total, self.done = phase, total, 0
         self.phase_started = time.monotonic()
+
+    def end(self) -> None:
+        """The run is over; ``done`` keeps its count (the watcher goes on counting files)."""
+        self.last = (self.phase, self.done)
+        self.phase = "done"
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self.phase_started

@@ -340,23 +340,29 @@ class Leases:
 
     # --- remote statuses -----------------------------------------------------------------
 
-    def unfinished_remote(self, limit: int, after_id: int = 0) -> list[Entry]:
-        """Synced entries whose server status is not final yet, in id order."""
+    def unfinished_remote(
+        self, limit: int, after_id: int = 0, synced_before: str = "9999"
+    ) -> list[Entry]:
+        """Synced entries whose server status is not final yet, in id order.
+
+        ``synced_before``: only those synced before then (a run does not ask
+        again about what it has just been told).
+        """
         marks = ",".join("?" * len(UNFINISHED_REMOTE))
         rows = self.store.read(
             SELECT + f" WHERE state = 'synced' AND remote_status IN ({marks}) AND id > ?"
-            " ORDER BY id LIMIT ?",
-            (*UNFINISHED_REMOTE, after_id, limit),
+            " AND synced_at < ? AND remote_id IS NOT NULL ORDER BY id LIMIT ?",
+            (*UNFINISHED_REMOTE, after_id, synced_before, limit),
         )
         return [Entry.from_row(r) for r in rows]
 
-    def count_unfinished_remote(self) -> int:
+    def count_unfinished_remote(self, synced_before: str = "9999") -> int:
         marks = ",".join("?" * len(UNFINISHED_REMOTE))
         return int(
             self.store.scalar(
                 "SELECT count(*) FROM entries WHERE state = 'synced'"
-                f" AND remote_status IN ({marks})",
-                UNFINISHED_REMOTE,
+                f" AND remote_status IN ({marks}) AND synced_at < ?",
+                (*UNFINISHED_REMOTE, synced_before),
             )
         )
 

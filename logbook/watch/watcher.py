@@ -477,7 +477,7 @@ class Watcher:
                 due = self.settler.next_due()
                 if due is not None and due > time.monotonic():
                     self._drain(min(MAX_WAIT, due - time.monotonic()))
-            self.progress.phase = "done"
+            self.progress.end()
 
     def _drain(self, wait: float, limit: int | None = DRAIN_BATCH) -> None:
         """Take queued events: block up to ``wait`` for the first, then take what is there."""
