@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
@@ -90,6 +91,7 @@ _canonical = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
 _json_text = json.JSONDecoder(parse_constant=reject_constant)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def canonical_json(value: Any) -> str:
@@ -104,19 +106,31 @@ def content_hash(job: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(content).encode("utf-8")).hexdigest()
 
 
-def _is_json_text(value: str) -> bool:
+def _json_text_problem(value: str) -> str | None:
+    """Why ``value`` is not JSON text to store, or None.
+
+    An escaped lone surrogate (``"\\ud800"``) parses but decodes to text that
+    is not Unicode, the same value a dict would be refused for; the decoded
+    value is checked only when such an escape is present, to keep the usual
+    case one parse.
+    """
     # raw_decode skips decode()'s two whitespace regexes; text with surrounding
     # whitespace (or trailing garbage) takes the full decode, which decides.
     try:
-        if _json_text.raw_decode(value)[1] == len(value):
-            return True
+        decoded, end = _json_text.raw_decode(value)
+        if end != len(value):
+            raise ValueError("trailing text")
     except (ValueError, RecursionError):
-        pass
-    try:
-        _json_text.decode(value)
-    except (ValueError, RecursionError):
-        return False
-    return True
+        try:
+            decoded = _json_text.decode(value)
+        except (ValueError, RecursionError):
+            return "must be JSON text"
+    if _SURROGATE_ESCAPE.search(value):
+        try:
+            _canonical(decoded).encode("utf-8")
+        except UnicodeEncodeError:
+            return "not valid Unicode text (an escaped lone surrogate)"
+    return None
 
 
 def _unicode_problem(value: str) -> str | None:
@@ -159,8 +173,8 @@ def _check_text(field: JobField, value: Any) -> tuple[Any, str | None]:
     limit = _LIMITS.get(field.kind)
     if limit is not None and len(value) > limit:
         return value, f"at most {limit} characters (got {len(value)})"
-    if field.kind == "json" and value and not _is_json_text(value):
-        return value, "must be JSON text"
+    if field.kind == "json" and value:
+        return value, _json_text_problem(value)
     return value, None
 
 

@@ -154,6 +154,21 @@ def test_results_nested_100000_levels_is_exit_2(run_cli: RunCli, tmp_path: Path)
     assert run_cli("status", "--json").json()["counts"]["pending"] == 0
 
 
+def test_an_escaped_lone_surrogate_is_refused_however_it_is_written(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Found by the model test: JSON text with ``\\ud800`` was stored, a dict with it refused."""
+    assert run_cli("record", "-e", "keep").code == 0
+    bad = '{"x": "\\ud800"}'
+    assert_error(run_cli("record", "-e", "e", "--results", bad), 2, "surrogate")
+    lines = tmp_path / "p.jsonl"
+    lines.write_text(json.dumps({"experiment_id": "e", "results": bad}) + "\n")
+    res = run_cli("import", lines)
+    assert res.code != 0 and "surrogate" in res.err and "Traceback" not in res.err
+    counts = run_cli("status", "--json").json()["counts"]
+    assert counts["pending"] == 1  # only the entry recorded before
+
+
 def test_results_file_dev_zero_is_refused_by_size(run_cli: RunCli, db_path: Path) -> None:
     res = run_cli("record", "-e", "e", "--results-file", "/dev/zero", timeout=30)
     assert_error(res, 2, "bytes")

@@ -207,6 +207,10 @@ def test_prepare_rejects_non_mapping() -> None:
         ("device_id", {"device_id": "dev" + SURROGATE}),
         ("results", {"results": f'"{SURROGATE}"'}),
         ("results", {"results": {"00": SURROGATE}}),
+        # the same value written as JSON text with an escape: refused the same way
+        ("results", {"results": '{"00": "\\ud800"}'}),
+        ("results", {"results": '{"\\uDFFF": 1}'}),
+        ("shots", {"shots": '["\\udbff"]'}),
         ("shots", {"shots": SURROGATE}),
         ("shots", {"shots": [SURROGATE]}),
         ("experiment_id", {"experiment_id": SURROGATE}),
@@ -238,6 +242,11 @@ def test_a_surrogate_in_the_name_is_not_called_nan() -> None:
 def test_a_paired_surrogate_is_fine() -> None:
     job = prepare({"experiment_id": "e", "name": "\U0001f600", "metrics": {"\U0001f600": 1}})
     assert job["name"] == "\U0001f600"
+
+
+def test_an_escaped_surrogate_pair_in_json_text_is_fine() -> None:
+    job = prepare({"experiment_id": "e", "results": '{"\\ud83d\\ude00": 1}'})
+    assert json.loads(job["results"]) == {"\U0001f600": 1}
 
 
 @pytest.mark.parametrize("field", ["experiment_id", "hash"])
