@@ -149,14 +149,18 @@ class EmulatorProcess:
                     ) from None
                 time.sleep(0.05)
 
-    def _stderr_tail(self) -> str:
+    def stderr_text(self) -> str:
+        """What the emulator wrote to stderr so far (until stopped): tests scan it for keys."""
         if self._stderr is None:
             return ""
         try:
             self._stderr.seek(0)
-            text = self._stderr.read()[-2000:].decode(errors="replace").strip()
+            return self._stderr.read().decode("utf-8", "replace")
         except (OSError, ValueError):
             return ""
+
+    def _stderr_tail(self) -> str:
+        text = self.stderr_text()[-2000:].strip()
         return f": {text}" if text else ""
 
     def stop(self, timeout: float = 5.0) -> int | None:
