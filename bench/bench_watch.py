@@ -96,7 +96,8 @@ class Watcher:
             rows = conn.execute("SELECT path, seen_at FROM files").fetchall()
         finally:
             conn.close()
-        return {p: datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for p, s in rows}
+        # files.path is the name's bytes (any name the filesystem allows)
+        return {os.fsdecode(p): datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for p, s in rows}
 
     def peak_rss_mb(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:
