@@ -362,6 +362,7 @@ class Watcher:
 
     def rescan_all(self) -> None:
         self.stats.rescans += 1
+        log.debug("rescan %d of the watched directories", self.stats.rescans)
         assert self.store is not None
         self.store.ledger.forget_missing([r for r in self.roots if r not in self.missing])
         for root in self.roots:

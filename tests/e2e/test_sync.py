@@ -402,6 +402,35 @@ def test_a_store_write_locked_by_another_process(
     assert_exactly_once(db, emulator)
 
 
+def test_a_lock_that_outlasts_max_time_is_never_a_false_nothing_left(
+    logbook_home: Path, emulator: EmulatorProcess
+) -> None:
+    """The probe's repro: the lock held well past ``--max-time``; it printed pending 0, exit 0."""
+    n = 400
+    db = seed_store(logbook_home, n)
+    emulator.set_faults(latency_ms=50)
+    args = (*QUIET_STATS, "sync", "--max-time", "2", "--concurrency", "4", "--no-refresh")
+    with started(logbook_home, *args, env=emulator.env()) as proc:
+
+        def under_way() -> bool:
+            assert proc.poll() is None, "sync finished before the store was locked"
+            return created(emulator) >= 20
+
+        wait_until(under_way, what="the sync under way")
+        with write_locked(db, 6.0) as locker:
+            assert locker.wait(timeout=30) == 0
+        out, err = finish(proc)
+    assert proc.returncode == 1, (proc.returncode, err)  # some pending: not "nothing left"
+    assert_no_traceback(err)
+    assert "never retrieved" not in err, err
+    left = states(db)
+    assert left["sending"] == 0, left
+    assert left["pending"] > 0 and left["synced"] < n, left
+    emulator.clear_faults()
+    sync_until_done(logbook_home, emulator.env(), "--no-refresh")
+    assert_exactly_once(db, emulator)
+
+
 # --- runs that stop: auth, unreachable, redirect ----------------------------------------------
 
 

@@ -262,6 +262,32 @@ def test_invalid_file_then_valid_file(
     assert len(watcher.lines("results/broken.json")) == 1  # said once
 
 
+@pytest.mark.parametrize("observer", OBSERVERS)
+def test_names_that_are_not_utf8_never_stop_the_watcher(
+    watcher: Watch, home: Path, results: Path, observer: list[str]
+) -> None:
+    """The probe's repro: ``bad\\xff.json`` made ``watch`` exit 1 at start-up and at a rescan."""
+    raw = os.fsencode(results)
+    with open(raw + b"/early\xff.json", "w") as fh:  # there before the start
+        fh.write(job("early"))
+    watcher.start(
+        str(results), "--settle", SETTLE, "--rescan", "1", *observer, global_args=("-vv",)
+    )
+    with open(raw + b"/bad\xff.json", "w") as fh:  # arrives while it runs
+        fh.write(job("bad-ff"))
+    write(results / "good.json", job("good"))
+    wait_until(lambda: entries(home) == 3, what="all three files")
+    assert sorted(names(home)) == ["bad-ff", "early", "good"]
+    rescans = len(watcher.lines("rescan "))
+    wait_until(lambda: len(watcher.lines("rescan ")) >= rescans + 2, what="two more rescans")
+    write(results / "later.json", job("later"))
+    wait_until(lambda: entries(home) == 4, what="a file after the odd names")
+    assert watcher.running(), watcher.stderr()
+    assert len(watcher.lines("recorded results/bad\\xff.json: 1 new")) == 1  # once, escaped
+    assert "\udcff" not in watcher.stderr() and "Traceback" not in watcher.stderr()
+    assert watcher.stop() == 0
+
+
 # --- restart, and a directory that goes away ------------------------------------------------
 
 
