@@ -97,7 +97,10 @@ class Watcher:
         finally:
             conn.close()
         # files.path is the name's bytes (any name the filesystem allows)
-        return {os.fsdecode(p): datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() for p, s in rows}
+        return {
+            os.fsdecode(p): datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+            for p, s in rows
+        }
 
     def peak_rss_mb(self) -> float:
         with open(f"/proc/{self.proc.pid}/status") as f:
