@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from .config import DEFAULT_SETTLE
 from .vocab import STATES
 
 if TYPE_CHECKING:
@@ -879,7 +880,7 @@ def sync(
 @click.option("--polling", is_flag=True, help="Poll instead of inotify (for NFS/SMB).")
 @click.option("--settle", type=click.FloatRange(min=0), metavar="S",
               help="Seconds a file must be unchanged before it is read.",
-              show_default="0.2")  # fmt: skip
+              show_default=str(DEFAULT_SETTLE))  # fmt: skip
 @click.option("--rescan", type=click.FloatRange(min=0.5), metavar="S",
               help="Seconds between full rescans (also after an event queue overflow).",
               show_default="60")  # fmt: skip
@@ -932,7 +933,7 @@ def watch(
     options = WatchOptions(
         dirs=roots, experiment_id=experiment or cfg.experiment, patterns=patterns,
         polling=polling, rescan=rescan, max_bytes=cfg.max_file_bytes,
-        settle=settle if settle is not None else (cfg.settle if cfg.settle is not None else 0.2),
+        settle=settle if settle is not None else cfg.settle,
     )  # fmt: skip
     log = logging.getLogger("logbook.watch")
     if not polling:

@@ -24,6 +24,10 @@ AUTH_MODES = ("query", "header")
 DEFAULT_ENDPOINT = "https://api.haiqu.ai"
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 60.0
+#: Requests a sync keeps in flight (the bench: 64 match a bare client at 50 ms).
+DEFAULT_CONCURRENCY = 64
+#: Seconds a watched file must be unchanged before it is read.
+DEFAULT_SETTLE = 0.2
 #: A run's overall budget (seconds) unless --max-time or ``max_time`` says otherwise.
 DEFAULT_MAX_TIME = 3600.0
 
@@ -64,11 +68,11 @@ class Config:
     endpoint: str | None = DEFAULT_ENDPOINT
     api_key: str | None = field(default=None, repr=False)
     auth: str = "query"
-    concurrency: int | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    settle: float | None = None
+    settle: float = DEFAULT_SETTLE
     experiment: str | None = None
-    request_timeout: float | None = None
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     max_time: float | None = DEFAULT_MAX_TIME
     proxy: str | None = field(default=None, repr=False)
     ca_bundle: str | None = None
@@ -256,7 +260,7 @@ def load_config(
 
 def _validate(cfg: Config, where: str) -> None:
     """Ranges the settings must be in: one clear ConfigError (exit 2) for the first that is not."""
-    if cfg.concurrency is not None and not 1 <= cfg.concurrency <= 512:
+    if not 1 <= cfg.concurrency <= 512:
         raise ConfigError(f"{where}: concurrency must be between 1 and 512")
     if cfg.max_file_bytes <= 0:
         raise ConfigError(f"{where}: max_file_bytes must be positive")

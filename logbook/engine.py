@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .config import DEFAULT_CONCURRENCY
 from .errors import (
     AuthError,
     ConfigError,
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("logbook.sync")
 T = TypeVar("T")
 
-DEFAULT_CONCURRENCY = 64
 BASE_BACKOFF = 0.5
 MAX_BACKOFF = 300.0
 #: Within one run, keep retrying while the next retry falls due this soon...
@@ -660,7 +660,7 @@ def run_sync(
     endpoint, key = require(cfg)
     run = _Run(
         cfg, endpoint, key,
-        concurrency=concurrency or cfg.concurrency or DEFAULT_CONCURRENCY,
+        concurrency=concurrency or cfg.concurrency,
         limit=limit, refresh=refresh,
         max_time=max_time if max_time is not None else cfg.max_time,
         progress=progress or Progress(), transport=transport, retry_window=retry_window,
@@ -695,7 +695,7 @@ class _Run:
         started = time.monotonic()
         max_time = self.o["max_time"] or None
         self.stop_at = None if max_time is None else started + max_time
-        deadline = self.cfg.request_timeout or 60.0
+        deadline = self.cfg.request_timeout
         db = await loop.run_in_executor(None, StoreWorker, str(self.cfg.db))
         client = ApiClient(
             self.endpoint, self.key, auth=self.cfg.auth, connections=self.o["concurrency"],

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..config import DEFAULT_MAX_FILE_BYTES, DEFAULT_SETTLE
 from ..errors import LogbookError, StoreError
 from ..importer import store_files
 from ..ingest import DEFAULT_PATTERNS, ReadResult, read_file, walk, wanted
@@ -79,9 +80,9 @@ class WatchOptions:
     experiment_id: str | None = None
     patterns: Sequence[str] = ()
     polling: bool = False
-    settle: float = 0.2
+    settle: float = DEFAULT_SETTLE
     rescan: float | None = None
-    max_bytes: int = 64 * 1024 * 1024
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES
 
 
 @dataclass

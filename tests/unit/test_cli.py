@@ -307,6 +307,10 @@ def test_config_lists_every_setting_with_its_source(
     assert "http://127.0.0.1:9" in lines["endpoint"] and "(HAIQU_EDGE_URI)" in lines["endpoint"]
     assert "(default)" in lines["auth"]
     assert "api_key" in lines and "*" in lines["api_key"]
+    # every setting with a default shows the value a command would use, not "(not set)"
+    for name, value in [("concurrency", "64"), ("settle", "0.2"), ("request_timeout", "60.0"),
+                        ("max_time", "3600.0"), ("max_file_bytes", "67108864")]:  # fmt: skip
+        assert lines[name].split()[1] == value and "(default)" in lines[name], lines[name]
     data = json.loads(cli_runner("config", "--json").stdout)
     assert data["endpoint"] == {"value": "http://127.0.0.1:9", "source": "HAIQU_EDGE_URI"}
     assert key not in json.dumps(data)
