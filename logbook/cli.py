@@ -216,10 +216,10 @@ def _bar(progress: Progress, unit: str, stop: threading.Event) -> None:
     phase = None
     while True:
         stopping = stop.wait(0.2)
-        if progress.phase != phase or bar is None:
-            if bar is not None:
-                ended, count = progress.last
-                bar.n = count if ended == phase else bar.n  # where it ended, not its last tick
+        if progress.phase != phase:
+            if bar is not None and phase is not None:
+                bar.n = progress.ended.get(phase, bar.n)  # where it ended, not its last tick
+                bar.refresh()
                 bar.close()
             phase = progress.phase
             bar = None

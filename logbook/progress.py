@@ -21,17 +21,18 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     phase_started: float = field(default_factory=time.monotonic)
 
-    #: ``(phase, done)`` of the phase that ended last, so its bar can show where it ended.
-    last: tuple[str, int] = ("starting", 0)
+    #: Where each phase that ended got to, so its bar can end there and not at its
+    #: last tick (a bar samples; a short phase may begin and end between two samples).
+    ended: dict[str, int] = field(default_factory=dict)
 
     def begin(self, phase: str, total: int) -> None:
-        self.last = (self.phase, self.done)
+        self.ended[self.phase] = self.done
         self.phase, self.total, self.done = phase, total, 0
         self.phase_started = time.monotonic()
 
     def end(self) -> None:
         """The run is over; ``done`` keeps its count (the watcher goes on counting files)."""
-        self.last = (self.phase, self.done)
+        self.ended[self.phase] = self.done
         self.phase = "done"
 
     def rate(self) -> float:
