@@ -744,7 +744,12 @@ def config_(ctx: click.Context, as_json: bool) -> None:
 @config_.command("path")
 @handle_errors
 def config_path_cmd() -> None:
-    """Print the config file's path (whether it exists or not)."""
+    """Print the config file's path (whether it exists or not).
+
+    \b
+    Example:
+      $EDITOR "$(logbook config path)"
+    """
     from .config import config_path
 
     _echo(str(config_path()))
@@ -1082,7 +1087,13 @@ def relay(
 
 @relay.group("key")
 def relay_key() -> None:
-    """Relay keys: what lab machines send as HAIQU_API_KEY (stored hashed)."""
+    """Relay keys: what lab machines send as HAIQU_API_KEY (stored hashed).
+
+    \b
+    Example:
+      logbook relay key add lab-pc-3
+      logbook relay key list
+    """
 
 
 @relay_key.command("add")
@@ -1090,7 +1101,12 @@ def relay_key() -> None:
 @pass_ctx
 @handle_errors
 def relay_key_add(c: Ctx, name: str) -> None:
-    """Make a key for NAME and print it (it is never shown again)."""
+    """Make a key for NAME and print it (it is never shown again).
+
+    \b
+    Example:
+      logbook relay key add lab-pc-3      # give it to that machine as HAIQU_API_KEY
+    """
     store = c.open()
     assert store is not None
     click.echo(store.keys.add(name))
@@ -1101,7 +1117,12 @@ def relay_key_add(c: Ctx, name: str) -> None:
 @pass_ctx
 @handle_errors
 def relay_key_list(c: Ctx, as_json: bool) -> None:
-    """List the relay keys' names (never the keys)."""
+    """List the relay keys' names (never the keys).
+
+    \b
+    Example:
+      logbook relay key list --json
+    """
     store = c.open(readonly=True)
     keys = [] if store is None else store.keys.list()
     if as_json:
@@ -1117,7 +1138,12 @@ def relay_key_list(c: Ctx, as_json: bool) -> None:
 @pass_ctx
 @handle_errors
 def relay_key_revoke(c: Ctx, name: str) -> None:
-    """Revoke NAME's key: its lab machine gets 401 from then on."""
+    """Revoke NAME's key: its lab machine gets 401 from then on.
+
+    \b
+    Example:
+      logbook relay key revoke lab-pc-3
+    """
     store = c.open()
     assert store is not None
     store.keys.revoke(name)
@@ -1153,7 +1179,12 @@ def relay_doctor(c: Ctx, upstream: str, url: str | None, auth: str | None, as_js
 @pass_ctx
 @handle_errors
 def relay_status_cmd(c: Ctx, as_json: bool) -> None:
-    """Backlog, oldest unforwarded job, last upstream contact, and per-client counts."""
+    """Backlog, oldest unforwarded job, last upstream contact, and per-client counts.
+
+    \b
+    Example:
+      logbook relay status --json
+    """
     from .relay import relay_status
 
     data = relay_status(c.config())

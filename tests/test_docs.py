@@ -44,6 +44,13 @@ def test_every_command_is_in_readme(path: tuple[str, ...]) -> None:
     ), path
 
 
+@pytest.mark.parametrize("path", [p for p, _ in ALL], ids=lambda p: " ".join(p))
+def test_every_command_has_an_example_in_its_help(path: tuple[str, ...]) -> None:
+    command = dict(ALL)[path]
+    text = command.get_help(click.Context(command, info_name=" ".join(("logbook", *path))))
+    assert "Example:\n" in text, f"logbook {' '.join(path)} --help shows no example"
+
+
 OPTIONS = sorted(
     {
         opt
