@@ -1124,7 +1124,7 @@ def relay_key_list(c: Ctx, as_json: bool) -> None:
       logbook relay key list --json
     """
     store = c.open(readonly=True)
-    keys = [] if store is None else store.keys.list()
+    keys = [] if store is None else store.keys.described()
     if as_json:
         _print_json(keys)
         return

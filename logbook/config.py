@@ -30,6 +30,8 @@ DEFAULT_CONCURRENCY = 64
 DEFAULT_SETTLE = 0.2
 #: A run's overall budget (seconds) unless --max-time or ``max_time`` says otherwise.
 DEFAULT_MAX_TIME = 3600.0
+#: What every command that needs the key says without one (sync, watch --sync, doctor).
+NO_KEY = 'no API key: set HAIQU_API_KEY, or put api_key = "..." in config.toml (chmod 600)'
 
 #: Settings config.toml may hold, with their type.
 SETTINGS: dict[str, type] = {

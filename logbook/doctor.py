@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .config import config_path
+from .config import NO_KEY, config_path
 from .errors import LogbookError, RequestFailed
 from .fsinfo import filesystem_type, network_filesystem
 from .redact import mask, redact, show_url
@@ -120,9 +120,7 @@ def check_config(cfg: Config) -> list[Check]:
     if cfg.api_key:
         checks.append(Check("key", "ok", f"{mask(cfg.api_key)} (from {cfg.key_source})"))
     else:
-        checks.append(Check(
-            "key", "fail", "no API key: set HAIQU_API_KEY, or api_key in config.toml (chmod 600)"
-        ))  # fmt: skip
+        checks.append(Check("key", "fail", NO_KEY))
     why = cfg.sources.get("endpoint")
     source = f"from {why}" if why else "the Haiqu SDK's default; set HAIQU_EDGE_URI to change it"
     checks.append(Check("endpoint", "ok", f"{cfg.endpoint} ({source}; key sent in the {cfg.auth})"))
@@ -244,7 +242,7 @@ def relay_checks(cfg: Config, url: str | None) -> list[Check]:
         keys = []
         if cfg.db.exists():
             with Store(cfg.db, readonly=True) as store:
-                keys = [k for k in store.keys.list() if not k["revoked_at"]]
+                keys = [k for k in store.keys.described() if not k["revoked_at"]]
         checks.append(Check(
             "keys", "ok" if keys else "warn",
             f"{len(keys)} relay keys" if keys else "no relay keys: `logbook relay key add NAME`",

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .config import DEFAULT_CONCURRENCY
+from .config import DEFAULT_CONCURRENCY, NO_KEY
 from .errors import (
     AuthError,
     ConfigError,
@@ -138,11 +138,20 @@ class SyncReport:
 
 
 def backoff(
-    attempts: int, retry_after: float | None = None, *, rng: random.Random | None = None
+    attempts: int,
+    retry_after: float | None = None,
+    *,
+    base: float = BASE_BACKOFF,
+    cap: float = MAX_BACKOFF,
+    rng: random.Random | None = None,
 ) -> float:
-    """Seconds before the next try: exponential with full jitter, at least Retry-After."""
+    """Seconds before the next try: exponential with full jitter, at least Retry-After.
+
+    Full jitter spreads a fleet's retries after a shared failure (an entry's
+    next try, and a watcher's next background run, both use it).
+    """
     r = rng or random
-    delay = r.uniform(0, min(MAX_BACKOFF, BASE_BACKOFF * 2 ** max(0, attempts - 1)))
+    delay = r.uniform(0, min(cap, base * 2 ** max(0, attempts - 1)))
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
@@ -618,10 +627,7 @@ def require(cfg: Config) -> tuple[str, str]:
             " in config.toml"
         )
     if not cfg.api_key:
-        raise ConfigError(
-            'no API key: set HAIQU_API_KEY, or put api_key = "..." in config.toml'
-            " (chmod 600); see `logbook config`"
-        )
+        raise ConfigError(f"{NO_KEY}; see `logbook config`")
     return cfg.endpoint, cfg.api_key
 
 
@@ -892,7 +898,7 @@ class BackgroundSyncer:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="logbook-sync", daemon=True)
         self.retry_at: float | None = None
-        self.backoff = SYNC_BACKOFF_START
+        self.failures = 0  # runs in a row that made no progress: the back-off's exponent
         self.failing: str | None = None  # the kind of failure last reported, to say it once
 
     def start(self) -> None:
@@ -917,9 +923,8 @@ class BackgroundSyncer:
         self.retry_at = time.monotonic() + delay
 
     def _next_backoff(self) -> float:
-        delay = self.backoff * random.uniform(0.5, 1.0)
-        self.backoff = min(self.backoff * 2, SYNC_BACKOFF_CAP)
-        return max(delay, 0.5)
+        self.failures += 1
+        return max(0.5, backoff(self.failures, base=SYNC_BACKOFF_START, cap=SYNC_BACKOFF_CAP))
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
@@ -974,12 +979,12 @@ class BackgroundSyncer:
                 report.pending,
             )  # fmt: skip
         if not report.pending:
-            self.backoff = SYNC_BACKOFF_START
+            self.failures = 0
             return
         # Retryable failures (5xx, 429, the run's time limit): come back after a
         # back-off; progress resets it.
         if report.synced:
-            self.backoff = SYNC_BACKOFF_START
+            self.failures = 0
             self.retry_at = time.monotonic() + self._next_backoff()
             return
         last = f" (last error: {report.errors[-1]})" if report.errors else ""

@@ -58,7 +58,8 @@ class RelayKeys:
         if not changed:
             raise NotFound(f"no active relay key named {name!r}: see `logbook relay key list`")
 
-    def list(self) -> list[dict[str, Any]]:
+    def described(self) -> list[dict[str, Any]]:
+        """Every key's name and dates, never the key (only its hash is stored)."""
         rows = self.store.read("SELECT name, created_at, revoked_at FROM relay_keys ORDER BY name")
         return [dict(r) for r in rows]
 

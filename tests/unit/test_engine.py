@@ -487,8 +487,10 @@ def test_a_429_pauses_every_request_until_its_retry_after_with_jitter() -> None:
         lim = AdaptiveLimit(8, random.Random(seed))
         before = time.monotonic()
         lim.overload(retry_after=2.0)
+        after = time.monotonic()
+        # Retry-After, plus up to a second of jitter (bounds that hold however slow the call)
+        assert before + 2.0 <= lim.paused_until <= after + 3.0
         pauses.append(lim.paused_until - before)
-    assert all(2.0 <= p <= 3.0 + 0.05 for p in pauses), pauses
     assert max(pauses) - min(pauses) > 0.5  # spread, not one instant for everyone
 
     async def acquire_after_pause() -> float:

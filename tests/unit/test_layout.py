@@ -6,11 +6,13 @@ Read from the source with ``ast``, so a new import that breaks a rule fails here
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "logbook"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = REPO_ROOT / "logbook"
 MODULES = {
     ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
     for p in PACKAGE.rglob("*.py")
@@ -124,3 +126,5 @@ def test_docstrings_cite_nothing_outside_the_repository() -> None:
         text = path.read_text(encoding="utf-8")
         for ghost in ("FINDINGS.md", "DESIGN.md", "../shared", "sync_engine"):
             assert ghost not in text, f"{name} cites {ghost}"
+        for doc in re.findall(r"[\w./-]+\.md\b", text):  # any document cited must be ours
+            assert any((REPO_ROOT / d / doc).exists() for d in ("", "docs")), f"{name}: {doc}"
