@@ -848,7 +848,7 @@ class _Run:
         report.pending = await db.run(leases.count_left) + held
         report.elapsed = time.monotonic() - started
         engine.progress.end()
-        await db.run(db.store.record_run, report_row(report, how))
+        await db.run(db.store.record_run, report_row(report, how), engine.any_success)
         return report
 
 

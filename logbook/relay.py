@@ -256,6 +256,6 @@ def relay_status(cfg: Config) -> dict[str, Any]:
             "backlog": counts["pending"] + counts["sending"],
             "counts": counts,
             "oldest_unforwarded": store.oldest_pending(),
-            "last_upstream_contact": store.get_meta("last_sync"),
+            "last_upstream_contact": store.get_meta("last_contact"),
             "clients": clients,
         }

@@ -40,6 +40,11 @@ T = TypeVar("T")
 
 __all__ = ["Entry", "STATES", "SCHEMA_VERSION", "Status", "Store", "now_iso"]
 
+_SET_META = (
+    "INSERT INTO meta (key, value) VALUES (?, ?)"
+    " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+)
+
 
 @dataclass
 class Status:
@@ -261,23 +266,19 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         with self.write() as conn:
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+            conn.execute(_SET_META, (key, value))
 
-    def record_run(self, run: Mapping[str, Any]) -> None:
-        """Add a sync run to the history (``runs``); its end is the store's ``last_sync``."""
+    def record_run(self, run: Mapping[str, Any], contacted: bool = False) -> None:
+        """Add a sync run to the history (``runs``); its end is the store's ``last_sync``,
+        and ``last_contact`` too when the server answered it (a relay's status shows that).
+        """
         cols = ", ".join(run)
         with self.write() as conn:
             conn.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(run))})",
                          tuple(run.values()))  # fmt: skip
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('last_sync', ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (run["ended_at"],),
-            )
+            conn.execute(_SET_META, ("last_sync", run["ended_at"]))
+            if contacted:
+                conn.execute(_SET_META, ("last_contact", run["ended_at"]))
 
     def runs(self, limit: int = 10) -> list[dict[str, Any]]:
         rows = self.read("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))

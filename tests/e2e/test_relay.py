@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import trustme
+from netsupport import write_server_cert
 from relaysupport import RelayProcess, free_port
 from support import (
     assert_no_key,
@@ -93,6 +95,7 @@ def test_two_labs_through_the_relay_with_the_upstream_down_for_a_while(
     status = cli(relay.home, "relay", "status", "--json").json()
     assert status["backlog"] == 80 and status["oldest_unforwarded"]
     assert set(status["clients"]) == {"lab-a", "lab-b"}
+    assert status["last_upstream_contact"] is None  # the upstream never answered
     upstream.extra_args = ("--port", port)
     upstream.start()  # back, on the same address
     wait_until(lambda: upstream.stats()["jobs_created"] >= 80, 60, "the relay to forward")
@@ -116,7 +119,9 @@ def test_two_labs_through_the_relay_with_the_upstream_down_for_a_while(
     upstream_ids = {j["id"] for j in upstream.jobs()}
     assert "remote_id:      relay-" in shown
     assert any(f"upstream_id:    {uid}" in shown for uid in upstream_ids), shown
-    assert cli(relay.home, "relay", "status", "--json").json()["backlog"] == 0
+    status = cli(relay.home, "relay", "status", "--json").json()
+    assert status["backlog"] == 0 and status["oldest_unforwarded"] is None
+    assert status["last_upstream_contact"]  # when it last reached the API
     assert relay.stop() == 0  # SIGTERM: drained, exit 0
     log = relay.log.read_text()
     assert_no_key(log, UP_KEY, "relay log")
@@ -250,10 +255,15 @@ def test_one_client_flooding_does_not_starve_another(
     try:
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
 
+        retry_afters: list[str | None] = []
+
         def post(key: str, i: int) -> int:
             body = {"experiment_id": "fair", "hash": f"{key[-6:]}-{i}"}
             with httpx2.Client(base_url=relay.url, timeout=30) as c:
-                return c.post("/jobs", params={"HAIQU_API_KEY": key}, json=body).status_code
+                res = c.post("/jobs", params={"HAIQU_API_KEY": key}, json=body)
+            if res.status_code == 429:
+                retry_afters.append(res.headers.get("Retry-After"))
+            return res.status_code
 
         results: dict[str, list[int]] = {"flood": [], "calm": []}
         threads = [
@@ -278,6 +288,10 @@ def test_one_client_flooding_does_not_starve_another(
         relay.stop()
     assert results["flood"].count(429) >= 8, results
     assert results["calm"] == [200, 200], results
+    # every refusal says when to come back, as the API's own 429 does
+    assert retry_afters and all(ra and ra.isdigit() and int(ra) >= 1 for ra in retry_afters), (
+        retry_afters
+    )
 
 
 def test_sigterm_drains_and_exits_0(tmp_path: Path, relay: RelayProcess) -> None:
@@ -325,3 +339,28 @@ def test_print_unit(relay: RelayProcess) -> None:
     )
     assert run.code == 0 and "ExecStart=" in run.out and "relay --listen 0.0.0.0:8700" in run.out
     assert json.dumps(run.out)  # printable
+
+
+def test_a_relay_listening_with_tls_takes_syncs_from_machines_that_trust_its_ca(
+    tmp_path: Path, upstream: EmulatorProcess, ca: trustme.CA, ca_file: str
+) -> None:
+    cert, key = write_server_cert(ca, tmp_path)
+    relay = RelayProcess(
+        tmp_path / "relay", upstream.url, UP_KEY, extra=("--tls-cert", cert, "--tls-key", key)
+    )
+    lab_key = relay.add_key("lab-tls")
+    relay.start()
+    try:
+        assert relay.url.startswith("https://127.0.0.1:"), relay.url
+        home = lab(tmp_path, "lab-tls", 10)
+        env = relay.env_for_lab(lab_key)
+        untrusted = cli(home, "--stats", "0", "sync", env=env)
+        assert untrusted.code == 4, untrusted.err  # a certificate it cannot verify: unreachable
+        assert "certificate" in untrusted.err and "SSL_CERT_FILE" in untrusted.err
+        assert states(home / "logbook.db")["pending"] == 10  # nothing changed
+        trusted = cli(home, "--stats", "0", "sync", env={**env, "SSL_CERT_FILE": ca_file})
+        assert trusted.code == 0, trusted.err
+        assert states(home / "logbook.db")["synced"] == 10
+        wait_until(lambda: upstream.stats()["jobs_created"] == 10, 60, "the relay to forward")
+    finally:
+        assert relay.stop() == 0
