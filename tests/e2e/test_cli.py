@@ -15,6 +15,7 @@ import select
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -771,6 +772,35 @@ def test_record_on_a_full_disk_is_one_line_and_keeps_the_store(logbook_home: Pat
 def test_record_on_a_full_disk_says_the_disk_is_full(logbook_home: Path) -> None:
     res, _ = _record_on_a_full_disk(logbook_home)
     assert "full" in res.err, res.err
+
+
+LOG_ON_A_FULL_DISK = """
+import json, logbook, sys
+try:
+    logbook.log({"results": {"blob": "x" * 100_000}}, experiment_id="big")
+except logbook.LogbookError as err:
+    print(json.dumps({"type": type(err).__name__, "msg": str(err)}))
+"""
+
+
+def test_log_on_a_full_disk_raises_logbooks_own_error(logbook_home: Path) -> None:
+    """``logbook.log()`` says the disk is full as a StoreFull, not an sqlite3 error."""
+    db = seed_store(logbook_home, 300)
+    before = entries(db)
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (SMALL_LIMIT, SMALL_LIMIT))
+
+    proc = subprocess.run(
+        [sys.executable, "-c", LOG_ON_A_FULL_DISK], env=base_env(logbook_home),
+        capture_output=True, text=True, timeout=CLI_TIMEOUT, preexec_fn=limit_files,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    raised = json.loads(proc.stdout)
+    assert raised["type"] == "StoreFull" and "full" in raised["msg"], raised
+    assert str(db) in raised["msg"]
+    assert entries(db) == before
+    _intact(db, 300)
 
 
 def _sync_on_a_full_disk(home: Path, emulator: EmulatorProcess, limit: int) -> Run:

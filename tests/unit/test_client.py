@@ -139,6 +139,9 @@ def test_a_4xx_on_a_lookup_is_no_verdict(status: int) -> None:
     err = failure(answer(status, {"detail": "URI too long"}), *LOOKUP)
     assert err.kind == "retry", err.kind
     assert err.status == status and f"HTTP {status}" in str(err)
+    # what last_error keeps names the method once (it said "GET GET /experiments/...")
+    assert str(err).startswith("GET /experiments/{experiment_id}/jobs/{hash}: HTTP"), str(err)
+    assert str(err).count("GET") == 1
 
 
 @pytest.mark.parametrize("status", [401, 403])
