@@ -21,6 +21,7 @@ from support import assert_no_traceback, base_env, cli, cli_cmd, seed_store
 from logbook.emulator.testing import EmulatorProcess
 
 N = 300
+QUIET_N = 80  # a second or two of sending: several --stats 0.2 intervals, none printed
 #: ``2026-11-30T02:00:44.251Z logbook: sending 26548/100000 (26.5%), 2702.8/s, ETA 0:27, ...``
 STATS = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z logbook: (sending|refreshing) (\d+)/(\d+)"
@@ -53,16 +54,16 @@ def test_a_piped_sync_prints_stats_lines_with_counts_rate_and_eta(
 
 
 def test_quiet_and_json_print_no_progress(logbook_home: Path, emulator: EmulatorProcess) -> None:
-    seed_store(logbook_home, N)
+    seed_store(logbook_home, QUIET_N)
     env = _slow(emulator)
     quiet = cli(logbook_home, "-q", "--stats", "0.2", "sync", "--concurrency", "2", env=env)
     assert quiet.code == 0, quiet.err
     assert " sending " not in quiet.err and "synced" not in quiet.err
-    seed_store(logbook_home, N, experiment="exp-more")
+    seed_store(logbook_home, QUIET_N, experiment="exp-more")
     as_json = cli(logbook_home, "--stats", "0.2", "sync", "--json", "--concurrency", "2", env=env)
     assert as_json.code == 0, as_json.err
     assert " sending " not in as_json.err
-    assert json.loads(as_json.out)["synced"] == N
+    assert json.loads(as_json.out)["synced"] == QUIET_N
 
 
 def test_a_sync_on_a_terminal_shows_a_bar(logbook_home: Path, emulator: EmulatorProcess) -> None:

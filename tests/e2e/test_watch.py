@@ -402,6 +402,14 @@ def test_json_log_lines(watcher: Watch, home: Path, results: Path) -> None:
 # --- the burst: the kernel's event queue overflows ------------------------------------------
 
 
+def _max_queued_events() -> int:
+    """The kernel's inotify queue length (16384 by default)."""
+    try:
+        return int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    except (OSError, ValueError):
+        return 16_384
+
+
 def test_burst_while_stopped_overflows_the_queue_and_loses_nothing(
     watcher: Watch, home: Path, results: Path
 ) -> None:
@@ -410,7 +418,8 @@ def test_burst_while_stopped_overflows_the_queue_and_loses_nothing(
     The kernel drops events (IN_Q_OVERFLOW); watchdog calls ``on_queue_overflow``,
     the watcher rescans, and every file is recorded once.
     """
-    n = 20_000  # each tmp-then-rename file is 4 to 5 events: far more than 16384
+    # Each tmp-then-rename file is at least 4 events: n files overflow the queue by a third.
+    n = _max_queued_events() // 3 + 1_000
     watcher.start(str(results), "--settle", SETTLE)
     assert watcher.proc is not None
     os.kill(watcher.proc.pid, signal.SIGSTOP)

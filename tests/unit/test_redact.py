@@ -179,7 +179,7 @@ def test_mask_and_show_url() -> None:
 # --- the property: random keys, every spelling, every cut ---------------------------------
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=KEYS)
 def test_random_keys_in_every_spelling_and_every_cut_never_leave_ten_chars(key: str) -> None:
     for kind, enc in spellings(key).items():
