@@ -122,19 +122,27 @@ def test_drops_errors_and_bad_json_together(logbook_home: Path, emulator: Emulat
 # --- killed, interrupted, paused, concurrent --------------------------------------------------
 
 
+@contextmanager
+def _sync_under_way(
+    home: Path, emulator: EmulatorProcess, jobs_upstream: float, *, latency_ms: int
+) -> Iterator[subprocess.Popen[str]]:
+    """A running ``logbook sync --concurrency 8``, handed over once the server holds
+    ``jobs_upstream`` jobs and the sync is still going (to be killed or interrupted)."""
+    emulator.set_faults(latency_ms=latency_ms)
+    with started(home, *QUIET_STATS, "sync", "--concurrency", "8", env=emulator.env()) as proc:
+
+        def far_enough() -> bool:
+            assert proc.poll() is None, "sync finished before it could be stopped"
+            return created(emulator) >= jobs_upstream
+
+        wait_until(far_enough, what=f"{jobs_upstream:.0f} jobs on the server")
+        yield proc
+
+
 def test_kill_9_mid_backlog_then_resync(logbook_home: Path, emulator: EmulatorProcess) -> None:
     n = 1500
     db = seed_store(logbook_home, n)
-    emulator.set_faults(latency_ms=20)
-    with started(
-        logbook_home, *QUIET_STATS, "sync", "--concurrency", "8", env=emulator.env()
-    ) as proc:
-
-        def far_enough() -> bool:
-            assert proc.poll() is None, "sync finished before it could be killed"
-            return created(emulator) >= n * 0.3
-
-        wait_until(far_enough, what="30% of the backlog on the server")
+    with _sync_under_way(logbook_home, emulator, n * 0.3, latency_ms=20) as proc:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     done = created(emulator)
@@ -153,16 +161,7 @@ def test_ctrl_c_mid_backlog_leaves_nothing_sending(
 ) -> None:
     n = 600
     db = seed_store(logbook_home, n)
-    emulator.set_faults(latency_ms=50)
-    with started(
-        logbook_home, *QUIET_STATS, "sync", "--concurrency", "8", env=emulator.env()
-    ) as proc:
-
-        def far_enough() -> bool:
-            assert proc.poll() is None, "sync finished before it could be interrupted"
-            return created(emulator) >= n * 0.2
-
-        wait_until(far_enough, what="20% of the backlog on the server")
+    with _sync_under_way(logbook_home, emulator, n * 0.2, latency_ms=50) as proc:
         proc.send_signal(signal.SIGINT)
         _, err = finish(proc)
     assert proc.returncode == 130, err
