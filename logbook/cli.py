@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from .config import DEFAULT_SETTLE
+from .config import DEFAULT_SETTLE, home_dir
 from .vocab import STATES
 
 if TYPE_CHECKING:
@@ -991,7 +991,13 @@ def _unit(c: Ctx, args: list[str], kind: str = "watch") -> str:
     template = (files("logbook") / f"data/logbook-{kind}.service").read_text(encoding="utf-8")
     # systemd expands % specifiers and $VARIABLES in ExecStart: double them to mean themselves.
     line = " ".join(shlex.quote(a).replace("%", "%%").replace("$", "$$") for a in args)
-    return template.replace("@EXEC@", exe.replace("%", "%%")).replace("@ARGS@", line)
+    # The service uses the home (store, config.toml, relay keys) of the shell that printed it.
+    home = str(home_dir().absolute()).replace("\\", "\\\\").replace('"', '\\"')
+    return (
+        template.replace("@EXEC@", exe.replace("%", "%%"))
+        .replace("@ARGS@", line)
+        .replace("@HOME@", home.replace("%", "%%"))
+    )
 
 
 # --- relay --------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from support import (
     assert_no_traceback,
     assert_one_line_error,
     base_env,
+    cli,
     cli_cmd,
     entries,
     make_jobs,
@@ -272,6 +273,16 @@ def test_watch_print_unit_escapes_percent_and_dollar(run_cli: RunCli, tmp_path: 
     res = run_cli("watch", d, "--print-unit")
     [exec_start] = [ln for ln in res.out.splitlines() if ln.startswith("ExecStart=")]
     assert "100%%" in exec_start and "$$HOME" in exec_start
+
+
+def test_a_unit_uses_the_home_it_was_printed_from(tmp_path: Path) -> None:
+    """The service's store and config are the printing shell's, even an odd path's."""
+    home = tmp_path / 'lab "7" 100% $HOME'
+    res = cli(home, "watch", tmp_path, "--print-unit")
+    assert res.code == 0, res.err
+    [line] = [ln for ln in res.out.splitlines() if "LOGBOOK_HOME=" in ln and "#" not in ln]
+    escaped = str(home).replace('"', '\\"').replace("%", "%%")
+    assert line == f'Environment="LOGBOOK_HOME={escaped}"'
 
 
 def _on_a_terminal(home: Path, *args: str) -> bytes:

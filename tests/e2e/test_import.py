@@ -50,7 +50,10 @@ def test_parallel_read_matches_serial(tmp_path: Path) -> None:
     assert jobs == serial.jobs
     assert parallel.errors == serial.errors
     assert [e.split(":")[0] for e in serial.errors] == [
-        "line 3", "line 12345", "line 20000", f"line {N_LINES}"
+        "line 3",
+        "line 12345",
+        "line 20000",
+        f"line {N_LINES}",
     ]
     assert parallel.sha256 == serial.sha256 and parallel.size == serial.size
 
