@@ -40,7 +40,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .config import DEFAULT_CONCURRENCY, NO_KEY
 from .errors import (
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("logbook.sync")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 BASE_BACKOFF = 0.5
 MAX_BACKOFF = 300.0
@@ -233,7 +234,7 @@ class StoreWorker:
         self.store: Store = self._ex.submit(Store, path).result()
         self.patience = patience
 
-    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + self.patience
         delay = 0.05
@@ -632,11 +633,13 @@ def require(cfg: Config) -> tuple[str, str]:
 
 
 def dry_run(cfg: Config, *, limit: int | None = None) -> list[Entry]:
-    """The entries a sync would send now, without claiming or sending anything."""
+    """The entries ``logbook sync`` would send now, without claiming or sending anything
+    (it sends entries still waiting out a retry delay too: the user asked for it now).
+    """
     if not cfg.db.exists():
         return []
     with Store(cfg.db, readonly=True) as store:
-        return store.leases.due(limit if limit is not None else 1_000_000_000)
+        return store.leases.due(limit if limit is not None else 1_000_000_000, ignore_backoff=True)
 
 
 def run_sync(

@@ -25,7 +25,7 @@ from typing import Any
 from .errors import BadInput, StoreError
 from .ingest import DEFAULT_PATTERNS, iter_result_files, read_file
 from .store import Store, now_iso, schema
-from .store.bulk import MAX_ROW_FILES, write_rows_file
+from .store.bulk import write_rows_file
 from .store.ledger import FileRead, FileState, shown
 
 SCRATCH_PREFIX = "logbook-import-"
@@ -109,10 +109,8 @@ def ingest_file(
             res.finish()
             return "; ".join(res.errors) if res.errors else None
 
-        row_files = None
-        if res.chunks is not None:
-            res.chunks.max_chunks = MAX_ROW_FILES  # one attached scratch file per chunk
-            row_files = res.chunks.chunks()
+        # The store asks for the chunks with its own limit (one attached scratch file each).
+        row_files = res.chunks.chunks if res.chunks is not None else None
         state = FileState(res.size, res.mtime_ns, res.ino, res.ctime_ns)
         item = FileRead(
             abspath, state, res.sha256, jobs=res.jobs, reason=reason, source=source,

@@ -79,16 +79,16 @@ class ChunkedParse:
     parse: Parser
     workers: int
     transform: Transform | None = None
-    max_chunks: int | None = None
     njobs: int = 0
     bad: list[str] = field(default_factory=list)
     nbad: int = 0
 
-    def chunks(self) -> Iterator[Any]:
+    def chunks(self, max_chunks: int | None = None) -> Iterator[Any]:
+        """Each chunk's result in order; at most ``max_chunks`` of them (the consumer's limit)."""
         n = len(self.lines)
         size = CHUNK_LINES
-        if self.max_chunks is not None:
-            size = max(size, -(-n // self.max_chunks))
+        if max_chunks is not None:
+            size = max(size, -(-n // max_chunks))
         bounds = [(i, s, min(s + size, n)) for i, s in enumerate(range(0, n, size))]
         ctx = multiprocessing.get_context("fork")
         args = (os.getpid(), self.lines, self.parse, self.transform)

@@ -286,11 +286,19 @@ class Leases:
 
     # --- what is due ---------------------------------------------------------------------
 
-    def due(self, limit: int, *, now: float | None = None) -> list[Entry]:
-        """What ``logbook sync`` would send now, without claiming it (for ``--dry-run``)."""
+    def due(
+        self, limit: int, *, now: float | None = None, ignore_backoff: bool = False
+    ) -> list[Entry]:
+        """What a sync would send now, without claiming it (for ``--dry-run``): the entries
+        ``count_due`` counts, with the same ``ignore_backoff``.
+        """
         now = time.time() if now is None else now
         stale = self._stale(now, limit)
-        rows = self.store.read(SELECT + " WHERE state = 'pending' ORDER BY id LIMIT ?", (limit,))
+        rows = self.store.read(
+            SELECT + " WHERE state = 'pending'"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT ?",
+            (float("inf") if ignore_backoff else now, limit),
+        )
         if stale:
             rows += self.store.read(SELECT + f" WHERE id IN ({','.join('?' * len(stale))})", stale)
         entries = sorted((Entry.from_row(r) for r in rows), key=lambda e: e.id)

@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreBusy, StoreFull
 from . import schema
-from .bulk import copy_rows_files
+from .bulk import MAX_ROW_FILES, copy_rows_files
 
 if TYPE_CHECKING:
     from . import Store
@@ -67,8 +67,9 @@ class FileRecord:
 class FileRead:
     """One file's outcome, to be recorded with its jobs.
 
-    ``jobs`` are prepared jobs; a big file's ``row_files`` (scratch files from
-    import's workers, see ``bulk``) replace them.  ``reason`` says why the
+    ``jobs`` are prepared jobs; a big file's ``row_files`` replace them: called
+    with the most scratch files the store can copy in at once, it yields
+    ``(path, rows)`` of scratch files from import's workers (see ``bulk``).  ``reason`` says why the
     file is invalid (None: it is not); a callable is asked after the rows are
     in, for a file whose errors are only known once it has been read through.
     """
@@ -80,7 +81,7 @@ class FileRead:
     reason: str | None | Callable[[], str | None] = None
     source: str | None = None
     read_ns: int = field(default_factory=time.time_ns)
-    row_files: Any = None
+    row_files: Callable[[int], Iterable[tuple[str, int]]] | None = None
 
 
 def path_key(path: str) -> bytes:
@@ -163,7 +164,7 @@ class Ledger:
         source = f.source or shown(f.path)
         before = conn.total_changes
         if f.row_files is not None:
-            seen = copy_rows_files(conn, f.row_files, attached)
+            seen = copy_rows_files(conn, f.row_files(MAX_ROW_FILES), attached)
         else:
             rows = [schema.row(j, stamp, source) for j in f.jobs]
             conn.executemany(schema.INSERT, rows)

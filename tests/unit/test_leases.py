@@ -134,6 +134,9 @@ def test_claim_ignore_backoff_and_after_id(store: Store, owner: str) -> None:
     )
     assert store.leases.claim(owner, 10, lease_seconds=60).entries == []
     assert store.leases.count_due() == 0 and store.leases.count_due(ignore_backoff=True) == 5
+    # --dry-run lists what a sync would claim, with the same back-off rule as count_due
+    assert store.leases.due(10) == []
+    assert [e.id for e in store.leases.due(10, ignore_backoff=True)] == ids
     assert store.leases.count_left() == 5
     first = store.leases.claim(owner, 2, lease_seconds=60, ignore_backoff=True)
     assert ids_of(first) == ids[:2] and first.last_pending == ids[1]
