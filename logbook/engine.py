@@ -36,7 +36,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -167,20 +167,28 @@ class AdaptiveLimit:
     of hammering the server, and does not come back in lockstep.
     """
 
-    def __init__(self, maximum: int, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        maximum: int,
+        rng: random.Random | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.maximum = maximum
         self.limit = float(maximum)
         self.in_flight = 0
         self.rng = rng or random.Random()
+        self.clock, self.sleep = clock, sleep  # injectable: tests run the pause on a fake clock
         self.paused_until = 0.0
         self._waiters: list[asyncio.Future[None]] = []
         self._last_cut = 0.0
 
     async def acquire(self) -> None:
         while True:
-            pause = self.paused_until - time.monotonic()
+            pause = self.paused_until - self.clock()
             if pause > 0:
-                await asyncio.sleep(pause)
+                await self.sleep(pause)
                 continue
             if self.in_flight < max(1, int(self.limit)):
                 break
@@ -212,7 +220,7 @@ class AdaptiveLimit:
             self._wake()
 
     def overload(self, retry_after: float | None = None) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if retry_after:
             until = now + retry_after * self.rng.uniform(1.0, 1.5)
             self.paused_until = max(self.paused_until, until)

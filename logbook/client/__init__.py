@@ -60,8 +60,14 @@ _CERT_FAILURE = re.compile(r"certificate verify failed|CERTIFICATE_VERIFY_FAILED
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
+def parse_retry_after(
+    value: str | None, *, now: float | None = None, server_date: str | None = None
+) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date).
+
+    A date is taken from the answer's own ``Date`` (``server_date``) when it has
+    one: a server whose clock is hours off still means the seconds it says.
+    """
     if not value:
         return None
     value = value.strip()
@@ -69,16 +75,25 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         seconds = float(value)
     else:
         # float() alone would take "nan", "inf", "-5" and "1e9"; none is a delay.
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
+        when = _http_date(value)
         if when is None:
             return None
-        if when.tzinfo is None:  # "-0000": UTC, not local time
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - (time.time() if now is None else now)
+        seconds = when - (_http_date(server_date) or (time.time() if now is None else now))
     return max(0.0, min(seconds, RETRY_AFTER_CAP))
+
+
+def _http_date(value: str | None) -> float | None:
+    """An HTTP date as a timestamp; None when it is missing or not a date."""
+    if not value:
+        return None
+    try:
+        when = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    # "-0000" parses without a zone: UTC, not local time
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def key_param(key: str) -> str:
@@ -280,7 +295,9 @@ class ApiClient:
         if code in RETRY_CODES or code >= 500:
             return RequestFailed(
                 msg, kind="retry", status=code,
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                retry_after=parse_retry_after(
+                    response.headers.get("retry-after"), server_date=response.headers.get("date")
+                ),
                 maybe_sent=code >= 500 and method == "POST",
             )  # fmt: skip
         if 400 <= code < 500:

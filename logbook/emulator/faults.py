@@ -8,6 +8,7 @@ test can make the server misbehave half-way through a sync.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,9 @@ class Faults:
     """Probability of a 500 whose body echoes the request target (query and key included)."""
     wrong_job_rate: float = 0.0
     """Probability that a lookup by hash answers 200 with a job of another hash and experiment."""
+    clock_offset: float = 0.0
+    """The server's clock runs this many seconds off (negative: behind): its ``Date``
+    header and its Retry-After dates."""
     routes: list[str] = field(default_factory=_default_routes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +129,11 @@ def _check(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 100 <= value <= 599:
             raise FaultError(f"{name} must be an HTTP status code (100..599)")
         return value
+    if name == "clock_offset":
+        offset = _number(name, value)
+        if not math.isfinite(offset) or abs(offset) > 1e9:
+            raise FaultError("clock_offset must be a number of seconds (within 1e9)")
+        return offset
     if name == "unauthorized":
         if not isinstance(value, bool):
             raise FaultError("unauthorized must be true or false")

@@ -126,6 +126,8 @@ class Emulator:
             self.requests[route] += 1
             resp = await self._answer(route, handler, request)
             self.responses[str(resp.status)] += 1
+            if self.faults.clock_offset and not resp.prepared:
+                resp.headers["Date"] = formatdate(self._now(), usegmt=True)
             return resp
 
         return wrapped
@@ -208,6 +210,10 @@ class Emulator:
         doc["id"] = "wrong-" + doc["id"]
         return _json(200, doc)
 
+    def _now(self) -> float:
+        """The server's clock: this machine's, ``clock_offset`` off."""
+        return time.time() + self.faults.clock_offset
+
     def _error(self, status: int) -> web.Response:
         headers = {}
         if status == 429 and self.faults.retry_after is not None:
@@ -215,7 +221,7 @@ class Emulator:
             if isinstance(after, str):
                 headers["Retry-After"] = after
             elif self.faults.retry_after_format == "date":
-                headers["Retry-After"] = formatdate(time.time() + after, usegmt=True)
+                headers["Retry-After"] = formatdate(self._now() + after, usegmt=True)
             else:
                 headers["Retry-After"] = str(after)
         return _json(status, {"detail": f"injected fault: HTTP {status}"}, headers)

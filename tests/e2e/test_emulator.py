@@ -280,8 +280,10 @@ def test_429_with_retry_after_seconds_and_date(emulator: EmulatorProcess) -> Non
     emulator.set_faults(rate_limit_rate=1.0, retry_after=30, retry_after_format="date")
     limited = post(emulator, job(2))
     assert limited.status_code == 429
-    when = parsedate_to_datetime(limited.headers["retry-after"]).timestamp()
-    assert 25 <= when - time.time() <= 35
+    # 30 s after the answer's own Date (both whole seconds): no reading of this machine's clock
+    when = parsedate_to_datetime(limited.headers["retry-after"])
+    sent = parsedate_to_datetime(limited.headers["date"])
+    assert 29 <= (when - sent).total_seconds() <= 31
     assert emulator.stats()["jobs_created"] == 1
 
 

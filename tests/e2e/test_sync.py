@@ -664,18 +664,30 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-@pytest.mark.parametrize("fmt", ["seconds", "date"])
-def test_retry_after_is_honoured(logbook_home: Path, emulator: EmulatorProcess, fmt: str) -> None:
-    """No retry before it is due (no wall-clock figure: the stored retry time is
-    compared with the stored time of the success)."""
+@pytest.mark.parametrize(
+    ("fmt", "clock_offset"),
+    [("seconds", 0), ("date", 0), ("date", 86400), ("date", -86400)],
+    ids=["seconds", "date", "date-server-clock-a-day-ahead", "date-server-clock-a-day-behind"],
+)
+def test_retry_after_is_honoured(
+    logbook_home: Path, emulator: EmulatorProcess, fmt: str, clock_offset: int
+) -> None:
+    """No retry before it is due, and not much later either, whatever the server's clock
+    says (a date is read against the answer's own Date).  No wall-clock figure: the
+    stored retry time is compared with the stored time of the success."""
     db = seed_store(logbook_home, 2)
-    emulator.set_faults(rate_limit_next=2, retry_after=2, retry_after_format=fmt)
+    emulator.set_faults(
+        rate_limit_next=2, retry_after=2, retry_after_format=fmt, clock_offset=clock_offset
+    )
+    sent_after = time.time()  # every 429 is answered after this
     run = cli(logbook_home, "sync", "--json", "--no-refresh", env=emulator.env())
-    assert run.code == 0, run
+    assert run.code == 0, run  # a day ahead, the 300 s cap would have ended the run
     assert emulator.stats()["requests"]["POST /jobs"] == 4  # no retry before it was due
     assert_exactly_once(db, emulator)
     for next_attempt_at, synced_at in _retry_times(db):
         assert next_attempt_at is not None and synced_at is not None
+        # the server's 2 s (an HTTP date has whole seconds), not 0 because its clock is behind
+        assert next_attempt_at >= sent_after + 1, next_attempt_at - sent_after
         assert _epoch(synced_at) >= next_attempt_at, (synced_at, next_attempt_at)
 
 

@@ -273,6 +273,14 @@ def test_retry_after_seconds_date_garbage_and_cap() -> None:
     assert parse_retry_after(when, now=now) == pytest.approx(10, abs=1.01)
     past = formatdate(now - 100, usegmt=True)
     assert parse_retry_after(past, now=now) == 0.0
+    # A server whose clock is a day off: its date is read against its own Date header.
+    for off in (86400, -86400):
+        date, server_now = (
+            formatdate(now + off + 10, usegmt=True),
+            formatdate(now + off, usegmt=True),
+        )
+        assert parse_retry_after(date, now=now, server_date=server_now) == 10.0
+    assert parse_retry_after(when, now=now, server_date="not a date") == pytest.approx(10, abs=1.01)
     assert parse_retry_after("999999") == RETRY_AFTER_CAP
     assert parse_retry_after(formatdate(now + 10**6, usegmt=True), now=now) == RETRY_AFTER_CAP
     assert parse_retry_after("nan") is None

@@ -10,7 +10,6 @@ import asyncio
 import json
 import random
 import threading
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -480,24 +479,42 @@ def test_one_undecodable_answer_does_not_abort_the_run(tmp_path: Path) -> None:
     assert odd.maybe_sent  # a 2xx that could not be read may hide a stored job
 
 
+class FakeClock:
+    """A clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 def test_a_429_pauses_every_request_until_its_retry_after_with_jitter() -> None:
     """A fleet backs off together on 429, and does not come back in lockstep."""
     pauses = []
     for seed in range(40):
-        lim = AdaptiveLimit(8, random.Random(seed))
-        before = time.monotonic()
+        clock = FakeClock()
+        lim = AdaptiveLimit(8, random.Random(seed), clock=clock, sleep=clock.sleep)
         lim.overload(retry_after=2.0)
-        after = time.monotonic()
-        # Retry-After, plus up to a second of jitter (bounds that hold however slow the call)
-        assert before + 2.0 <= lim.paused_until <= after + 3.0
-        pauses.append(lim.paused_until - before)
+        # Retry-After, plus up to half of it again as jitter
+        assert clock.now + 2.0 <= lim.paused_until <= clock.now + 3.0
+        pauses.append(lim.paused_until - clock.now)
     assert max(pauses) - min(pauses) > 0.5  # spread, not one instant for everyone
 
-    async def acquire_after_pause() -> float:
-        lim = AdaptiveLimit(4, random.Random(1))
+    async def acquire_after_pause() -> None:
+        clock = FakeClock()
+        lim = AdaptiveLimit(4, random.Random(1), clock=clock, sleep=clock.sleep)
         lim.overload(retry_after=0.2)
-        start = time.monotonic()
         await lim.acquire()
-        return time.monotonic() - start
+        assert clock.now >= lim.paused_until  # no request starts during the pause
+        assert clock.slept and lim.in_flight == 1
+        lim.release()
+        await lim.acquire()  # once it has passed, nothing waits
+        assert len(clock.slept) == 1
 
-    assert asyncio.run(acquire_after_pause()) >= 0.2  # no request starts during the pause
+    asyncio.run(acquire_after_pause())
