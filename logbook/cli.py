@@ -1231,13 +1231,14 @@ def doctor(c: Ctx, endpoint: str | None, auth: str | None, as_json: bool) -> Non
 
 
 def _report(checks: list[Any], as_json: bool) -> None:
-    """Doctor's checks, one a line (or JSON); exit 1 when one failed."""
+    """Doctor's checks, one a line (or JSON); exit 1 when one needs the user (a warning
+    names a fix too: rejected entries, a key file others can read, ...)."""
     if as_json:
         _print_json([ch.to_dict() for ch in checks])
     else:
         for ch in checks:
             _echo(_redact(f"{ch.level.upper():5} {ch.name}: {ch.message}"))
-    sys.exit(1 if any(ch.level == "fail" for ch in checks) else 0)
+    sys.exit(0 if all(ch.level == "ok" for ch in checks) else 1)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -51,6 +51,21 @@ def test_every_command_has_an_example_in_its_help(path: tuple[str, ...]) -> None
     assert "Example:\n" in text, f"logbook {' '.join(path)} --help shows no example"
 
 
+@pytest.mark.parametrize("path", [p for p, _ in ALL], ids=lambda p: " ".join(p) or "logbook")
+def test_every_option_with_a_default_shows_it_in_help(path: tuple[str, ...]) -> None:
+    """``--auth`` and friends say what they are when not given ([default: query])."""
+    command = dict(ALL)[path]
+    ctx = click.Context(command, info_name=" ".join(("logbook", *path)))
+    for param in command.get_params(ctx):
+        if not isinstance(param, click.Option) or param.is_flag or param.hidden:
+            continue
+        default = param.get_default(ctx, call=False)
+        if default is None or type(default).__name__ == "Sentinel" or param.multiple:
+            continue  # no default (click 8.3+ marks it with a sentinel)
+        record = param.get_help_record(ctx)
+        assert record and "default:" in record[1], f"logbook {' '.join(path)} {param.opts[0]}"
+
+
 OPTIONS = sorted(
     {
         opt

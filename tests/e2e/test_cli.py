@@ -409,6 +409,33 @@ def test_corrupt_store_is_one_line_exit_1(
     assert bad.read_bytes() == b"definitely not sqlite " * 200
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["list"],
+        ["show", "1500"],
+        ["export"],
+        ["record", "-e", "e"],
+        ["sync", "--dry-run"],
+    ],
+)
+def test_a_truncated_store_is_one_line_exit_1_and_left_as_it_is(
+    run_cli: RunCli, logbook_home: Path, command: list[str]
+) -> None:
+    """A store cut in half (a copy that stopped, a full disk elsewhere): every command says
+    so in one line and nothing writes to it."""
+    seed_store(logbook_home, 2000)
+    db = logbook_home / "logbook.db"
+    for side in ("-wal", "-shm"):
+        assert not Path(f"{db}{side}").exists() or Path(f"{db}{side}").stat().st_size == 0
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+    res = run_cli(*command)
+    assert_error(res, 1, str(db), "damaged")
+    assert db.read_bytes() == data[: len(data) // 2]
+
+
 def test_unopenable_store_is_one_line_exit_1(run_cli: RunCli, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from support import Run, assert_no_key, assert_no_traceback, write_config
+from support import Run, assert_no_key, assert_no_traceback, base_env, write_config
 
 from logbook.emulator.testing import EmulatorProcess
 from logbook.store import Store
@@ -96,7 +98,8 @@ def test_rejected_entries_and_a_readable_key_file_are_warnings(
     write_config(logbook_home, [f'api_key = "{emulator.key}"', f'endpoint = "{emulator.url}"'])
     (logbook_home / "config.toml").chmod(0o644)
     code, checks, text = _doctor(run_cli, {})
-    assert code == 0, text  # warnings need attention, but nothing fails
+    assert code == 1, text  # nothing fails, but both warnings need the user
+    assert {c["level"] for c in checks.values()} == {"ok", "warn"}
     assert checks["backlog"]["level"] == "warn" and "1 rejected" in checks["backlog"]["message"]
     warned = [c for c in json.loads(run_cli("doctor", "--json").out) if c["level"] == "warn"]
     assert any("chmod 600" in c["message"] and "config.toml" in c["message"] for c in warned)
@@ -104,3 +107,33 @@ def test_rejected_entries_and_a_readable_key_file_are_warnings(
     (logbook_home / "config.toml").chmod(0o600)
     _, checks, _ = _doctor(run_cli, {})
     assert "config.toml" in checks["key"]["message"]
+
+
+def test_the_backlog_stuck_entries_schema_and_last_sync(
+    run_cli: RunCli, logbook_home: Path, emulator: EmulatorProcess
+) -> None:
+    """What doctor says about the store's contents, and that a sync that is gone needs you."""
+    for name in ("a", "b", "c"):
+        assert run_cli("record", "-e", "x", "--name", name).code == 0
+    code, checks, text = _doctor(run_cli, emulator.env())
+    assert code == 0, text
+    assert "schema v" in checks["store"]["message"] and "upgraded" not in checks["store"]["message"]
+    assert checks["backlog"]["message"].startswith("3 pending, 0 rejected, oldest pending since 20")
+    assert checks["last sync"]["message"] == "never" and "sending" not in checks
+    where = logbook_home / "config.toml"
+    assert checks["config"]["message"] == f"no config file (it would be read from {where})"
+    claim = (  # a sync (another process) that claimed two entries, then died
+        "import sys; from logbook.store import Store; from logbook.store.leases import new_owner\n"
+        "with Store(sys.argv[1]) as s: s.leases.claim(new_owner(), 2, lease_seconds=3600)"
+    )
+    subprocess.run([sys.executable, "-c", claim, str(logbook_home / "logbook.db")], check=True,
+                   env=base_env(logbook_home), timeout=60)  # fmt: skip
+    code, checks, text = _doctor(run_cli, emulator.env())
+    assert code == 1, text
+    assert checks["sending"]["level"] == "warn" and "2 entries" in checks["sending"]["message"]
+    assert "run `logbook sync`" in checks["sending"]["message"]  # the fix, in the same line
+    assert run_cli("--stats", "0", "sync", env=emulator.env()).code == 0
+    code, checks, text = _doctor(run_cli, emulator.env())
+    assert code == 0, text
+    assert checks["backlog"]["message"] == "0 pending, 0 rejected" and "sending" not in checks
+    assert checks["last sync"]["message"].startswith("20")  # a timestamp
