@@ -246,7 +246,7 @@ def _bar(progress: Progress, unit: str, stop: threading.Event) -> None:
 
 def _stats(progress: Progress, every: float, stop: threading.Event) -> None:
     while not stop.wait(every):
-        if progress.phase not in ("done", "starting"):
+        if progress.phase not in ("done", "starting") and (progress.total or progress.done):
             click.echo(f"{_stamp()} logbook: {stats_line(progress)}", err=True)
 
 

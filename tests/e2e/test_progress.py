@@ -53,6 +53,52 @@ def test_a_piped_sync_prints_stats_lines_with_counts_rate_and_eta(
     assert_no_traceback(res.err)
 
 
+def test_piped_stats_show_throttling_and_the_refresh_phase(
+    logbook_home: Path, emulator: EmulatorProcess
+) -> None:
+    """Why a run is slow (429s) shows without -v, and the refresh phase has its own lines."""
+    n = 150
+    seed_store(logbook_home, n)
+    emulator.set_faults(latency_ms=20, rate_limit_next=6, retry_after=0)
+    first = cli(logbook_home, "--stats", "0.2", "sync", "--no-refresh", "--concurrency", "2",
+                env=emulator.env())  # fmt: skip
+    assert first.code == 0, first.err
+    sending = [STATS.match(ln) for ln in first.err.splitlines() if " logbook: sending " in ln]
+    assert sending and all(sending), first.err
+    throttled = [int(m[0].rsplit("throttled ", 1)[1]) for m in sending if m and m[4]]
+    assert throttled and max(throttled) > 0, first.err  # the 429s, counted as they came
+    emulator.set_faults(latency_ms=20)  # the jobs are still Submitted: the next run refreshes
+    second = cli(logbook_home, "--stats", "0.2", "sync", "--concurrency", "2", env=emulator.env())
+    assert second.code == 0, second.err
+    refreshing = [ln for ln in second.err.splitlines() if " logbook: refreshing " in ln]
+    assert refreshing, second.err
+    for line in refreshing:
+        match = STATS.match(line)
+        assert match and int(match[3]) == n, line
+    assert f"refreshed {n}" in second.out
+    assert_no_traceback(first.err + second.err)
+
+
+def test_a_piped_import_of_many_files_prints_stats_lines(
+    logbook_home: Path, tmp_path: Path
+) -> None:
+    n = 3000
+    results = tmp_path / "results"
+    results.mkdir()
+    for i in range(n):
+        (results / f"r{i:04d}.json").write_text(
+            json.dumps({"experiment_id": "e", "hash": f"h{i}", "results": {"00": i}})
+        )
+    res = cli(logbook_home, "--stats", "0.05", "import", results)
+    assert res.code == 0, res.err
+    lines = [ln for ln in res.err.splitlines() if " logbook: importing " in ln]
+    assert lines, res.err
+    for line in lines:
+        match = re.match(STATS.pattern.replace("(sending|refreshing)", "(importing)"), line)
+        assert match and int(match[3]) == n and int(match[2]) <= n, line
+    assert_no_traceback(res.err)
+
+
 def test_quiet_and_json_print_no_progress(logbook_home: Path, emulator: EmulatorProcess) -> None:
     seed_store(logbook_home, QUIET_N)
     env = _slow(emulator)
