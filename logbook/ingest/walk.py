@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 DEFAULT_PATTERNS: tuple[str, ...] = ("*.json", "*.jsonl")
 _IGNORED_SUFFIXES = (".tmp", ".part", "~")
@@ -36,6 +36,26 @@ def matches(name: str | os.PathLike[str], patterns: Iterable[str] = DEFAULT_PATT
 def wanted(name: str, patterns: Iterable[str]) -> bool:
     """A result file's name: matches a pattern and is not hidden or temporary."""
     return not is_ignored(name) and matches(name, patterns)
+
+
+def why_not_a_file(
+    path: str, st: os.stat_result | None = None, *, err: OSError | None = None
+) -> str | None:
+    """Why a result file's name is not a file to read, in a few words; None when it is one
+    (or it is simply gone: a writer's rename or delete)."""
+    if err is not None:
+        if os.path.islink(path):
+            return "a symlink that leads nowhere (dangling, or a loop)"
+        return None if isinstance(err, FileNotFoundError) else f"cannot stat it ({err.strerror})"
+    if st is None or stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISFIFO(st.st_mode):
+        return "a FIFO, not a regular file: never opened"
+    if stat.S_ISSOCK(st.st_mode):
+        return "a socket, not a regular file: never opened"
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return "a device, not a regular file: never opened"
+    return "not a regular file: never opened"
 
 
 class Excluded:
@@ -63,12 +83,14 @@ def walk(
     *,
     exclude: Iterable[str] = (),
     sort: bool = True,
+    skipped: Callable[[str, str], None] | None = None,
 ) -> Iterator[tuple[str, os.stat_result]]:
     """``(path, stat)`` of every result file under the directory ``top``.
 
     ``exclude`` holds paths never to yield (the store's own files, when the
     store sits in a watched directory).  A directory that cannot be listed is
-    skipped; the walk goes on.
+    skipped; the walk goes on.  ``skipped(path, why)`` hears of each result
+    file's name that is not a regular file (see ``why_not_a_file``).
     """
     pats = tuple(patterns)
     skip = Excluded(exclude)
@@ -94,8 +116,13 @@ def walk(
                 if not wanted(name, pats) or skip(entry.path):
                     continue
                 st = entry.stat()  # follows a symlink to a file; a loop raises
-            except OSError:
+            except OSError as err:
+                why = why_not_a_file(entry.path, err=err)
+                if why and skipped is not None:
+                    skipped(entry.path, why)
                 continue
             if stat.S_ISREG(st.st_mode):
                 yield entry.path, st
+            elif skipped is not None:
+                skipped(entry.path, why_not_a_file(entry.path, st) or "not a regular file")
         stack.extend(reversed(subdirs))  # popped in name order

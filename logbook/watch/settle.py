@@ -68,6 +68,11 @@ class Settler:
         wait = min(max(self.settle - self._quiet(cand, key[1]), 0.0), self.settle)
         self._schedule(path, cand, now + wait)
 
+    def backlog(self, since: float) -> int:
+        """Candidates unchanged since before clock time ``since``: what a start-up scan found
+        and is still to read, not files that are being written now."""
+        return sum(1 for cand in self.candidates.values() if cand.since <= since)
+
     def forget(self, path: str) -> None:
         self.candidates.pop(path, None)
 

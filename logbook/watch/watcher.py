@@ -37,7 +37,7 @@ from ..config import DEFAULT_MAX_FILE_BYTES, DEFAULT_SETTLE
 from ..errors import LogbookError, StoreError
 from ..importer import store_files
 from ..ingest import DEFAULT_PATTERNS, ReadResult, read_file, walk, wanted
-from ..ingest.walk import Excluded
+from ..ingest.walk import Excluded, why_not_a_file
 from ..progress import Progress
 from ..store import Store
 from ..store.ledger import FileRead, FileRecord, FileState, shown
@@ -273,6 +273,7 @@ class Watcher:
         )
         self.store: Store | None = None
         self.cwd = os.getcwd()
+        self.reported: set[str] = set()  # what is not a file, said once per run
 
     def show(self, path: str) -> str:
         """A path as the user would type it (relative below the cwd), printable whatever its
@@ -320,13 +321,24 @@ class Watcher:
         if st is None:
             try:
                 st = os.stat(path)
-            except OSError:
+            except OSError as err:
                 self.settler.forget(path)
+                why = why_not_a_file(path, err=err)
+                if why:
+                    self.skipped(path, why)
                 return
         if not stat.S_ISREG(st.st_mode):
             self.settler.forget(path)
+            self.skipped(path, why_not_a_file(path, st) or "not a regular file")
             return
         self.settler.touch(path, (st.st_size, st.st_mtime_ns))
+
+    def skipped(self, path: str, why: str) -> None:
+        """A result file's name that is no file to read (a FIFO, a socket, a link to a device
+        or to nowhere): said once, never opened, never waited on."""
+        if path not in self.reported:
+            self.reported.add(path)
+            log.warning("skipped %s: %s", self.show(path), why)
 
     def handle_event(self, kind: str, src: str, dest: str, is_dir: bool) -> None:
         if kind in ("rescan", "wake"):
@@ -353,7 +365,9 @@ class Watcher:
         """Walk ``top``; make a candidate of each result file the ledger lacks or that changed."""
         assert self.store is not None
         found = 0
-        for path, st in walk(top, self.patterns, exclude=self.exclude, sort=False):
+        for path, st in walk(
+            top, self.patterns, exclude=self.exclude, sort=False, skipped=self.skipped
+        ):
             seen = self.store.ledger.seen(path)
             if seen is not None and seen.unchanged(FileState.of(st)):
                 continue
@@ -472,8 +486,11 @@ class Watcher:
         """The start-up scan (the observer is already running), with progress for a big backlog."""
         self.rescan_all()
         if self.progress is not None:
+            scanned = self.settler.clock()
             self.progress.begin("catching up", len(self.settler))
-            while len(self.settler) and not self.stop_flag.is_set():
+            # Until the files found are read; one still being written (a log appended for
+            # ever) is a live file from then on, left to the loop: it never holds up the rest.
+            while self.settler.backlog(scanned) and not self.stop_flag.is_set():
                 self._drain(0.0)
                 self.recorder.check_due(budget=1.0)
                 due = self.settler.next_due()

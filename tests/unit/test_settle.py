@@ -238,3 +238,20 @@ def test_done_forgets_only_when_the_key_is_unchanged(settler: Settler, clocks: C
     assert settler.ready("d.json", k2)
     settler.done("d.json", k2)
     assert "d.json" not in settler.candidates and len(settler) == 0
+
+
+def test_the_backlog_is_what_was_found_unchanged_not_what_is_being_written(
+    settler: Settler, clocks: Clocks
+) -> None:
+    """A start-up scan's files count until read; a file that changes after the scan is live."""
+    old, growing = key(10, 5.0, clocks), key(10, 0.0, clocks)
+    settler.touch("old.json", old)
+    settler.touch("growing.jsonl", growing)
+    scanned = clocks.clock()
+    assert settler.backlog(scanned) == 2
+    clocks.advance(0.125)
+    settler.touch("growing.jsonl", key(20, 0.0, clocks))  # written since the scan
+    settler.touch("new.json", key(5, 0.0, clocks))  # arrived since the scan
+    assert settler.backlog(scanned) == 1
+    settler.done("old.json", old)
+    assert settler.backlog(scanned) == 0 and len(settler) == 2

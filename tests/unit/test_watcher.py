@@ -417,11 +417,48 @@ def test_fifos_sockets_devices_and_loops_never_block_the_watcher(
     assert run.alive()
     for path in [*early.values(), *late.values()]:
         assert outcome(path) != "recorded", path
-        # Each is reported at most once (the walker skips them without opening them).
-        assert logs.count(path.name) <= 1, logs.text()
+        # Each is reported once, however often it is seen (never opened, never waited on).
+        assert logs.count(path.name, logging.WARNING) == 1, logs.text()
     assert not any("Traceback" in line for line in logs.lines())
     (results / "after.json").write_text(job("after"))
     wait_until(lambda: "after" in names(), what="a file after the odd ones")
+
+
+def test_a_file_appended_forever_never_holds_up_the_others(
+    watch: Callable[..., Running], results: Path, logs: Logs
+) -> None:
+    """A log-like file that keeps growing is waited on, alone: the others are recorded
+    meanwhile, and it is recorded whole, once, when its writer stops."""
+    growing = results / "growing.jsonl"
+    stop = threading.Event()
+    lines = 0
+
+    def append() -> None:
+        nonlocal lines
+        with growing.open("a") as f:
+            while not stop.is_set():
+                f.write(job(f"line-{lines}").replace("\n", " ") + "\n")
+                f.flush()
+                lines += 1
+                stop.wait(SETTLE / 10)
+
+    writer = threading.Thread(target=append, daemon=True)
+    writer.start()
+    try:
+        run = watch()
+        for i in range(3):
+            (results / f"other-{i}.json").write_text(job(f"other-{i}"))
+            wait_until(lambda i=i: f"other-{i}" in names(), what=f"other-{i} beside it")  # type: ignore[misc]
+        assert outcome(growing) is None  # never read half-written
+        assert not any(n.startswith("line-") for n in names())
+        assert run.alive()
+    finally:
+        stop.set()
+        writer.join(10)
+    wait_until(lambda: outcome(growing) == "recorded", what="the file once it stopped growing")
+    recorded = [n for n in names() if n.startswith("line-")]
+    assert len(recorded) == lines and len(set(recorded)) == lines
+    assert not any("Traceback" in line for line in logs.lines())
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a mode-000 file anyway")
