@@ -8,6 +8,7 @@ never leaves the relay.
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -164,6 +165,54 @@ def test_a_wrong_relay_key_is_exit_3_and_changes_nothing(
     run = cli(home, "--stats", "0", "sync", env=relay.env_for_lab("lbr_not-a-key"))
     assert run.code == 3, run.err
     assert states(home / "logbook.db")["pending"] == 5
+
+
+def test_a_key_revoked_while_the_relay_runs_is_refused(tmp_path: Path, relay: RelayProcess) -> None:
+    key = relay.add_key("lab")
+    home = lab(tmp_path, "lab", 5)
+    relay.start()
+    env = relay.env_for_lab(key)
+    assert cli(home, "--stats", "0", "sync", env=env).code == 0
+    assert cli(relay.home, "relay", "key", "revoke", "lab").code == 0  # the relay keeps running
+
+    def refused() -> bool:
+        with httpx2.Client(base_url=relay.url, timeout=30) as c:
+            res = c.get("/experiments/exp-lab/jobs/none", params={"HAIQU_API_KEY": key})
+        return res.status_code == 401
+
+    wait_until(refused, 30, "the running relay to refuse the revoked key")
+    seed_store(home, 3, experiment="exp-lab-later")
+    run = cli(home, "--stats", "0", "sync", env=env)
+    assert run.code == 3, run.err
+    assert states(home / "logbook.db") == {"pending": 3, "sending": 0, "synced": 5, "rejected": 0}
+
+
+def test_a_watcher_syncs_through_the_relay(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """``logbook watch --sync`` on a lab machine, pointed at the relay, changes nothing else."""
+    key = relay.add_key("watcher")
+    relay.start()
+    home, results = tmp_path / "lab", tmp_path / "results"
+    results.mkdir()
+    args = ("watch", results, "-e", "exp-watch", "--sync", "--settle", "0.1")
+    with started(home, *args, env=relay.env_for_lab(key)) as proc:
+        for i in range(5):
+            (results / f"r{i}.json").write_text(json.dumps({"hash": f"w{i}", "results": {"0": i}}))
+
+        def forwarded() -> bool:
+            assert proc.poll() is None, "the watcher stopped"
+            return upstream.stats()["jobs_created"] >= 5
+
+        wait_until(forwarded, 60, "the watcher's jobs upstream through the relay")
+        wait_until(
+            lambda: states(home / "logbook.db")["synced"] == 5, 60, "the lab's entries synced"
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    stats = upstream.stats()
+    assert stats["jobs_created"] == 5 and stats["duplicates"] == 0
+    assert {h for _, h in upstream_pairs(upstream)} == {f"w{i}" for i in range(5)}
 
 
 def test_the_haiqu_sdk_client_posts_through_the_relay(
