@@ -215,18 +215,26 @@ def run_checks(cfg: Config) -> list[Check]:
 
 
 def check_listening(url: str) -> Check:
-    """Whether a Jobs API server (a relay) answers at ``url``: a keyless lookup must get a
-    JSON 401.
+    """Whether a Jobs API server (a relay) answers at ``url``: a lookup with a wrong key must
+    get a JSON 401.
     """
-    import urllib.error
-    import urllib.request
+    from urllib.parse import urlsplit
+
+    from .client import ApiClient
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return Check("relay", "fail", f"{show_url(url)} is not an http(s) URL: give the relay's"
+                     " (e.g. http://gateway:8700)")  # fmt: skip
+
+    async def probe() -> tuple[int, str]:
+        async with ApiClient(url, "logbook-doctor-wrong-key", connections=1, deadline=5.0,
+                             connect_timeout=5.0) as client:  # fmt: skip
+            return await client.probe()
 
     try:
-        with urllib.request.urlopen(f"{url}/experiments/logbook-doctor/jobs/0", timeout=5) as r:
-            code, ctype = r.status, r.headers.get("content-type", "")
-    except urllib.error.HTTPError as err:
-        code, ctype = err.code, err.headers.get("content-type", "")
-    except (OSError, ValueError) as err:
+        code, ctype = asyncio.run(probe())
+    except LogbookError as err:  # RequestFailed, or a URL that is no URL
         return Check("relay", "fail", f"nothing answers at {url} ({err}): is the relay running?")
     if code == 401 and ctype.startswith("application/json"):
         return Check("relay", "ok", f"listening at {url}")

@@ -77,6 +77,11 @@ def test_no_import_circles() -> None:
         ("watchdog", ("logbook.watch.observer",)),
         ("httpx2", ("logbook.client",)),
         ("aiohttp", ("logbook.client", "logbook.server", "logbook.emulator", "logbook.relay")),
+        # HTTP from the standard library: the client (proxy variables) and the emulator's test
+        # handle (no dependencies)
+        ("urllib.request", ("logbook.client", "logbook.emulator.testing")),
+        ("http.client", ()),
+        ("requests", ()),
     ],
 )
 def test_each_outside_concern_lives_in_one_place(library: str, allowed: tuple[str, ...]) -> None:
