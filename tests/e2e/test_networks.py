@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import trustme
+from adversary import closed_port
 from netsupport import ProxyPy, write_server_cert
 from support import (
     Run,
@@ -20,6 +22,7 @@ from support import (
     assert_no_key,
     assert_no_traceback,
     cli,
+    dump_db,
     entries,
     seed_store,
     states,
@@ -135,6 +138,28 @@ def test_a_proxy_that_wants_credentials_changes_nothing(
     assert "407" in run.err and "user and password" in run.err
     assert states(home / "logbook.db")["pending"] == N
     assert plain_emulator.stats()["jobs_created"] == 0
+
+
+def test_a_proxy_password_never_reaches_the_store(
+    plain_emulator: EmulatorProcess, auth_proxy: ProxyPy, tmp_path: Path
+) -> None:
+    """Runs that fail at the proxy (a wrong password, a dead proxy) and one whose server
+    fails behind it: no spelling of the password in any table or the WAL."""
+    home = tmp_path / "home"
+    db = fresh(plain_emulator, home)
+    creds = "lab:" + quote(PASSWORD, safe="")
+    dead = auth_proxy.url(creds).rsplit(":", 1)[0] + f":{closed_port()}"
+    wrong = auth_proxy.url("lab:" + quote(PASSWORD[::-1], safe=""))
+    for proxy, code in ((dead, 4), (wrong, 4)):
+        run = sync(home, {"HAIQU_EDGE_URI": plain_emulator.url, "HTTP_PROXY": proxy})
+        assert run.code == code, run.err
+    plain_emulator.set_faults(error_rate=1.0, echo_rate=1.0)
+    run = sync(home, {"HAIQU_EDGE_URI": plain_emulator.url, "HTTP_PROXY": auth_proxy.url(creds)})
+    assert run.code == 1, run.err
+    stored = dump_db(db)
+    assert all("500" in (e["last_error"] or "") for e in entries(db))  # errors were stored
+    for secret in (PASSWORD, quote(PASSWORD, safe=""), PASSWORD[::-1], "pr0xy", "drow/ssap"):
+        assert secret not in stored, secret
 
 
 def test_no_proxy_bypasses_a_dead_proxy(plain_emulator: EmulatorProcess, tmp_path: Path) -> None:
