@@ -12,11 +12,20 @@ import json
 import os
 import pty
 import re
+import signal
 import subprocess
 import threading
 from pathlib import Path
 
-from support import assert_no_traceback, base_env, cli, cli_cmd, seed_store
+from support import (
+    assert_no_traceback,
+    base_env,
+    cli,
+    cli_cmd,
+    seed_store,
+    states,
+    wait_until,
+)
 
 from logbook.emulator.testing import EmulatorProcess
 
@@ -79,24 +88,61 @@ def test_piped_stats_show_throttling_and_the_refresh_phase(
     assert_no_traceback(first.err + second.err)
 
 
+def _result_files(d: Path, n: int) -> Path:
+    d.mkdir()
+    for i in range(n):
+        (d / f"r{i:04d}.json").write_text(
+            json.dumps({"experiment_id": "e", "hash": f"h{i}", "results": {"00": i}})
+        )
+    return d
+
+
+def _stats_lines(err: str, phase: str, n: int) -> list[str]:
+    pattern = re.compile(STATS.pattern.replace("(sending|refreshing)", f"({phase})"))
+    lines = [ln for ln in err.splitlines() if f" logbook: {phase} " in ln]
+    assert lines, err
+    for line in lines:
+        match = pattern.match(line)
+        assert match and int(match[3]) == n and int(match[2]) <= n, line
+    return lines
+
+
 def test_a_piped_import_of_many_files_prints_stats_lines(
     logbook_home: Path, tmp_path: Path
 ) -> None:
     n = 3000
-    results = tmp_path / "results"
-    results.mkdir()
-    for i in range(n):
-        (results / f"r{i:04d}.json").write_text(
-            json.dumps({"experiment_id": "e", "hash": f"h{i}", "results": {"00": i}})
-        )
-    res = cli(logbook_home, "--stats", "0.05", "import", results)
+    res = cli(logbook_home, "--stats", "0.05", "import", _result_files(tmp_path / "results", n))
     assert res.code == 0, res.err
-    lines = [ln for ln in res.err.splitlines() if " logbook: importing " in ln]
-    assert lines, res.err
-    for line in lines:
-        match = re.match(STATS.pattern.replace("(sending|refreshing)", "(importing)"), line)
-        assert match and int(match[3]) == n and int(match[2]) <= n, line
+    _stats_lines(res.err, "importing", n)
     assert_no_traceback(res.err)
+
+
+def test_a_watchers_catch_up_prints_stats_lines(logbook_home: Path, tmp_path: Path) -> None:
+    n = 3000
+    results = _result_files(tmp_path / "results", n)
+    log = tmp_path / "watch.log"  # a file, not a pipe: a line per file would fill a pipe
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            cli_cmd("--stats", "0.05", "watch", results), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=err, env=base_env(logbook_home),
+        )  # fmt: skip
+        try:
+
+            def all_in() -> bool:
+                assert proc.poll() is None, "the watcher stopped"
+                db = logbook_home / "logbook.db"
+                return db.exists() and states(db)["pending"] == n
+
+            wait_until(all_in, 120, f"{n} files recorded")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    _stats_lines(text, "catching up", n)
+    assert_no_traceback(text)
 
 
 def test_quiet_and_json_print_no_progress(logbook_home: Path, emulator: EmulatorProcess) -> None:
