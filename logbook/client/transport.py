@@ -41,6 +41,7 @@ import asyncio
 import contextvars
 import errno as errno_mod
 import io
+import os
 import re
 import ssl
 from collections.abc import Callable
@@ -360,6 +361,8 @@ def _os_reason(exc: BaseException) -> str:
     err = getattr(exc, "errno", None)
     text = getattr(exc, "strerror", None)
     name = errno_mod.errorcode.get(err, "") if isinstance(err, int) else ""
+    if name:  # the system's words: asyncio's strerror repeats the address the line names
+        return f"{name} {os.strerror(err)}"  # type: ignore[arg-type]
     if text:
         return f"{name} {text}".strip() if name else str(text)
     if exc.args and isinstance(exc.args[0], str):

@@ -470,6 +470,8 @@ def test_unreachable_exit_4(logbook_home: Path) -> None:
     assert run.code == 4, run
     assert_one_line_error(run.err)
     assert f"cannot connect to {endpoint}" in run.err and "no entry was changed" in run.err
+    assert run.err.count("cannot connect") == 1 and run.err.count("127.0.0.1") == 1  # said once
+    assert "HAIQU_EDGE_URI" in run.err  # and what to check next
     assert entries(db) == before
 
 
