@@ -74,7 +74,7 @@ def test_piped_stats_show_throttling_and_the_refresh_phase(
     assert first.code == 0, first.err
     sending = [STATS.match(ln) for ln in first.err.splitlines() if " logbook: sending " in ln]
     assert sending and all(sending), first.err
-    throttled = [int(m[0].rsplit("throttled ", 1)[1]) for m in sending if m and m[4]]
+    throttled = [int(m[5].rsplit("throttled ", 1)[1]) for m in sending if m and m[5]]
     assert throttled and max(throttled) > 0, first.err  # the 429s, counted as they came
     emulator.set_faults(latency_ms=20)  # the jobs are still Submitted: the next run refreshes
     second = cli(logbook_home, "--stats", "0.2", "sync", "--concurrency", "2", env=emulator.env())
