@@ -37,6 +37,7 @@ import os
 import resource
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -137,6 +138,7 @@ class Intake:
     relay: list[IntakeRun] = field(default_factory=list)  # committed into the relay
     capacity: IntakeRun | None = None  # the relay fed by a cheap in-process client
     stalled: IntakeRun | None = None  # the same, its forwarding stalled: intake alone
+    offline: IntakeRun | None = None  # the lab syncs, the relay's upstream unreachable
 
 
 def _children_cpu() -> float:
@@ -202,15 +204,30 @@ def _drain(emu: EmulatorProcess, relay: RelayProcess, total: int, what: str) -> 
     _check_synced(relay.db, total, f"{what} (relay store)")
 
 
+def _unreachable_url() -> str:
+    """A loopback URL where nothing listens (a port the kernel just gave and took back)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
 def intake_relay(
-    emu: EmulatorProcess, root: Path, jobs: list[list[dict[str, Any]]], n: int
+    emu: EmulatorProcess,
+    root: Path,
+    jobs: list[list[dict[str, Any]]],
+    n: int,
+    *,
+    offline: bool = False,
 ) -> IntakeRun:
+    """The lab syncs into a relay that forwards to ``emu`` meanwhile; ``offline``: its
+    upstream is unreachable (the lab's internet is down), so it only takes jobs in."""
     total = sum(len(j) for j in jobs)
     emu.reset()
-    relay_home = root / f"relay-intake-{n}"
+    relay_home = root / f"relay-intake-{n}{'-offline' if offline else ''}"
     relay_home.mkdir()
     homes = _lab_homes(root, jobs)
-    relay = RelayProcess(relay_home, emu.url, KEY)
+    relay = RelayProcess(relay_home, _unreachable_url() if offline else emu.url, KEY)
     try:
         keys = relay.add_keys([f"lab-{i:02d}" for i in range(len(homes))])
         relay.start()
@@ -226,7 +243,8 @@ def intake_relay(
         for h, js in zip(homes, jobs, strict=True):
             _check_synced(h / "logbook.db", len(js), "intake (lab store)")
         # Then let the relay finish forwarding: every job upstream, once.
-        _drain(emu, relay, total, "intake")
+        if not offline:
+            _drain(emu, relay, total, "intake")
         drained = time.perf_counter() - start
         code = relay.stop()
         if code != 0:
@@ -385,9 +403,7 @@ class Memory:
     exit_code: int | None
 
 
-def memory(
-    root: Path, backlog: int, labs: int, lab_entries: int, seconds: float
-) -> Memory:
+def memory(root: Path, backlog: int, labs: int, lab_entries: int, seconds: float) -> Memory:
     home = root / "relay-memory"
     home.mkdir()
     t0 = time.perf_counter()
@@ -501,7 +517,18 @@ def _show_intake(intake: Intake, machines: int, entries: int) -> None:
             f" ({stalled.server_us * stalled.rate / 1e6:.2f} cores)  (upstream requests hang"
             f" {MEMORY_LATENCY_MS / 1000:g} s: the relay's intake alone)"
         )
-    print(f"    target: intake >= {INTAKE_TARGET:,.0f} jobs/s: {best.rate:,.0f}  {verdict(ok)}")
+    off = intake.offline
+    if off is not None:
+        print(
+            f"    the same {machines} lab syncs, the relay's upstream unreachable (it only takes"
+            f" jobs in): {off.rate:>7,.0f} jobs/s committed = {off.rate / ref.rate:.2f}x the"
+            f" emulator's own; CPU per job: lab syncs {off.labs_us:.0f} us, relay"
+            f" {off.server_us:.0f} us ({off.cores:.2f} cores, machine {off.machine_cores:.2f})"
+        )
+    print(
+        f"    target: intake >= {INTAKE_TARGET:,.0f} jobs/s (forwarding meanwhile):"
+        f" {best.rate:,.0f}  {verdict(ok)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -582,6 +609,9 @@ def main(argv: list[str] | None = None) -> int:
                         "  diagnostic  intake, cheap client, forwarding stalled:"
                         f" {intake.stalled.rate:,.0f} jobs/s"
                     )
+                if not args.skip_intake:
+                    intake.offline = intake_relay(emu, root, lab_jobs, 0, offline=True)
+                    log(f"  intake, relay offline upstream: {intake.offline.rate:,.0f} jobs/s")
         if not args.skip_memory:
             log(f"memory: {big:,}-job backlog, {MEMORY_LATENCY_MS / 1000:g} s upstream latency")
             mem = memory(root, big, mem_labs, mem_entries, seconds)

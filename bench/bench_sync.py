@@ -212,9 +212,7 @@ class Series:
         """Least client and server CPU per job over the runs (noise only adds)."""
         if not self.cpu_us:
             return ""
-        text = (
-            f"cpu/job: client {min(self.cpu_us):4.0f} us, server {min(self.server_us):4.0f} us"
-        )
+        text = f"cpu/job: client {min(self.cpu_us):4.0f} us, server {min(self.server_us):4.0f} us"
         if self.proxy_us:
             text += f", proxy {min(self.proxy_us):4.0f} us"
         return text
