@@ -255,3 +255,22 @@ def test_the_backlog_is_what_was_found_unchanged_not_what_is_being_written(
     assert settler.backlog(scanned) == 1
     settler.done("old.json", old)
     assert settler.backlog(scanned) == 0 and len(settler) == 2
+
+
+def test_a_rename_hands_the_wait_to_the_new_name(settler: Settler, clocks: Clocks) -> None:
+    """Write-then-rename, as the watcher sees it: the temporary name is forgotten and never
+    comes due; the new name is judged by its own quiet time (its mtime moves with it)."""
+    written = key(64, 0.0, clocks)
+    settler.touch("result.json.tmp", written)
+    clocks.advance(SETTLE / 2)  # renamed before it settled
+    settler.forget("result.json.tmp")
+    settler.touch("result.json", written)
+    assert settler.next_due() is not None and settler.pop_due() is None
+    clocks.advance(SETTLE / 2)  # SETTLE since the last write, by its mtime
+    assert settler.pop_due() == "result.json"
+    assert settler.ready("result.json", written) and len(settler) == 1
+    assert settler.pop_due() is None  # the temporary name never comes due
+    # A file renamed in long after it was written is ready at once.
+    old = key(8, 10.0, clocks)
+    settler.touch("moved-in.json", old)
+    assert settler.pop_due() == "moved-in.json" and settler.ready("moved-in.json", old)
