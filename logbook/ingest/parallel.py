@@ -9,6 +9,14 @@ module global of the parent.
 Workers die with their parent: on Linux each asks the kernel for SIGKILL
 when the parent goes (``PR_SET_PDEATHSIG``), so a ``kill -9`` of a large
 import leaves no worker behind.
+
+SIGINT and SIGTERM are held while the pool forks its workers and while it
+shuts down, and handled once that is done: a handler that raises in the
+middle of a fork runs inside logging's at-fork hook, where the exception is
+dropped (the signal lost, the import going on to exit 0).  A stopped run
+kills its workers instead of waiting for them: at exit, multiprocessing
+would otherwise wait for idle workers for ever.  While it waits for results
+a signal stops it at once.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,10 +59,34 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block is done, then reach the handlers they were
+    meant for.  (Masking them would not do: the kernel hands a signal to any thread, and
+    the main thread then runs the Python handler at its next instruction, wherever that is.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {s: signal.signal(s, lambda n, _frame: caught.append(n)) for s in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            signal.raise_signal(caught[0])  # handled here, as if it had just arrived
+
+
 def _init(parent: int, lines: list[str], parse: Parser, transform: Transform | None) -> None:
     global _work
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; Ctrl-C reaches the group
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's, inherited by the fork
     _work = (lines, parse, transform)
 
 
@@ -92,9 +126,15 @@ class ChunkedParse:
         bounds = [(i, s, min(s + size, n)) for i, s in enumerate(range(0, n, size))]
         ctx = multiprocessing.get_context("fork")
         args = (os.getpid(), self.lines, self.parse, self.transform)
-        pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init, initargs=args)
+        pool: ProcessPoolExecutor | None = None
+        finished = False
         try:
-            futures = [pool.submit(_run_chunk, b) for b in bounds]
+            with _signals_held():  # the workers are forked here (see the module's docstring)
+                pool = ProcessPoolExecutor(
+                    self.workers, mp_context=ctx, initializer=_init, initargs=args
+                )
+                futures = [pool.submit(_run_chunk, b) for b in bounds]
+            # A signal held meanwhile is raised just above, inside this try.
             self.lines = []  # the workers have their copy
             for fut in futures:
                 result, count, bad, nbad = fut.result()
@@ -102,5 +142,12 @@ class ChunkedParse:
                 self.bad += bad
                 self.nbad += nbad
                 yield result
+            finished = True
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                with _signals_held():
+                    if not finished:  # stopped (a signal, an error, the consumer gone): no wait
+                        workers = getattr(pool, "_processes", None) or {}  # pid -> Process
+                        for proc in list(workers.values()):
+                            proc.kill()
+                    pool.shutdown(wait=True, cancel_futures=True)

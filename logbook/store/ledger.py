@@ -164,7 +164,13 @@ class Ledger:
         source = f.source or shown(f.path)
         before = conn.total_changes
         if f.row_files is not None:
-            seen = copy_rows_files(conn, f.row_files(MAX_ROW_FILES), attached)
+            chunks = f.row_files(MAX_ROW_FILES)
+            try:
+                seen = copy_rows_files(conn, chunks, attached)
+            finally:  # a generator's clean-up (import's workers) runs now, not at exit
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
         else:
             rows = [schema.row(j, stamp, source) for j in f.jobs]
             conn.executemany(schema.INSERT, rows)
