@@ -38,17 +38,8 @@ def wanted(name: str, patterns: Iterable[str]) -> bool:
     return not is_ignored(name) and matches(name, patterns)
 
 
-def why_not_a_file(
-    path: str, st: os.stat_result | None = None, *, err: OSError | None = None
-) -> str | None:
-    """Why a result file's name is not a file to read, in a few words; None when it is one
-    (or it is simply gone: a writer's rename or delete)."""
-    if err is not None:
-        if os.path.islink(path):
-            return "a symlink that leads nowhere (dangling, or a loop)"
-        return None if isinstance(err, FileNotFoundError) else f"cannot stat it ({err.strerror})"
-    if st is None or stat.S_ISREG(st.st_mode):
-        return None
+def not_a_file(st: os.stat_result) -> str:
+    """What a result file's name that is no regular file is, in a few words."""
     if stat.S_ISFIFO(st.st_mode):
         return "a FIFO, not a regular file: never opened"
     if stat.S_ISSOCK(st.st_mode):
@@ -56,6 +47,14 @@ def why_not_a_file(
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
         return "a device, not a regular file: never opened"
     return "not a regular file: never opened"
+
+
+def unstattable(path: str, err: OSError) -> str | None:
+    """Why a result file's name could not be stat'ed; None when it is simply gone (a
+    writer's rename or delete)."""
+    if os.path.islink(path):
+        return "a symlink that leads nowhere (dangling, or a loop)"
+    return None if isinstance(err, FileNotFoundError) else f"cannot stat it ({err.strerror})"
 
 
 class Excluded:
@@ -90,7 +89,7 @@ def walk(
     ``exclude`` holds paths never to yield (the store's own files, when the
     store sits in a watched directory).  A directory that cannot be listed is
     skipped; the walk goes on.  ``skipped(path, why)`` hears of each result
-    file's name that is not a regular file (see ``why_not_a_file``).
+    file's name that is not a regular file (see ``not_a_file``, ``unstattable``).
     """
     pats = tuple(patterns)
     skip = Excluded(exclude)
@@ -117,12 +116,12 @@ def walk(
                     continue
                 st = entry.stat()  # follows a symlink to a file; a loop raises
             except OSError as err:
-                why = why_not_a_file(entry.path, err=err)
+                why = unstattable(entry.path, err)
                 if why and skipped is not None:
                     skipped(entry.path, why)
                 continue
             if stat.S_ISREG(st.st_mode):
                 yield entry.path, st
             elif skipped is not None:
-                skipped(entry.path, why_not_a_file(entry.path, st) or "not a regular file")
+                skipped(entry.path, not_a_file(st))
         stack.extend(reversed(subdirs))  # popped in name order

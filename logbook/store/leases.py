@@ -63,6 +63,14 @@ def _start_time(pid: int) -> str:
 _MY_START = _start_time(os.getpid())
 
 
+#: Pending entries whose retry time has come (one parameter: now, or +inf to ignore back-off).
+_DUE = "state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+
+
+def _due_at(now: float, ignore_backoff: bool) -> float:
+    return float("inf") if ignore_backoff else now
+
+
 def new_owner() -> str:
     """A fresh owner id for one sync run of this process; ``end_owner`` when the run ends."""
     token = secrets.token_hex(4)
@@ -203,10 +211,8 @@ class Leases:
                 pending = [
                     r[0]
                     for r in conn.execute(
-                        "SELECT id FROM entries WHERE state = 'pending' AND id > ?"
-                        " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
-                        " ORDER BY id LIMIT ?",
-                        (after_id, float("inf") if ignore_backoff else now, limit - len(ids)),
+                        f"SELECT id FROM entries WHERE {_DUE} AND id > ? ORDER BY id LIMIT ?",
+                        (_due_at(now, ignore_backoff), after_id, limit - len(ids)),
                     )
                 ]
                 ids += pending
@@ -295,9 +301,7 @@ class Leases:
         now = time.time() if now is None else now
         stale = self._stale(now, limit)
         rows = self.store.read(
-            SELECT + " WHERE state = 'pending'"
-            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT ?",
-            (float("inf") if ignore_backoff else now, limit),
+            f"{SELECT} WHERE {_DUE} ORDER BY id LIMIT ?", (_due_at(now, ignore_backoff), limit)
         )
         if stale:
             rows += self.store.read(SELECT + f" WHERE id IN ({','.join('?' * len(stale))})", stale)
@@ -308,9 +312,7 @@ class Leases:
         """How many entries a sync would send now."""
         now = time.time() if now is None else now
         due = self.store.scalar(
-            "SELECT count(*) FROM entries WHERE state = 'pending'"
-            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)",
-            (float("inf") if ignore_backoff else now,),
+            f"SELECT count(*) FROM entries WHERE {_DUE}", (_due_at(now, ignore_backoff),)
         )
         return int(due) + len(self._stale(now))
 

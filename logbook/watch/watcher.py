@@ -37,7 +37,7 @@ from ..config import DEFAULT_MAX_FILE_BYTES, DEFAULT_SETTLE
 from ..errors import LogbookError, StoreError
 from ..importer import store_files
 from ..ingest import DEFAULT_PATTERNS, ReadResult, read_file, walk, wanted
-from ..ingest.walk import Excluded, why_not_a_file
+from ..ingest.walk import Excluded, not_a_file, unstattable
 from ..progress import Progress
 from ..store import Store
 from ..store.ledger import FileRead, FileRecord, FileState, shown
@@ -323,13 +323,13 @@ class Watcher:
                 st = os.stat(path)
             except OSError as err:
                 self.settler.forget(path)
-                why = why_not_a_file(path, err=err)
+                why = unstattable(path, err)
                 if why:
                     self.skipped(path, why)
                 return
         if not stat.S_ISREG(st.st_mode):
             self.settler.forget(path)
-            self.skipped(path, why_not_a_file(path, st) or "not a regular file")
+            self.skipped(path, not_a_file(st))
             return
         self.settler.touch(path, (st.st_size, st.st_mtime_ns))
 

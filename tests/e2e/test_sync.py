@@ -124,12 +124,18 @@ def test_drops_errors_and_bad_json_together(logbook_home: Path, emulator: Emulat
 
 @contextmanager
 def _sync_under_way(
-    home: Path, emulator: EmulatorProcess, jobs_upstream: float, *, latency_ms: int
+    home: Path,
+    emulator: EmulatorProcess,
+    jobs_upstream: float,
+    *sync_args: str,
+    latency_ms: int,
 ) -> Iterator[subprocess.Popen[str]]:
-    """A running ``logbook sync --concurrency 8``, handed over once the server holds
-    ``jobs_upstream`` jobs and the sync is still going (to be killed or interrupted)."""
+    """A running ``logbook sync SYNC_ARGS`` (default ``--concurrency 8``), handed over once
+    the server holds ``jobs_upstream`` jobs and the sync is still going (to be killed,
+    interrupted or locked out)."""
     emulator.set_faults(latency_ms=latency_ms)
-    with started(home, *QUIET_STATS, "sync", "--concurrency", "8", env=emulator.env()) as proc:
+    args = sync_args or ("--concurrency", "8")
+    with started(home, *QUIET_STATS, "sync", *args, env=emulator.env()) as proc:
 
         def far_enough() -> bool:
             assert proc.poll() is None, "sync finished before it could be stopped"
@@ -372,21 +378,14 @@ def test_a_store_write_locked_by_another_process(
     n = 400
     db = seed_store(logbook_home, n)
     env = emulator.env()
-    args = (*QUIET_STATS, "sync", "--max-time", "20", "--concurrency", "4", "--no-refresh")
+    args = ("--max-time", "20", "--concurrency", "4", "--no-refresh")
     if when == "before":
         with write_locked(db, 3.0) as locker:
-            run = cli(logbook_home, *args, env=env)
+            run = cli(logbook_home, *QUIET_STATS, "sync", *args, env=env)
             code, err = run.code, run.err
             assert locker.wait(timeout=30) == 0
     else:
-        emulator.set_faults(latency_ms=50)
-        with started(logbook_home, *args, env=env) as proc:
-
-            def under_way() -> bool:
-                assert proc.poll() is None, "sync finished before the store was locked"
-                return created(emulator) >= 20
-
-            wait_until(under_way, what="the sync under way")
+        with _sync_under_way(logbook_home, emulator, 20, *args, latency_ms=50) as proc:
             with write_locked(db, 3.0) as locker:
                 assert locker.wait(timeout=30) == 0
             _, err = finish(proc)
@@ -407,15 +406,8 @@ def test_a_lock_that_outlasts_max_time_is_never_a_false_nothing_left(
     """The probe's repro: the lock held well past ``--max-time``; it printed pending 0, exit 0."""
     n = 400
     db = seed_store(logbook_home, n)
-    emulator.set_faults(latency_ms=50)
-    args = (*QUIET_STATS, "sync", "--max-time", "2", "--concurrency", "4", "--no-refresh")
-    with started(logbook_home, *args, env=emulator.env()) as proc:
-
-        def under_way() -> bool:
-            assert proc.poll() is None, "sync finished before the store was locked"
-            return created(emulator) >= 20
-
-        wait_until(under_way, what="the sync under way")
+    args = ("--max-time", "2", "--concurrency", "4", "--no-refresh")
+    with _sync_under_way(logbook_home, emulator, 20, *args, latency_ms=50) as proc:
         with write_locked(db, 6.0) as locker:
             assert locker.wait(timeout=30) == 0
         out, err = finish(proc)
