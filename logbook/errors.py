@@ -19,11 +19,15 @@ password (see ``logbook.redact``).
         ├── Unreachable       the endpoint could not be reached (exit 4)
         │   └── TrustError    its TLS certificate did not verify (exit 4)
         ├── Redirected        the endpoint answered with a redirect (exit 2)
+        ├── WrongEndpoint     POST /jobs answered 404: no Jobs API at that URL (exit 2)
         ├── Interrupted       SIGINT/SIGTERM stopped the run (exit 130/143)
-        └── RequestFailed     one request failed; the sync engine decides what next
+        └── RequestFailed     one request failed, with the client's ``Verdict``;
+                              ``engine.policy`` decides what a run does next
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class LogbookError(Exception):
@@ -102,6 +106,12 @@ class Redirected(SyncError):
     exit_code = 2
 
 
+class WrongEndpoint(SyncError):
+    """``POST /jobs`` answered 404: the endpoint has no Jobs API there; entries were kept."""
+
+    exit_code = 2
+
+
 class Interrupted(SyncError):
     """SIGINT or SIGTERM stopped a run; what was answered is settled, ``report`` says what."""
 
@@ -111,37 +121,62 @@ class Interrupted(SyncError):
         self.report = report
 
 
-class RequestFailed(SyncError):
-    """One API request failed, classified for the sync engine.
+class Verdict(StrEnum):
+    """What one failed request means for the job it carried: the client's one answer.
 
-    ``kind`` is ``auth`` (stop everything), ``redirect`` (stop: the endpoint
-    moved to ``location``), ``reject`` (the server refused this job for good)
-    or ``retry`` (try later).  ``maybe_sent`` is true when the server may have
-    stored the job anyway, so it must be looked up before posting again.
-    ``connect_failed``: no connection was opened (nothing was sent);
-    ``trust_failed``: because a certificate did not verify; ``timed_out``: no
-    answer within the deadline.
+    The engine's policy (``engine.policy.decide``) maps each verdict to what a
+    run does next; nothing else re-derives it from status codes or flags.
+    """
+
+    #: No connection was opened (DNS, refused, TLS handshake, a proxy that refused
+    #: the CONNECT or asked for credentials): nothing reached the server.
+    NOT_SENT = "not_sent"
+    #: The request may have reached the server (a timeout or a reset after it was
+    #: written, a 5xx to a POST, an unreadable 2xx, another job's answer): look it
+    #: up before posting it again.
+    MAYBE_SENT = "maybe_sent"
+    #: The server answered "not now" and stored nothing (408, 429, a 5xx or an
+    #: unusable answer to a GET, a 4xx to a look-up, which is no verdict on the job).
+    RETRY_LATER = "retry_later"
+    #: The server refused this job for good (400, 409, 413, 422, ...).
+    REJECTED = "rejected"
+    #: The server refused the key (401/403): stop, change nothing.
+    STOP_AUTH = "stop_auth"
+    #: An API route answered 3xx: a POST is never re-sent elsewhere on its own.
+    STOP_REDIRECT = "stop_redirect"
+    #: A TLS certificate did not verify: nothing was sent, nothing will be.
+    STOP_TRUST = "stop_trust"
+    #: ``POST /jobs`` answered 404: the route is not there, so the endpoint is wrong.
+    STOP_ENDPOINT = "stop_endpoint"
+
+
+class RequestFailed(SyncError):
+    """One API request failed, with the client's ``verdict`` on what that means.
+
+    Details the policy may read: ``status`` (the HTTP code, if any),
+    ``retry_after`` (seconds the server asked for), ``timed_out`` (no answer
+    within the deadline: many in a row make the endpoint unreachable) and
+    ``location`` (where a redirect points).
     """
 
     def __init__(
         self,
         message: str,
+        verdict: Verdict,
         *,
-        kind: str,
         status: int | None = None,
         retry_after: float | None = None,
-        maybe_sent: bool = False,
-        connect_failed: bool = False,
-        trust_failed: bool = False,
         timed_out: bool = False,
         location: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.verdict = verdict
         self.status = status
         self.retry_after = retry_after
-        self.maybe_sent = maybe_sent
-        self.connect_failed = connect_failed
-        self.trust_failed = trust_failed
         self.timed_out = timed_out
         self.location = location
+
+    @property
+    def maybe_sent(self) -> bool:
+        """The server may hold the job: it is looked up before it is posted again."""
+        return self.verdict is Verdict.MAYBE_SENT

@@ -36,12 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .engine import BackgroundSyncer, StoreWorker, require
+from .engine import BackgroundSyncer, require
 from .errors import InvalidJob, LogbookError
 from .jobs import prepare
 from .server import Handler, JobsApi, json_response, presented_key, serve
 from .store import Entry
 from .store.relay import RelayKeys
+from .store.worker import StoreWorker
 
 if TYPE_CHECKING:
     import ssl

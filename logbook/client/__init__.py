@@ -13,11 +13,12 @@ Two rules shape it:
   transport error is raised again against that one, and every message is
   redacted (every spelling of the key, before anything is cut) before it
   leaves this package.  httpx2's client, which logs URLs, is not used.
-- Every failure is classified into a ``RequestFailed`` whose ``maybe_sent``
-  says whether the server may have stored the job.  "Nothing was sent" is
-  claimed only when no connection was opened (DNS, refused, TLS handshake, a
-  proxy that refused the CONNECT); anything later may have reached the server.
-  That flag is what keeps delivery exactly-once.
+- Every failure is one ``RequestFailed`` carrying one ``Verdict`` (what the
+  failure means for the job: not sent, maybe sent, rejected, retry later, or
+  stop the run), decided here, once, from what the wire showed.  "Nothing was
+  sent" is claimed only when no connection was opened (DNS, refused, TLS
+  handshake, a proxy that refused the CONNECT); anything later may have
+  reached the server.  That line is what keeps delivery exactly-once.
 
 A 3xx is never followed: a POST must not go to another URL on its own.
 """
@@ -38,7 +39,7 @@ from urllib.parse import quote, urlsplit
 import httpx2
 
 from ..config import Network
-from ..errors import RequestFailed
+from ..errors import RequestFailed, Verdict
 from ..redact import redact, show_url
 from ..vocab import STATUSES
 
@@ -247,12 +248,12 @@ class ApiClient:
 
     def _classify(self, method: str, shown: str, err: BaseException) -> RequestFailed:
         """A transport failure as the sync engine needs it: was anything sent?"""
-        maybe = method == "POST"
+        after_sending = Verdict.MAYBE_SENT if method == "POST" else Verdict.RETRY_LATER
         if isinstance(err, TimeoutError):
             return RequestFailed(
                 f"{method} {shown}: no complete answer from {self._host}"
                 f" within {self.deadline:g} s",
-                kind="retry", maybe_sent=maybe, timed_out=True,
+                after_sending, timed_out=True,
             )  # fmt: skip
         if isinstance(err, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.ProxyError)):
             reason = self._redact(str(err)) or type(err).__name__
@@ -261,48 +262,62 @@ class ApiClient:
                     f"the TLS certificate of {self._host} (or of the proxy) did not verify"
                     f" ({reason}): if your network inspects TLS, set SSL_CERT_FILE or"
                     " ca_bundle in config.toml to your institution's CA bundle",
-                    kind="retry", connect_failed=True, trust_failed=True,
+                    Verdict.STOP_TRUST,
                 )  # fmt: skip
             return RequestFailed(
                 f"{reason} (check the network, HAIQU_EDGE_URI and any proxy setting;"
                 " `logbook doctor` tests them)",
-                kind="retry", connect_failed=True,
+                Verdict.NOT_SENT,
             )  # fmt: skip
         # Anything else (a read timeout, a dropped connection, a body that cannot be
         # decoded) came after the request may have reached the server.
         return RequestFailed(
             self._redact(f"{method} {shown}: {type(err).__name__} from {self._host}: {err}"),
-            kind="retry", maybe_sent=maybe, timed_out=isinstance(err, httpx2.TimeoutException),
+            after_sending, timed_out=isinstance(err, httpx2.TimeoutException),
         )  # fmt: skip
 
     def _failure(self, method: str, shown: str, response: httpx2.Response) -> RequestFailed:
+        """A non-2xx answer's verdict: the one place a status code is read for its meaning."""
         code = response.status_code
         detail = self._reason(response)
         msg = f"{method} {shown}: HTTP {code}{': ' + detail if detail else ''}"
+        post = method == "POST"
         if 300 <= code < 400:
             return RequestFailed(
-                self._redact(msg), kind="redirect", status=code,
+                self._redact(msg), Verdict.STOP_REDIRECT, status=code,
                 location=self._redact(self._moved_to(response)),
             )  # fmt: skip
         if code in AUTH_CODES:
-            return RequestFailed(msg, kind="auth", status=code)
+            return RequestFailed(msg, Verdict.STOP_AUTH, status=code)
         if code == 407:  # the proxy refused it: nothing reached the API
             return RequestFailed(
                 f"{method} {shown}: the proxy refused the request (HTTP 407): give its user and"
                 " password in the proxy URL (http://user:password@proxy:port)",
-                kind="retry", status=code, connect_failed=True,
+                Verdict.NOT_SENT, status=code,
+            )  # fmt: skip
+        if code == 404 and post and shown == "/jobs":
+            return RequestFailed(
+                f"POST {self.endpoint}/jobs answered 404: there is no Jobs API at"
+                f" {self.endpoint} (a base path it does not serve?); set HAIQU_EDGE_URI to the"
+                " API's base URL (`logbook doctor` checks it)",
+                Verdict.STOP_ENDPOINT, status=code,
             )  # fmt: skip
         if code in RETRY_CODES or code >= 500:
             return RequestFailed(
-                msg, kind="retry", status=code,
+                msg, Verdict.MAYBE_SENT if code >= 500 and post else Verdict.RETRY_LATER,
+                status=code,
                 retry_after=parse_retry_after(
                     response.headers.get("retry-after"), server_date=response.headers.get("date")
                 ),
-                maybe_sent=code >= 500 and method == "POST",
             )  # fmt: skip
         if 400 <= code < 500:
-            return RequestFailed(msg, kind="reject", status=code)
-        return RequestFailed(msg, kind="retry", status=code, maybe_sent=method == "POST")
+            # A GET carries no job to refuse: a 4xx to a look-up (a proxy refusing a long
+            # URL, say) is no verdict on the job.
+            return RequestFailed(
+                msg, Verdict.REJECTED if post else Verdict.RETRY_LATER, status=code
+            )
+        # 1xx or another code no server should send: it may have stored the job.
+        return RequestFailed(msg, Verdict.MAYBE_SENT if post else Verdict.RETRY_LATER, status=code)
 
     def _moved_to(self, response: httpx2.Response) -> str:
         """The base URL a redirect points at: its Location without the route asked for, nor
@@ -365,7 +380,8 @@ class ApiClient:
             )  # fmt: skip
         raise RequestFailed(
             f"{method} {shown}: HTTP {response.status_code} with a body that is not a Job",
-            kind="retry", status=response.status_code, maybe_sent=method == "POST",
+            Verdict.MAYBE_SENT if method == "POST" else Verdict.RETRY_LATER,
+            status=response.status_code,
         )  # fmt: skip
 
     def _same_job(
@@ -377,7 +393,7 @@ class ApiClient:
         ):
             raise RequestFailed(
                 f"{method} {shown}: the server answered with a job of another hash or experiment",
-                kind="retry", maybe_sent=True,
+                Verdict.MAYBE_SENT,
             )  # fmt: skip
         return job
 
@@ -402,10 +418,7 @@ class ApiClient:
         if code == 404:
             return None
         if not 200 <= code < 300:
-            failure = self._failure("GET", shown, response)
-            if failure.kind == "reject":
-                failure.kind = "retry"
-            raise failure
+            raise self._failure("GET", shown, response)
         job = self._job("GET", shown, response)
         return self._same_job("GET", shown, job, experiment_id, job_hash)
 

@@ -364,10 +364,19 @@ def _os_reason(exc: BaseException) -> str:
     if name:  # the system's words: asyncio's strerror repeats the address the line names
         return f"{name} {os.strerror(err)}"  # type: ignore[arg-type]
     if text:
-        return f"{name} {text}".strip() if name else str(text)
+        return _no_urls(f"{name} {text}".strip() if name else str(text))
     if exc.args and isinstance(exc.args[0], str):
-        return exc.args[0]
+        # aiohttp 3.14 writes the whole URL (the key in its query) into some messages.
+        return _no_urls(exc.args[0])
     return type(exc).__name__
+
+
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def _no_urls(text: str) -> str:
+    """A library's message without the URLs it quotes: the caller names the origin."""
+    return _URL.sub("the server", text)
 
 
 def _first_line(text: str) -> str:

@@ -24,19 +24,14 @@ sqlite3 connection is bound to the thread that made it.
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import NotFound, StoreError
-from . import schema
-from .connect import now_iso, open_readonly, open_readwrite, retry_busy, translate
+from .connect import Database, now_iso, open_readonly, open_readwrite
 from .schema import INSERT, SCHEMA_VERSION, SELECT, STATES, Entry
-
-BUSY_TIMEOUT_S = 30.0
-T = TypeVar("T")
+from .schema import row as job_row
 
 __all__ = ["Entry", "STATES", "SCHEMA_VERSION", "Status", "Store", "now_iso"]
 
@@ -63,7 +58,7 @@ class Status:
         }  # fmt: skip
 
 
-class Store:
+class Store(Database):
     """A logbook store in one SQLite file.
 
     ``create=False`` refuses a path where no store exists; ``readonly=True``
@@ -80,10 +75,11 @@ class Store:
         from .relay import RelayJobs, RelayKeys
 
         self.path = str(path)
-        self.readonly = readonly
         if (readonly or not create) and not os.path.exists(self.path):
             raise NotFound(f"no store at {self.path}")
-        self.conn = open_readonly(self.path) if readonly else open_readwrite(self.path)
+        super().__init__(
+            open_readonly(self.path) if readonly else open_readwrite(self.path), self.path, readonly
+        )
         if readonly and self.schema_version() < SCHEMA_VERSION:
             # A store of an older logbook: bring it up to date once, where that is allowed.
             self.conn.close()
@@ -100,58 +96,11 @@ class Store:
         self.keys = RelayKeys(self)
         self.relay = RelayJobs(self)
 
-    def close(self) -> None:
-        self.conn.close()
-
     def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # --- transactions ----------------------------------------------------------------
-
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction that takes the write lock up front."""
-        if self.readonly:
-            raise StoreError(f"the store {self.path} was opened read-only")
-        conn = self.conn
-        try:
-            retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
-        except sqlite3.Error as err:
-            raise translate(err, self.path) from None
-        try:
-            yield conn
-        except BaseException as err:
-            self._rollback()
-            if isinstance(err, sqlite3.Error):
-                raise translate(err, self.path) from None
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as err:
-            # A failed COMMIT may have ended the transaction itself (disk full): a
-            # ROLLBACK then fails with "no transaction is active" and hides the cause.
-            self._rollback()
-            raise translate(err, self.path) from None
-
-    def _rollback(self) -> None:
-        if self.conn.in_transaction:
-            try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the connection is closed or gone; SQLite rolls back on its own
-
-    def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        try:
-            return self.conn.execute(sql, tuple(params)).fetchall()
-        except sqlite3.Error as err:
-            raise translate(err, self.path) from None
-
-    def scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        rows = self.read(sql, params)
-        return rows[0][0] if rows else None
 
     # --- recording ----------------------------------------------------------------------
 
@@ -163,7 +112,7 @@ class Store:
         """
         created_at = now_iso()
         with self.write() as conn:
-            cur = conn.execute(INSERT, schema.row(job, created_at, source))
+            cur = conn.execute(INSERT, job_row(job, created_at, source))
             if cur.rowcount == 1 and cur.lastrowid is not None:
                 entry = Entry(**job, id=cur.lastrowid, created_at=created_at, source=source)
                 entry.metrics = dict(entry.metrics)
@@ -181,7 +130,7 @@ class Store:
         created = seen = 0
         rows: list[tuple[Any, ...]] = []
         for job in jobs:
-            rows.append(schema.row(job, now_iso(), source))
+            rows.append(job_row(job, now_iso(), source))
             if len(rows) >= batch:
                 created, seen = created + self._insert_rows(rows), seen + len(rows)
                 rows = []

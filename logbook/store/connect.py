@@ -16,15 +16,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ..errors import NotALogbookStore, StoreBusy, StoreError, StoreFull
-from . import schema
-from .schema import APPLICATION_ID, SCHEMA_VERSION
+from .schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, create
 
 BUSY_TIMEOUT_S = 30.0
 #: The columns every logbook store had from version 1: an ``entries`` table without
@@ -203,9 +202,9 @@ def migrate(conn: sqlite3.Connection) -> None:
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
-            schema.create(conn)
+            create(conn)
         else:
-            for step in schema.MIGRATIONS[version:]:
+            for step in MIGRATIONS[version:]:
                 step(conn)
         conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -214,3 +213,62 @@ def migrate(conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+class Database:
+    """A connection to a store and its transactions: what every part of the store works on.
+
+    ``Store`` is one; ``Leases``, ``Ledger`` and the relay's tables take it and
+    use only these three doors: ``write()`` (a short ``BEGIN IMMEDIATE``),
+    ``read()`` and ``scalar()``.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: str, readonly: bool) -> None:
+        self.conn = conn
+        self.path = path
+        self.readonly = readonly
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A short write transaction that takes the write lock up front."""
+        if self.readonly:
+            raise StoreError(f"the store {self.path} was opened read-only")
+        conn = self.conn
+        try:
+            retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+        except sqlite3.Error as err:
+            raise translate(err, self.path) from None
+        try:
+            yield conn
+        except BaseException as err:
+            self._rollback()
+            if isinstance(err, sqlite3.Error):
+                raise translate(err, self.path) from None
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            # A failed COMMIT may have ended the transaction itself (disk full): a
+            # ROLLBACK then fails with "no transaction is active" and hides the cause.
+            self._rollback()
+            raise translate(err, self.path) from None
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection is closed or gone; SQLite rolls back on its own
+
+    def read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self.conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as err:
+            raise translate(err, self.path) from None
+
+    def scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        rows = self.read(sql, params)
+        return rows[0][0] if rows else None

@@ -29,13 +29,10 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..vocab import UNFINISHED
+from .connect import Database, now_iso
 from .schema import SELECT, Entry
-
-if TYPE_CHECKING:
-    from . import Store
 
 UNFINISHED_REMOTE: tuple[str, ...] = tuple(sorted(UNFINISHED))
 _HOST = socket.gethostname()
@@ -153,7 +150,7 @@ _SETTLE = {
 class Leases:
     """Claim, re-check, renew and settle; every write is one short ``BEGIN IMMEDIATE``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     def _stale(self, now: float, limit: int | None = None) -> list[int]:
@@ -260,7 +257,6 @@ class Leases:
         Only entries ``owner`` still holds change; returns how many of each
         state were written.
         """
-        from . import now_iso
 
         if not outcomes:
             return {}
@@ -378,7 +374,6 @@ class Leases:
 
     def set_remote_status(self, updates: Sequence[tuple[int, str, str | None]]) -> None:
         """``(entry id, status, upstream id or None)`` for each refreshed entry."""
-        from . import now_iso
 
         if not updates:
             return

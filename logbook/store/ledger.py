@@ -20,14 +20,13 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import StoreBusy, StoreFull
-from . import schema
 from .bulk import MAX_ROW_FILES, copy_rows_files
-
-if TYPE_CHECKING:
-    from . import Store
+from .connect import Database, now_iso
+from .schema import INSERT
+from .schema import row as job_row
 
 #: A file modified this close to (or after) the moment it was read may have
 #: changed without changing its stat (coarse timestamps): read it again.
@@ -95,7 +94,7 @@ def shown(path: str) -> str:
 
 
 class Ledger:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     def seen(self, path: str) -> FileRecord | None:
@@ -140,7 +139,6 @@ class Ledger:
         return counts
 
     def _record(self, files: Sequence[FileRead]) -> list[tuple[int, int]]:
-        from . import now_iso
 
         stamp = now_iso()
         counts: list[tuple[int, int]] = []
@@ -172,8 +170,8 @@ class Ledger:
                 if close is not None:
                     close()
         else:
-            rows = [schema.row(j, stamp, source) for j in f.jobs]
-            conn.executemany(schema.INSERT, rows)
+            rows = [job_row(j, stamp, source) for j in f.jobs]
+            conn.executemany(INSERT, rows)
             seen = len(rows)
         created = conn.total_changes - before
         reason = f.reason() if callable(f.reason) else f.reason

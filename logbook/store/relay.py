@@ -11,14 +11,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import BadInput, NotFound
-from . import schema
+from .connect import Database, now_iso
 from .schema import INSERT, SELECT, STATES, Entry
-
-if TYPE_CHECKING:
-    from . import Store
+from .schema import row as job_row
 
 PREFIX = "lbr_"
 
@@ -28,12 +26,11 @@ def _digest(key: str) -> str:
 
 
 class RelayKeys:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     def add(self, name: str) -> str:
         """Make a key for ``name``; returns it (the only time it is ever seen)."""
-        from . import now_iso
 
         if not name or not name.isprintable() or len(name) > 100:
             raise BadInput("a relay key's name: 1 to 100 printable characters")
@@ -48,7 +45,6 @@ class RelayKeys:
         return key
 
     def revoke(self, name: str) -> None:
-        from . import now_iso
 
         with self.store.write() as conn:
             changed = conn.execute(
@@ -74,7 +70,7 @@ class RelayKeys:
 
 
 class RelayJobs:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Database) -> None:
         self.store = store
 
     def record_batch(
@@ -85,13 +81,12 @@ class RelayJobs:
         A relay's group commit: concurrent POSTs share this commit.  A job
         already held (the same experiment and hash) gives its existing entry.
         """
-        from . import now_iso
 
         created_at = now_iso()
         out: list[tuple[Entry, bool]] = []
         with self.store.write() as conn:
             for job, source in zip(jobs, sources, strict=True):
-                cur = conn.execute(INSERT, schema.row(job, created_at, source))
+                cur = conn.execute(INSERT, job_row(job, created_at, source))
                 if cur.rowcount == 1 and cur.lastrowid is not None:
                     entry = Entry(**job, id=cur.lastrowid, created_at=created_at, source=source)
                     out.append((entry, True))

@@ -17,7 +17,7 @@ import pytest
 from support import assert_no_key
 
 from logbook.client import RETRY_AFTER_CAP, ApiClient, parse_retry_after, remote_status
-from logbook.errors import RequestFailed
+from logbook.errors import RequestFailed, Verdict
 from logbook.vocab import STATUSES
 
 from .apimock import ENDPOINT, KEY, Handler, answer, job_doc, raising
@@ -54,13 +54,13 @@ def test_200_valid_job_is_returned() -> None:
 def test_200_job_for_another_hash_is_uncertain() -> None:
     other = dict(BODY, hash="other")
     err = failure(answer(200, job_doc(other)))
-    assert err.kind == "retry" and err.maybe_sent
+    assert err.verdict is Verdict.MAYBE_SENT
 
 
 def test_200_job_for_another_experiment_is_uncertain() -> None:
     other = dict(BODY, experiment_id="another-experiment")
     err = failure(answer(200, job_doc(other)))
-    assert err.kind == "retry" and err.maybe_sent
+    assert err.verdict is Verdict.MAYBE_SENT
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_lookup_answered_with_another_job_is_never_taken_for_ours(other: dict[st
     doc = job_doc(dict(BODY, **other), "srv-other")
     err = failure(answer(200, doc), *LOOKUP)
     assert isinstance(err, RequestFailed)
-    assert err.kind == "retry" and err.maybe_sent
+    assert err.verdict is Verdict.MAYBE_SENT
 
 
 def test_lookup_with_the_same_job_is_a_jobref() -> None:
@@ -91,9 +91,9 @@ def test_lookup_without_experiment_id_in_the_answer_is_taken_by_hash() -> None:
 
 def test_2xx_bad_json_is_uncertain() -> None:
     err = failure(answer(200, b'{"id": "trunc'))
-    assert err.kind == "retry" and err.maybe_sent
+    assert err.verdict is Verdict.MAYBE_SENT
     err = failure(answer(201, {"not": "a job"}))
-    assert err.kind == "retry" and err.maybe_sent
+    assert err.verdict is Verdict.MAYBE_SENT
 
 
 @pytest.mark.parametrize(
@@ -110,7 +110,7 @@ def test_2xx_bad_json_is_uncertain() -> None:
 )
 def test_2xx_without_id_hash_and_status_is_uncertain(body: Any) -> None:
     err = failure(answer(200, body))
-    assert err.kind == "retry" and err.maybe_sent and "not a Job" in str(err)
+    assert err.verdict is Verdict.MAYBE_SENT and "not a Job" in str(err)
 
 
 def test_2xx_reads_only_what_it_needs() -> None:
@@ -124,20 +124,27 @@ def test_2xx_reads_only_what_it_needs() -> None:
     assert (job.id, job.status, job.hash) == ("srv-9", "Unknown (Quantum Queued)", "h1")
 
 
-@pytest.mark.parametrize("status", [400, 404, 413, 422])
+@pytest.mark.parametrize("status", [400, 409, 413, 422])
 def test_client_errors_reject_with_the_reason(status: int) -> None:
     detail = [{"loc": ["body", "status"], "msg": "Input should be 'Done'", "type": "enum"}]
     err = failure(answer(status, {"detail": detail}))
-    assert err.kind == "reject" and err.status == status and not err.maybe_sent
+    assert err.verdict is Verdict.REJECTED and err.status == status and not err.maybe_sent
     assert "status: Input should be 'Done'" in str(err)
     assert f"HTTP {status}" in str(err)
+
+
+def test_a_404_to_post_jobs_says_the_endpoint_is_wrong() -> None:
+    """The route is not there (a base path the API does not serve): no job is to blame."""
+    err = failure(answer(404, {"detail": "Not Found"}))
+    assert err.verdict is Verdict.STOP_ENDPOINT and err.status == 404
+    assert "HAIQU_EDGE_URI" in str(err) and ENDPOINT in str(err)
 
 
 @pytest.mark.parametrize("status", [400, 405, 413, 414, 422])
 def test_a_4xx_on_a_lookup_is_no_verdict(status: int) -> None:
     """A proxy may refuse a long lookup URL: that says nothing about the job."""
     err = failure(answer(status, {"detail": "URI too long"}), *LOOKUP)
-    assert err.kind == "retry", err.kind
+    assert err.verdict is Verdict.RETRY_LATER, err.verdict
     assert err.status == status and f"HTTP {status}" in str(err)
     # what last_error keeps names the method once (it said "GET GET /experiments/...")
     assert str(err).startswith("GET /experiments/{experiment_id}/jobs/{hash}: HTTP"), str(err)
@@ -147,24 +154,24 @@ def test_a_4xx_on_a_lookup_is_no_verdict(status: int) -> None:
 @pytest.mark.parametrize("status", [401, 403])
 def test_auth_errors(status: int) -> None:
     err = failure(answer(status, {"detail": "Invalid or missing API key"}))
-    assert err.kind == "auth" and err.status == status
+    assert err.verdict is Verdict.STOP_AUTH and err.status == status
     err = failure(answer(status, {"detail": "Invalid or missing API key"}), *LOOKUP)
-    assert err.kind == "auth" and err.status == status
+    assert err.verdict is Verdict.STOP_AUTH and err.status == status
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
 def test_retryable_statuses(status: int) -> None:
     err = failure(answer(status, {"detail": "busy"}, {"Retry-After": "7"}))
-    assert err.kind == "retry" and err.status == status
     # Only a 5xx to a POST may have stored the job.
-    assert err.maybe_sent == (status >= 500)
+    assert err.verdict is (Verdict.MAYBE_SENT if status >= 500 else Verdict.RETRY_LATER)
+    assert err.status == status
     assert err.retry_after == 7.0
 
 
 @pytest.mark.parametrize("status", [500, 503])
 def test_5xx_on_a_get_is_not_maybe_sent(status: int) -> None:
     err = failure(answer(status, {"detail": "busy"}), *LOOKUP)
-    assert err.kind == "retry" and not err.maybe_sent
+    assert err.verdict is Verdict.RETRY_LATER
 
 
 REDIRECT_TARGET = "http://other.example:8443/v2/jobs"
@@ -185,7 +192,7 @@ def test_a_redirect_is_never_followed_and_names_where_without_the_query(
         return httpx2.Response(status, headers={"Location": location})
 
     err = failure(handler, *call_args)
-    assert err.kind == "redirect" and err.status == status
+    assert err.verdict is Verdict.STOP_REDIRECT and err.status == status
     # The base URL to set HAIQU_EDGE_URI to: the route asked for and the query taken off.
     moved = "http://other.example:8443/v2" if call_args[0] == "submit" else REDIRECT_TARGET
     assert err.location == moved
@@ -197,24 +204,24 @@ def test_a_redirect_is_never_followed_and_names_where_without_the_query(
 
 def test_a_relative_redirect_names_the_base_url_on_the_same_host() -> None:
     err = failure(answer(307, b"", {"Location": "/v2/jobs?HAIQU_API_KEY=k%2Bey%2Fwith%3Dch"}))
-    assert err.kind == "redirect" and err.location == "http://api.test/v2"
+    assert err.verdict is Verdict.STOP_REDIRECT and err.location == "http://api.test/v2"
 
 
 def test_connect_error_is_connect_failed_and_not_sent() -> None:
     err = failure(raising(httpx2.ConnectError))
-    assert err.connect_failed and not err.maybe_sent and err.kind == "retry"
+    assert err.verdict is Verdict.NOT_SENT
 
 
 def test_read_timeout_after_sending_a_post_is_maybe_sent() -> None:
     err = failure(raising(httpx2.ReadTimeout))
-    assert err.maybe_sent and not err.connect_failed and err.timed_out
+    assert err.verdict is Verdict.MAYBE_SENT and err.timed_out
     err = failure(raising(httpx2.ReadTimeout), *LOOKUP)
     assert not err.maybe_sent
 
 
 def test_dropped_connection_is_maybe_sent() -> None:
     err = failure(raising(httpx2.RemoteProtocolError))
-    assert err.maybe_sent and not err.connect_failed
+    assert err.verdict is Verdict.MAYBE_SENT
 
 
 def test_overall_deadline_bounds_a_slow_response() -> None:
@@ -225,7 +232,7 @@ def test_overall_deadline_bounds_a_slow_response() -> None:
         return httpx2.Response(200, json=job_doc(BODY))
 
     err = failure(slow, "submit", BODY, deadline=0.2)
-    assert err.maybe_sent and err.kind == "retry" and err.timed_out
+    assert err.verdict is Verdict.MAYBE_SENT and err.timed_out
 
 
 def test_find_by_hash_404_is_none_and_get_job_404_is_none() -> None:
@@ -372,12 +379,14 @@ def test_an_undecodable_body_is_a_classified_failure(call_args: tuple[Any, ...])
         )
 
     err = failure(handler, *call_args)
-    assert err.kind == "retry"
-    assert err.maybe_sent == (call_args[0] == "submit")
+    post = call_args[0] == "submit"
+    assert err.verdict is (Verdict.MAYBE_SENT if post else Verdict.RETRY_LATER)
 
 
 @pytest.mark.parametrize("status", [200, 422, 500])
 def test_a_deeply_nested_json_body_is_a_classified_failure(status: int) -> None:
     err = failure(answer(status, b"[" * 5000))
     assert err.status == status
-    assert err.kind == ("reject" if status == 422 else "retry")
+    assert err.verdict is {
+        200: Verdict.MAYBE_SENT, 422: Verdict.REJECTED, 500: Verdict.MAYBE_SENT
+    }[status]

@@ -27,7 +27,6 @@ from logbook.engine import (
     MAX_STALLS,
     MAX_TIMEOUTS,
     AdaptiveLimit,
-    StoreWorker,
     SyncEngine,
     SyncReport,
     backoff,
@@ -35,6 +34,7 @@ from logbook.engine import (
 )
 from logbook.errors import AuthError, Redirected, Unreachable
 from logbook.store import Entry, Store
+from logbook.store.worker import StoreWorker
 
 from .apimock import ENDPOINT, KEY, Handler, answer, job_doc, raising
 

@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from logbook.engine import StoreWorker
+from logbook.store.worker import StoreWorker
 from logbook.relay import ID_PREFIX, StoreBackend
 
 
