@@ -57,7 +57,7 @@ def test_every_option_with_a_default_shows_it_in_help(path: tuple[str, ...]) -> 
     command = dict(ALL)[path]
     ctx = click.Context(command, info_name=" ".join(("logbook", *path)))
     for param in command.get_params(ctx):
-        if not isinstance(param, click.Option) or param.is_flag or param.hidden:
+        if not isinstance(param, click.Option) or param.is_flag or param.count or param.hidden:
             continue
         default = param.get_default(ctx, call=False)
         if default is None or type(default).__name__ == "Sentinel" or param.multiple:

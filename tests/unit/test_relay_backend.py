@@ -6,8 +6,8 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from logbook.store.worker import StoreWorker
 from logbook.relay import ID_PREFIX, StoreBackend
+from logbook.store.worker import StoreWorker
 
 
 def test_concurrent_posts_share_commits_and_each_is_answered_once_stored(tmp_path: Path) -> None:

@@ -1,0 +1,340 @@
+"""The commands about entries: record, import, list, show, status, export, retry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..vocab import STATES
+from .context import Ctx, EntryId, LogbookCommand, pass_ctx
+from .output import echo, print_json, printable, redacted
+
+if TYPE_CHECKING:
+    from ..store import Entry
+
+
+# --- record -------------------------------------------------------------------------------
+
+
+def _parse_metric(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--metric")
+    from ..vocab import reject_constant
+
+    try:
+        return key, json.loads(value, parse_constant=reject_constant)
+    except (ValueError, RecursionError):  # not JSON (or NaN/Infinity): keep the text
+        return key, value
+
+
+def _read_results_file(path: str, max_bytes: int) -> str:
+    """At most ``max_bytes`` of a file (``/dev/zero`` is endless), as UTF-8 text."""
+    from ..errors import InvalidJob
+
+    try:
+        with click.open_file(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    except OSError as err:
+        raise InvalidJob(f"cannot read --results-file {path}: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise InvalidJob(
+            f"--results-file {path} is over {max_bytes} bytes (max_file_bytes in config.toml)"
+        )
+    try:
+        return data.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        raise InvalidJob(f"--results-file {path} is not UTF-8 text") from None
+
+
+@click.command(cls=LogbookCommand)
+@click.option("--experiment", "-e", "experiment", required=True, help="Experiment id.")
+@click.option("--name", help="Job name (at most 200 characters).")
+@click.option("--device", help="Device id (at most 200 characters).")
+@click.option("--shots", help='Shots as JSON text, e.g. "[1024]".')
+@click.option("--status", default="Done", show_default=True, help="Job status (the API's enum).")
+@click.option("--job-type", default="User local job", show_default=True, help="Job type.")
+@click.option("--results", help="Results as JSON text (e.g. counts).")
+@click.option(
+    "--results-file", type=click.Path(dir_okay=False, allow_dash=True),
+    help="Read the results JSON from a file (- for stdin).",
+)  # fmt: skip
+@click.option(
+    "--metric", "metrics", multiple=True, metavar="KEY=VALUE", help="A metric (repeatable)."
+)
+@click.option("--hash", "hash_", help="Job hash (default: computed from the content).")
+@click.option("--circuit-hash", help="Circuit hash.")
+@click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
+@pass_ctx
+def record(
+    c: Ctx, experiment: str, name: str | None, device: str | None, shots: str | None,
+    status: str, job_type: str, results: str | None, results_file: str | None,
+    metrics: tuple[str, ...], hash_: str | None, circuit_hash: str | None, as_json: bool,
+) -> None:  # fmt: skip
+    """Record one job, offline; prints its id.
+
+    Recording the same (experiment, hash) again returns the existing entry.
+
+    \b
+    Example:
+      logbook record -e bell --name "bell 1" --device ibm_kyiv --shots '[1024]' \\
+          --results '{"00": 510, "11": 514}' --metric fidelity=0.98
+    """
+    from ..jobs import prepare
+
+    if results is not None and results_file is not None:
+        raise click.UsageError("give --results or --results-file, not both")
+    if results_file is not None:
+        results = _read_results_file(results_file, c.config().max_file_bytes)
+    doc: dict[str, Any] = {"experiment_id": experiment, "status": status, "job_type": job_type}
+    for key, value in (
+        ("name", name), ("device_id", device), ("shots", shots), ("results", results),
+        ("hash", hash_), ("circuit_hash", circuit_hash),
+    ):  # fmt: skip
+        if value is not None:
+            doc[key] = value
+    doc["metrics"] = dict(_parse_metric(m) for m in metrics)
+    job = prepare(doc)
+    store = c.open()
+    assert store is not None
+    entry, created = store.record(job, source="cli")
+    if as_json:
+        print_json(entry.to_dict())
+    else:
+        click.echo(str(entry.id))
+        if not created and not c.quiet:
+            click.echo(f"logbook: already recorded as entry {entry.id}", err=True)
+
+
+# --- import -------------------------------------------------------------------------------
+
+
+@click.command("import", cls=LogbookCommand)
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--experiment", "-e", help="Experiment id for files that do not name one.")
+@click.option(
+    "--max-file-bytes", type=click.IntRange(min=1), help="Largest file to read (default 64 MiB)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_ctx
+def import_(
+    c: Ctx,
+    paths: tuple[str, ...],
+    experiment: str | None,
+    max_file_bytes: int | None,
+    as_json: bool,
+) -> None:
+    """Record result files and directories (job JSON, Qiskit results, JSON Lines).
+
+    Directories are read recursively; each file is reported once as recorded,
+    already known or invalid (with its reason).  Exit 1 if any was invalid.
+
+    \b
+    Example:
+      logbook import results/ --experiment bell
+    """
+    from ..importer import check_paths, import_paths
+    from ..progress import Progress
+
+    cfg = c.config()
+    check_paths(paths)  # before the store is opened: a typo creates nothing
+    store = c.open()
+    assert store is not None
+    progress = Progress()
+    progress.begin("importing", 0)
+
+    def advance(done: int, total: int, recorded: int) -> None:
+        progress.total, progress.done = total, done
+
+    with c.progress(progress, "files", as_json=as_json):
+        report = import_paths(
+            store, paths, experiment_id=experiment or cfg.experiment,
+            max_bytes=max_file_bytes or cfg.max_file_bytes, progress=advance,
+        )  # fmt: skip
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        for path, reason in report.invalid:
+            click.echo(redacted(f"logbook: invalid: {path}: {reason}"), err=True)
+        click.echo(
+            f"{report.recorded} recorded, {report.known} already known,"
+            f" {len(report.invalid)} invalid ({report.files} files)"
+        )
+    sys.exit(1 if report.invalid else 0)
+
+
+# --- list / show / status / export / path --------------------------------------------------
+
+
+def _table(entries: Iterable[Entry]) -> None:
+    cols = (
+        "id",
+        "state",
+        "experiment_id",
+        "name",
+        "device_id",
+        "remote_status",
+        "remote_id",
+        "created_at",
+    )
+    heads = ("id", "state", "experiment", "name", "device", "server status", "server id", "created")
+    rows = [
+        [printable(str(getattr(e, k) if getattr(e, k) is not None else "")) for k in cols]
+        for e in entries
+    ]
+    if not rows:
+        click.echo("no entries (record one with `logbook record`, or `logbook import DIR`)")
+        return
+    widths = [min(36, max(len(h), *(len(r[i]) for r in rows))) for i, h in enumerate(heads)]
+    echo("  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip())
+    for r in rows:
+        echo("  ".join(v[:w].ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+@click.command("list", cls=LogbookCommand)
+@click.option("--state", type=click.Choice(STATES), help="Only entries in this state.")
+@click.option("--experiment", "-e", help="Only entries of this experiment.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="At most N entries (0: all).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array of entries.")
+@pass_ctx
+def list_(c: Ctx, state: str | None, experiment: str | None, limit: int, as_json: bool) -> None:
+    """List entries, newest first.
+
+    \b
+    Example:
+      logbook list --state pending --limit 0
+    """
+    store = c.open(readonly=True)
+    entries = (
+        []
+        if store is None
+        else list(store.entries(state=state, experiment_id=experiment, limit=limit or None))
+    )
+    if as_json:
+        print_json([e.to_dict() for e in entries])
+    else:
+        _table(entries)
+
+
+@click.command(cls=LogbookCommand)
+@click.argument("entry_id", metavar="ID", type=EntryId())
+@click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
+@pass_ctx
+def show(c: Ctx, entry_id: int, as_json: bool) -> None:
+    """Show one entry.
+
+    \b
+    Example:
+      logbook show 42 --json
+    """
+    from ..errors import NotFound
+
+    store = c.open(readonly=True)
+    if store is None:
+        raise NotFound(f"no entry with id {entry_id} (the store is empty)")
+    entry = store.get(entry_id)
+    if as_json:
+        print_json(entry.to_dict())
+        return
+    for key, value in entry.to_dict().items():
+        if isinstance(value, dict):
+            value = json.dumps(value, ensure_ascii=False)
+        echo(f"{key + ':':16}{'' if value is None else printable(str(value))}")
+    if entry.upstream_id:  # synced through a relay: the job's id beyond it
+        echo(f"{'upstream_id:':16}{entry.upstream_id}")
+
+
+@click.command(cls=LogbookCommand)
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_ctx
+def status(c: Ctx, as_json: bool) -> None:
+    """How many entries are in each state, and when the last sync ran.
+
+    \b
+    Example:
+      logbook status --json
+    """
+    from ..store import Status
+
+    cfg = c.config()
+    store = c.open(readonly=True)
+    data = (Status(db=str(cfg.db)) if store is None else store.status()).to_dict()
+    if as_json:
+        print_json(data)
+        return
+    counts = data["counts"]
+    echo(f"store:          {data['db']}")
+    click.echo("entries:        " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    click.echo(f"oldest pending: {data['oldest_pending'] or '-'}")
+    click.echo(f"last sync:      {data['last_sync'] or 'never'}")
+    if data.get("invalid_files"):
+        click.echo(f"invalid files:  {data['invalid_files']} (`logbook doctor` lists them)")
+
+
+@click.command(cls=LogbookCommand)
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True
+)
+@click.option("--state", type=click.Choice(STATES), help="Only entries in this state.")
+@click.option("--experiment", "-e", help="Only entries of this experiment.")
+@pass_ctx
+def export(c: Ctx, fmt: str, state: str | None, experiment: str | None) -> None:
+    """Write entries to stdout (oldest first), streaming.
+
+    \b
+    Example:
+      logbook export --format csv > jobs.csv
+    """
+    import csv
+
+    from ..store.schema import ENTRY_KEYS
+
+    store = c.open(readonly=True)
+    entries: Iterator[Entry] = (
+        iter(()) if store is None
+        else store.entries(state=state, experiment_id=experiment, newest_first=False)
+    )  # fmt: skip
+    out = sys.stdout
+    if fmt == "jsonl":
+        for e in entries:
+            out.write(json.dumps(e.to_dict(), ensure_ascii=False) + "\n")
+        return
+    writer = csv.DictWriter(out, fieldnames=list(ENTRY_KEYS), lineterminator="\n")
+    writer.writeheader()
+    for e in entries:
+        row = e.to_dict()
+        row["metrics"] = json.dumps(row["metrics"], ensure_ascii=False)
+        writer.writerow(row)
+
+
+@click.command(cls=LogbookCommand)
+@click.argument("ids", nargs=-1, metavar="[ID]...", type=EntryId())
+@click.option("--all", "all_", is_flag=True, help="Every rejected entry.")
+@click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
+@pass_ctx
+def retry(c: Ctx, ids: tuple[int, ...], all_: bool, as_json: bool) -> None:
+    """Put rejected entries back to pending, so the next sync sends them again.
+
+    \b
+    Example:
+      logbook list --state rejected
+      logbook retry --all
+    """
+    if not ids and not all_:
+        raise click.UsageError("give entry ids or --all")
+    store = c.open() if c.config().db.exists() else None
+    n = 0 if store is None else store.retry(ids, all_rejected=all_)
+    if as_json:
+        print_json({"retried": n})
+    else:
+        click.echo(f"{n} entries back to pending")

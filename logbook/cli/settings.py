@@ -1,0 +1,112 @@
+"""The commands about logbook itself: config, path, completion, doctor."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from .context import Ctx, LogbookCommand, LogbookGroup, auth_option, pass_ctx
+from .output import echo, print_json, redacted
+
+
+@click.command(cls=LogbookCommand)
+@pass_ctx
+def path(c: Ctx) -> None:
+    """Print the store's path (it opens in datasette and sqlite-utils).
+
+    \b
+    Example:
+      datasette "$(logbook path)"
+    """
+    echo(str(c.config().db))
+
+
+@click.group("config", cls=LogbookGroup, invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+@click.pass_context
+def config_(ctx: click.Context, as_json: bool) -> None:
+    """Show every effective setting and where it came from (the key masked).
+
+    \b
+    Example:
+      logbook config
+      logbook config path
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    cfg = ctx.find_object(Ctx).config()  # type: ignore[union-attr]
+    rows = cfg.shown()
+    if as_json:
+        print_json({name: {"value": value, "source": source} for name, value, source in rows})
+        return
+    from ..config import config_path
+
+    click.echo(f"config file: {config_path()}{'' if cfg.config_file else ' (none yet)'}")
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        echo(f"{name:<{width}}  {value}  ({source})")
+
+
+@config_.command("path")
+def config_path_cmd() -> None:
+    """Print the config file's path (whether it exists or not).
+
+    \b
+    Example:
+      $EDITOR "$(logbook config path)"
+    """
+    from ..config import config_path
+
+    echo(str(config_path()))
+
+
+@click.command(cls=LogbookCommand)
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script.
+
+    \b
+    Example:
+      logbook completion bash > ~/.local/share/bash-completion/completions/logbook
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None
+    root = click.get_current_context().find_root().command
+    click.echo(cls(root, {}, "logbook", "_LOGBOOK_COMPLETE").source())
+
+
+# --- doctor -------------------------------------------------------------------------------
+
+
+@click.command(cls=LogbookCommand)
+@click.option("--endpoint", metavar="URL", help="API base URL to check.")
+@auth_option()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@pass_ctx
+def doctor(c: Ctx, endpoint: str | None, auth: str | None, as_json: bool) -> None:
+    """Check the store, the configuration, the network and the endpoint; say what to fix.
+
+    Exit 0 when all is well, 1 when something needs you.
+
+    \b
+    Example:
+      logbook doctor
+    """
+    from ..doctor import run_checks
+
+    report_checks(run_checks(c.config(endpoint=endpoint, auth=auth)), as_json)
+
+
+def report_checks(checks: list[Any], as_json: bool) -> None:
+    """Doctor's checks, one a line (or JSON); exit 1 when one needs the user (a warning
+    names a fix too: rejected entries, a key file others can read, ...)."""
+    if as_json:
+        print_json([ch.to_dict() for ch in checks])
+    else:
+        for ch in checks:
+            echo(redacted(f"{ch.level.upper():5} {ch.name}: {ch.message}"))
+    sys.exit(0 if all(ch.level == "ok" for ch in checks) else 1)
