@@ -339,3 +339,23 @@ def test_list_table_is_one_line_per_entry_whatever_the_name(cli_runner: Invoke) 
     record_json(cli_runner, "-e", "e", "--name", "first line\nsecond line\rthird")
     lines = cli_runner("list").stdout.splitlines()
     assert len(lines) == 2, lines
+
+
+def test_global_options_work_before_or_after_the_command(
+    cli_runner: Invoke, tmp_path: Path
+) -> None:
+    """`logbook status --db X` is `logbook --db X status`, as git and rclone users type it."""
+    other = tmp_path / "other.db"
+    res = cli_runner("record", "-e", "g", "--results", '{"0": 1}', "--db", other, "-q")
+    assert res.exit_code == 0 and res.stdout.strip() == "1"
+    after = json.loads(cli_runner("status", "--json", "--db", other).stdout)
+    before = json.loads(cli_runner("--db", other, "status", "--json").stdout)
+    assert after == before and after["db"] == str(other) and after["counts"]["pending"] == 1
+    # the default store was never touched
+    default = json.loads(cli_runner("status", "--json").stdout)
+    assert default["counts"]["pending"] == 0
+    # -v after the command turns notes on; the global --log-format too
+    res = cli_runner("list", "--log-format", "json", "-vv", "--db", other)
+    assert res.exit_code == 0
+    for name in ("--db", "--verbose", "--quiet", "--stats", "--log-format"):
+        assert name in cli_runner("sync", "--help").stdout
