@@ -43,21 +43,22 @@ def write_rows_file(path: str, rows: Sequence[tuple[Any, ...]]) -> tuple[str, in
 
 def copy_rows_files(
     conn: sqlite3.Connection, row_files: Iterable[tuple[str, int]], attached: list[str]
-) -> int:
+) -> tuple[int, int]:
     """Copy each scratch file's rows into ``entries`` as it arrives; returns how many rows
-    were seen.
+    were seen and how many were new (the statement's own count: triggers' writes are not
+    entries).
 
     Runs inside the caller's transaction.  A file read in a transaction can
     only be detached after it, so the aliases go into ``attached`` for the
     caller to detach.
     """
-    seen = 0
+    seen = created = 0
     for chunk_path, n in row_files:
         if len(attached) >= MAX_ROW_FILES:
             raise ValueError(f"more than {MAX_ROW_FILES} row files for one file")
         alias = f"chunk{len(attached)}"
         conn.execute(f"ATTACH DATABASE ? AS {alias}", (chunk_path,))
         attached.append(alias)
-        conn.execute(_COPY.format(alias=alias))
+        created += conn.execute(_COPY.format(alias=alias)).rowcount
         seen += n
-    return seen
+    return seen, created

@@ -281,9 +281,7 @@ class Leases:
         with self.store.write() as conn:
             for state, rows in params.items():
                 if rows:
-                    before = conn.total_changes
-                    conn.executemany(_SETTLE[state], rows)
-                    written[state] = conn.total_changes - before
+                    written[state] = conn.executemany(_SETTLE[state], rows).rowcount
         return written
 
     # --- what is due ---------------------------------------------------------------------

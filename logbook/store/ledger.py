@@ -100,7 +100,7 @@ class Ledger:
     def seen(self, path: str) -> FileRecord | None:
         rows = self.store.read(
             "SELECT size, mtime_ns, ino, ctime_ns, sha256, outcome, reason, read_ns FROM files"
-            " WHERE path = ?",
+            " WHERE path_bytes = ?",
             (path_key(path),),
         )
         if not rows:
@@ -160,32 +160,31 @@ class Ledger:
         conn: sqlite3.Connection, f: FileRead, stamp: str, attached: list[str]
     ) -> tuple[int, int]:
         source = f.source or shown(f.path)
-        before = conn.total_changes
         if f.row_files is not None:
             chunks = f.row_files(MAX_ROW_FILES)
             try:
-                seen = copy_rows_files(conn, chunks, attached)
+                seen, created = copy_rows_files(conn, chunks, attached)
             finally:  # a generator's clean-up (import's workers) runs now, not at exit
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     close()
         else:
             rows = [job_row(j, stamp, source) for j in f.jobs]
-            conn.executemany(INSERT, rows)
+            # rowcount counts the inserts alone (total_changes would count the triggers' too)
+            created = conn.executemany(INSERT, rows).rowcount
             seen = len(rows)
-        created = conn.total_changes - before
         reason = f.reason() if callable(f.reason) else f.reason
         s = f.state
         conn.execute(
-            "INSERT INTO files (path, size, mtime_ns, ino, ctime_ns, sha256, outcome, reason,"
-            " recorded, known, seen_at, read_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT(path) DO UPDATE SET size = excluded.size,"
+            "INSERT INTO files (path, path_bytes, size, mtime_ns, ino, ctime_ns, sha256, outcome,"
+            " reason, recorded, known, seen_at, read_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(path_bytes) DO UPDATE SET path = excluded.path, size = excluded.size,"
             " mtime_ns = excluded.mtime_ns, ino = excluded.ino, ctime_ns = excluded.ctime_ns,"
             " sha256 = excluded.sha256, outcome = excluded.outcome, reason = excluded.reason,"
             " recorded = excluded.recorded, known = excluded.known, seen_at = excluded.seen_at,"
             " read_ns = excluded.read_ns",
             (
-                path_key(f.path), s.size, s.mtime_ns, s.ino, s.ctime_ns, f.sha256,
+                shown(f.path), path_key(f.path), s.size, s.mtime_ns, s.ino, s.ctime_ns, f.sha256,
                 "invalid" if reason else "recorded", reason, created, seen - created, stamp,
                 f.read_ns,
             ),
@@ -203,13 +202,14 @@ class Ledger:
         """Drop the invalid files under ``roots`` that are gone: they no longer need the user."""
         prefixes = tuple(os.fsencode(os.path.join(r, "")) for r in roots)
         gone = [
-            bytes(r["path"])
-            for r in self.store.read("SELECT path FROM files WHERE outcome = 'invalid'")
-            if bytes(r["path"]).startswith(prefixes) and not os.path.lexists(bytes(r["path"]))
+            bytes(r["path_bytes"])
+            for r in self.store.read("SELECT path_bytes FROM files WHERE outcome = 'invalid'")
+            if bytes(r["path_bytes"]).startswith(prefixes)
+            and not os.path.lexists(bytes(r["path_bytes"]))
         ]
         if gone:
             with self.store.write() as conn:
-                conn.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in gone])
+                conn.executemany("DELETE FROM files WHERE path_bytes = ?", [(p,) for p in gone])
         return len(gone)
 
     def invalid(self, limit: int = 100) -> list[tuple[str, str]]:
@@ -219,4 +219,4 @@ class Ledger:
             " LIMIT ?",
             (limit,),
         )
-        return [(shown(os.fsdecode(bytes(r["path"]))), r["reason"] or "") for r in rows]
+        return [(r["path"], r["reason"] or "") for r in rows]

@@ -349,7 +349,7 @@ class LogbookMachine(RuleBasedStateMachine):
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
         try:
             row = conn.execute(
-                "SELECT outcome FROM files WHERE path = ?", (os.fsencode(path.resolve()),)
+                "SELECT outcome FROM files WHERE path_bytes = ?", (os.fsencode(path.resolve()),)
             ).fetchone()
         except sqlite3.OperationalError:  # no files table yet
             return False

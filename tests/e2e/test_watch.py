@@ -180,7 +180,8 @@ def ledger_paths(home: Path) -> list[str]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         return sorted(
-            os.path.basename(os.fsdecode(r[0])) for r in conn.execute("SELECT path FROM files")
+            os.path.basename(os.fsdecode(bytes(r[0])))
+            for r in conn.execute("SELECT path_bytes FROM files")
         )
     finally:
         conn.close()

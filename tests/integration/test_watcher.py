@@ -100,7 +100,7 @@ def ledger_paths() -> list[bytes]:
         return (
             []
             if store is None
-            else [bytes(r["path"]) for r in store.read("SELECT path FROM files")]
+            else [bytes(r["path_bytes"]) for r in store.read("SELECT path_bytes FROM files")]
         )
 
 

@@ -27,7 +27,7 @@ from logbook.store.ledger import FileRead, FileState
 from logbook.store.schema import APPLICATION_ID
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "old_stores"
-VERSIONS = (1, 2, 3)
+VERSIONS = (1, 2, 3, 4)
 #: The columns an entry of every earlier version had, compared one by one.
 OLD_ENTRY_COLUMNS = (
     "id", "experiment_id", "hash", "circuit_hash", "name", "device_id", "shots", "status",
@@ -71,7 +71,8 @@ def indexes(path: Path) -> dict[str, str]:
     conn = sqlite3.connect(path)
     try:
         rows = conn.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            "SELECT name, sql FROM sqlite_master WHERE type IN ('index', 'trigger')"
+            " AND sql IS NOT NULL"
         ).fetchall()
     finally:
         conn.close()
@@ -84,7 +85,9 @@ def fixtures_untouched() -> Iterator[None]:
     before = {v: sha256(FIXTURES / f"v{v}.db") for v in VERSIONS}
     yield
     assert {v: sha256(FIXTURES / f"v{v}.db") for v in VERSIONS} == before
-    assert sorted(p.name for p in FIXTURES.iterdir()) == ["README.md", "v1.db", "v2.db", "v3.db"]
+    assert sorted(p.name for p in FIXTURES.iterdir()) == [
+        "README.md", *(f"v{v}.db" for v in VERSIONS)
+    ]
 
 
 @pytest.fixture
@@ -109,13 +112,14 @@ def test_old_store_migrates_and_keeps_every_entry(
     version: int, tmp_path: Path, fixtures_untouched: None
 ) -> None:
     path = copy_of(version, tmp_path)
-    assert pragma(path, "user_version") == version and pragma(path, "application_id") == 0
+    assert pragma(path, "user_version") == version
+    assert pragma(path, "application_id") == (APPLICATION_ID if version >= 4 else 0)
     before = raw_rows(path, "SELECT * FROM entries ORDER BY id")
     assert len(before) == 5 and {r["experiment_id"] for r in before} == {f"exp-v{version}"}
     meta_before = raw_rows(path, "SELECT * FROM meta") if version >= 2 else []
 
     with Store(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 4
+        assert s.schema_version() == SCHEMA_VERSION == 5
         assert s.scalar("PRAGMA application_id") == APPLICATION_ID
         assert s.integrity() == "ok"
         after = {e.id: e for e in s.entries(newest_first=False)}
@@ -168,11 +172,43 @@ def test_v3_ledger_rows_are_readable(tmp_path: Path, fixtures_untouched: None) -
         assert s.ledger.counts() == {"recorded": 1, "invalid": 1}
         assert s.ledger.invalid() == [("/lab/results/b.json", "not JSON")]
         assert s.status().invalid_files == 1
-        assert s.scalar("SELECT count(*) FROM files WHERE typeof(path) = 'blob'") == 2
+        # v5: the path as text (Datasette shows it), its bytes beside it (the key)
+        assert s.scalar("SELECT count(*) FROM files WHERE typeof(path) = 'text'") == 2
+        assert s.scalar("SELECT count(*) FROM files WHERE typeof(path_bytes) = 'blob'") == 2
+
+
+def test_v4_ledger_paths_become_text_with_their_bytes_beside(
+    tmp_path: Path, fixtures_untouched: None
+) -> None:
+    path = copy_of(4, tmp_path)
+    with Store(path) as s:
+        rows = s.read("SELECT path, path_bytes FROM files ORDER BY path_bytes")
+        assert [(r["path"], bytes(r["path_bytes"])) for r in rows] == [
+            ("/lab/results/a.json", b"/lab/results/a.json"),
+            ("/lab/results/caf\\xe9.json", b"/lab/results/caf\xe9.json"),
+        ]
+        assert s.ledger.seen(os.fsdecode(b"/lab/results/caf\xe9.json")) is not None
+        assert s.ledger.invalid() == [("/lab/results/caf\\xe9.json", "not JSON")]
+
+
+def test_v4_relay_entries_are_unconfirmed_and_counts_are_kept_by_triggers(
+    tmp_path: Path, fixtures_untouched: None
+) -> None:
+    path = copy_of(4, tmp_path)
+    with Store(path) as s:
+        relayed = s.get(2)
+        assert relayed.remote_id == "relay-7" and relayed.via == "" and not relayed.confirmed
+        assert s.get(1).confirmed and s.get(1).via is None
+        assert s.counts() == {"pending": 1, "sending": 1, "synced": 2, "rejected": 1}
+        s.retry(all_rejected=True)
+        assert s.counts() == {"pending": 2, "sending": 1, "synced": 2, "rejected": 0}
+        assert len(s.get_meta("store_id") or "") == 32
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("table", ["entries", "files", "runs", "meta", "relay_keys"])
+@pytest.mark.parametrize(
+    "table", ["entries", "files", "runs", "meta", "relay_keys", "entry_counts"]
+)
 def test_migrated_tables_equal_a_new_stores(
     version: int, table: str, tmp_path: Path, new_store: Path, fixtures_untouched: None
 ) -> None:

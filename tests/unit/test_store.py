@@ -196,7 +196,7 @@ def test_connection_is_wal_with_full_sync(store: Store) -> None:
     assert store.journal_mode() == "wal"
     assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-    assert store.schema_version() == SCHEMA_VERSION == 4
+    assert store.schema_version() == SCHEMA_VERSION == 5
     assert store.scalar("PRAGMA application_id") == APPLICATION_ID
     assert store.integrity() == "ok"
 
