@@ -277,6 +277,16 @@ def status(c: Ctx, as_json: bool) -> None:
     click.echo("entries:        " + ", ".join(f"{counts[s]} {s}" for s in STATES))
     click.echo(f"oldest pending: {data['oldest_pending'] or '-'}")
     click.echo(f"last sync:      {data['last_sync'] or 'never'}")
+    if data["unconfirmed"]:
+        click.echo(
+            f"unconfirmed:    {data['unconfirmed']} accepted by a relay, the API's id not back"
+            f" yet (oldest since {data['oldest_unconfirmed']}); `logbook sync` asks again"
+        )
+    if data["missing"]:
+        click.echo(
+            f"missing:        {data['missing']} synced jobs the API no longer has"
+            " (`logbook retry --missing` sends them again)"
+        )
     if data.get("invalid_files"):
         click.echo(f"invalid files:  {data['invalid_files']} (`logbook doctor` lists them)")
 

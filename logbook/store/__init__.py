@@ -50,11 +50,19 @@ class Status:
     oldest_pending: str | None = None
     last_sync: str | None = None
     invalid_files: int = 0
+    #: Synced through a relay that has not passed the API's id back yet.
+    unconfirmed: int = 0
+    #: When the oldest unconfirmed entry was accepted by the relay.
+    oldest_unconfirmed: str | None = None
+    #: Direct to the API: synced entries the API answered 404 for.
+    missing: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "db": self.db, "counts": self.counts, "oldest_pending": self.oldest_pending,
             "last_sync": self.last_sync, "invalid_files": self.invalid_files,
+            "unconfirmed": self.unconfirmed, "oldest_unconfirmed": self.oldest_unconfirmed,
+            "missing": self.missing,
         }  # fmt: skip
 
 
@@ -207,6 +215,31 @@ class Store(Database):
             " SELECT (SELECT created_at FROM entries WHERE state = 'sending' ORDER BY id LIMIT 1))"
         )
 
+    def unconfirmed(self) -> tuple[int, str | None]:
+        """Entries a relay accepted whose API id has not come back: how many, and when the
+        oldest was accepted (the partial index ``entries_unconfirmed``).
+        """
+        row = self.read(
+            "SELECT count(*), min(synced_at) FROM entries"
+            " WHERE state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL"
+        )[0]
+        return int(row[0]), row[1]
+
+    def missing(self) -> int:
+        """Synced entries the API no longer has (a refresh got 404; never re-sent on its own)."""
+        return int(self.scalar("SELECT count(*) FROM entries WHERE missing_at IS NOT NULL"))
+
+    def oldest_undelivered(self) -> str | None:
+        """When the oldest entry the API does not have yet (to logbook's knowledge) was
+        recorded: pending, being sent, or accepted by a relay and not yet confirmed.
+        """
+        unconfirmed = self.scalar(
+            "SELECT min(created_at) FROM entries"
+            " WHERE state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL"
+        )
+        found = [t for t in (self.oldest_pending(), unconfirmed) if t]
+        return min(found) if found else None
+
     def get_meta(self, key: str) -> str | None:
         return self.scalar("SELECT value FROM meta WHERE key = ?", (key,))  # type: ignore[no-any-return]
 
@@ -231,12 +264,16 @@ class Store(Database):
         return [dict(r) for r in rows]
 
     def status(self) -> Status:
+        unconfirmed, oldest_unconfirmed = self.unconfirmed()
         return Status(
             db=self.path,
             counts=self.counts(),
             oldest_pending=self.oldest_pending(),
             last_sync=self.get_meta("last_sync"),
             invalid_files=self.ledger.invalid_count(),
+            unconfirmed=unconfirmed,
+            oldest_unconfirmed=oldest_unconfirmed,
+            missing=self.missing(),
         )
 
     def integrity(self) -> str:
