@@ -14,6 +14,7 @@ password (see ``logbook.redact``).
     │   ├── StoreFull         the disk holding the store is full
     │   └── NotALogbookStore  another program's SQLite file: left unchanged (exit 2)
     ├── NotFound              no entry with that id (exit 1)
+    ├── Conflict              one identity, other content (a relay answers 409)
     └── SyncError             a sync could not run at all
         ├── AuthError         the server refused the key: 401/403 (exit 3)
         ├── Unreachable       the endpoint could not be reached (exit 4)
@@ -78,6 +79,10 @@ class NotALogbookStore(StoreError):
 
 class NotFound(LogbookError):
     """No entry with the id the user gave."""
+
+
+class Conflict(LogbookError):
+    """A job whose ``(experiment_id, hash)`` is held with other content: never linked to it."""
 
 
 class SyncError(LogbookError):

@@ -4,6 +4,8 @@
 columns (``store.schema``), the pydantic model the servers validate with
 (``models.JobSubmit``), the body the client posts and the keys ``list
 --json`` prints are all derived from it, so a new field is one line here.
+``JobDocument`` is the one declaration of the Job the server returns: the
+emulator's jobs, the relay's answers and ``models.Job`` are made from it.
 
 ``prepare`` checks a job the way the API would, only stricter (unknown
 fields are refused, and every string must be valid Unicode, so that a lone
@@ -48,6 +50,13 @@ def _spec(
     return field(default=default, metadata={"kind": kind, "choices": choices, "required": required})
 
 
+#: A job's status and type when none is given (as the Haiqu SDK sends a Qiskit result).
+DEFAULT_STATUS = "Done"
+DEFAULT_JOB_TYPE = "User local job"
+#: The API's ``device_id`` (and ``backend_name``) of a job that names no device.
+DEFAULT_DEVICE = "Haiqu OS"
+
+
 @dataclass(kw_only=True)
 class Job:
     """The ``POST /jobs`` body, one line per field, in the order ``list --json`` prints it.
@@ -61,8 +70,8 @@ class Job:
     name: str = _spec("short")
     device_id: str = _spec("short")
     shots: str = _spec("json")
-    status: str = _spec("enum", "Done", STATUSES)
-    job_type: str = _spec("enum", "User local job", JOB_TYPES)
+    status: str = _spec("enum", DEFAULT_STATUS, STATUSES)
+    job_type: str = _spec("enum", DEFAULT_JOB_TYPE, JOB_TYPES)
     results: str = _spec("json")
     metrics: dict[str, Any] = field(default_factory=dict, metadata={"kind": "object"})
 
@@ -79,8 +88,55 @@ JOB: tuple[JobField, ...] = tuple(
 JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in JOB)
 #: Fields whose values make up a job's content (and so its computed hash).
 CONTENT_FIELDS: tuple[str, ...] = tuple(f for f in JOB_FIELDS if f not in ("experiment_id", "hash"))
-DEFAULT_STATUS = "Done"
-DEFAULT_JOB_TYPE = "User local job"
+
+
+@dataclass(kw_only=True)
+class JobDocument:
+    """The Job the server returns (``GET /jobs/{id}``, the answer to ``POST /jobs``), in the
+    API's order.  ``from_job`` maps a submitted job onto it, the way the API does.
+    """
+
+    id: str
+    user_id: int
+    experiment_id: str
+    status: str
+    job_type: str
+    creation_date: str
+    hash: str
+    backend_name: str
+    name: str | None = None
+    description: str | None = None
+    device_id: str | None = DEFAULT_DEVICE
+    run_date: str | None = None
+    finish_date: str | None = None
+    logs: str | None = None
+    quality: float | None = None
+    info: dict[str, Any] | None = None
+    time: float | None = None
+    circuit_id: str | None = ""
+    results: str | None = ""
+    shot_local: str | None = ""
+    metrics: dict[str, Any] | None = None
+
+    @classmethod
+    def from_job(
+        cls, job: Mapping[str, Any], *, id: str, status: str, created: str, user_id: int = 0,
+        info: dict[str, Any] | None = None,
+    ) -> JobDocument:  # fmt: skip
+        """A submitted job (``POST /jobs`` fields) as the server shows it."""
+        device = job.get("device_id") or DEFAULT_DEVICE
+        return cls(
+            id=id, user_id=user_id, experiment_id=job["experiment_id"], status=status,
+            job_type=job.get("job_type") or DEFAULT_JOB_TYPE, creation_date=created,
+            hash=job.get("hash") or "", backend_name=device, name=job.get("name") or None,
+            device_id=device, info=info, circuit_id=job.get("circuit_hash"),
+            results=job.get("results"), shot_local=job.get("shots"),
+            metrics=dict(job.get("metrics") or {}),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
 
 _FIELD_SET = frozenset(JOB_FIELDS)
 _CHOICES = {f.name: frozenset(f.choices) for f in JOB if f.kind == "enum"}

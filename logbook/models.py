@@ -4,7 +4,7 @@
 declaration of a job's fields: the first as strict as logbook's own checks
 (for library users), the second as lenient as the API's server (the emulator
 and the relay validate with it and answer 422 in FastAPI's shape).  ``Job``
-is what the server returns; it is read leniently, so a newer server never
+is what the server returns (``jobs.JobDocument``); it is read leniently, so a newer server never
 breaks an older logbook.  The sync itself reads only id, status and hash
 (``client.JobRef``), without pydantic.
 """
@@ -12,11 +12,12 @@ breaks an older logbook.  The sync itself reads only id, status and hash
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import MISSING, fields
+from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from .jobs import JOB, JobField
+from .jobs import JOB, JobDocument, JobField
 from .vocab import (  # noqa: F401  (re-exported: the API's vocabulary)
     JOB_TYPES,
     MAX_ID,
@@ -97,33 +98,24 @@ ServerJobSubmit.model_config = ConfigDict(extra="ignore", use_enum_values=True)
 ServerJobSubmit.model_rebuild(force=True)
 
 
-class Job(BaseModel):
+class _JobBase(BaseModel):
     """A job as the server returns it; extra fields and new enum values are kept."""
 
     model_config = ConfigDict(extra="allow")
 
-    id: str
-    user_id: int
-    experiment_id: str
-    status: str
-    job_type: str
-    creation_date: str
-    hash: str
-    backend_name: str
-    name: str | None = None
-    description: str | None = None
-    device_id: str | None = "Haiqu OS"
-    run_date: str | None = None
-    finish_date: str | None = None
-    logs: str | None = None
-    quality: float | None = None
-    info: dict[str, Any] | None = None
-    time: float | None = None
-    circuit_id: str | None = ""
-    results: str | None = ""
-    shot_local: str | None = ""
-    metrics: dict[str, Any] | None = None
-
     @property
     def finished(self) -> bool:
-        return self.status not in UNFINISHED
+        return self.status not in UNFINISHED  # type: ignore[attr-defined]
+
+
+def _document_field(f: Any, hints: dict[str, Any]) -> tuple[Any, Any]:
+    return hints[f.name], (... if f.default is MISSING else f.default)
+
+
+_DOC_HINTS = get_type_hints(JobDocument)
+#: The Job the server returns, read leniently, from ``jobs.JobDocument`` (declared once).
+Job: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "Job",
+    __base__=_JobBase,
+    **{f.name: _document_field(f, _DOC_HINTS) for f in fields(JobDocument)},
+)

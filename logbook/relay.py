@@ -37,12 +37,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .engine import BackgroundSyncer, require
-from .errors import InvalidJob, LogbookError
-from .jobs import prepare
+from .errors import Conflict, InvalidJob, LogbookError
+from .jobs import JobDocument, prepare
 from .server import Handler, JobsApi, json_response, presented_key, serve
 from .store import Entry
-from .store.relay import RelayKeys
+from .store.relay import Held, RelayKeys
 from .store.worker import StoreWorker
+from .vocab import STATUSES
 
 if TYPE_CHECKING:
     import ssl
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("logbook.relay")
 
 ID_PREFIX = "relay-"
+_STATUSES = frozenset(STATUSES)
 #: Requests in flight across all clients; each active client gets an equal share.
 MAX_IN_FLIGHT = 1024
 #: At most this many jobs are committed in one transaction.
@@ -60,29 +62,33 @@ COMMIT_BATCH = 512
 KEYS_TTL = 2.0
 
 
+#: Where a job is at the relay, as its documents say in ``info.relay``.
+_WHERE = {"pending": "queued", "sending": "forwarding", "rejected": "rejected"}
+
+
 def job_view(entry: Entry) -> dict[str, Any]:
-    """An entry as the API's Job document, with the upstream's id and status in ``info``."""
-    upstream = entry.state == "synced" and entry.remote_id
-    info: dict[str, Any] = {"relay": {"pending": "queued", "sending": "forwarding"}.get(
-        entry.state, "forwarded" if upstream else entry.state)}  # fmt: skip
+    """An entry as the API's Job document (``jobs.JobDocument``), with the API's id and
+    status in ``info`` once the API has the job (``upstream_id``, ``upstream_status``).
+
+    ``status`` is always one of the API's values (clients such as the Haiqu SDK refuse
+    others): an upstream status outside the enum is kept in ``info.upstream_status_raw``.
+    """
+    info: dict[str, Any] = {"relay": _WHERE.get(entry.state, "forwarded")}
     status = "Submitted"
-    if upstream:
-        info["upstream_id"] = entry.remote_id
-        info["upstream_status"] = entry.remote_status
-        status = entry.remote_status or status
+    if entry.confirmed:
+        status = entry.remote_status if entry.remote_status in _STATUSES else "Submitted"
+        info["upstream_id"] = entry.api_id
+        info["upstream_status"] = status
+        if entry.remote_status not in _STATUSES:
+            info["upstream_status_raw"] = entry.remote_status
     elif entry.state == "rejected":
         info["error"] = entry.last_error
         status = "Error"
-    device = entry.device_id or "Haiqu OS"
-    return {
-        "id": f"{ID_PREFIX}{entry.id}", "user_id": 0, "experiment_id": entry.experiment_id,
-        "status": status, "job_type": entry.job_type, "creation_date": entry.created_at,
-        "hash": entry.hash, "backend_name": device, "name": entry.name or None,
-        "description": None, "device_id": device, "run_date": None, "finish_date": None,
-        "logs": None, "quality": None, "info": info, "time": None,
-        "circuit_id": entry.circuit_hash, "results": entry.results, "shot_local": entry.shots,
-        "metrics": entry.metrics,
-    }  # fmt: skip
+    doc = JobDocument.from_job(
+        entry.post_body(), id=f"{ID_PREFIX}{entry.id}", status=status,
+        created=entry.created_at, info=info,
+    )  # fmt: skip
+    return doc.to_dict()
 
 
 class StoreBackend:
@@ -91,18 +97,30 @@ class StoreBackend:
     def __init__(self, db: StoreWorker, on_commit: Callable[[], None]) -> None:
         self.db = db
         self.on_commit = on_commit
-        self.queue: list[tuple[dict[str, Any], str, asyncio.Future[tuple[Entry, bool]]]] = []
+        self.queue: list[tuple[dict[str, Any], str, bool, asyncio.Future[Held]]] = []
         self.writer: asyncio.Task[None] | None = None
         self.commits = 0
 
-    async def create(self, body: dict[str, Any], client: str) -> dict[str, Any]:
-        job = prepare(body)  # InvalidJob: 422, like the API's own checks
-        fut: asyncio.Future[tuple[Entry, bool]] = asyncio.get_running_loop().create_future()
-        self.queue.append((job, f"relay:{client}", fut))
+    async def create(
+        self, body: dict[str, Any], client: str, *, reoffer: bool = False
+    ) -> dict[str, Any]:
+        """Commit the job (or find it held), then answer with it.
+
+        Raises ``InvalidJob`` (422, like the API's own checks) and ``Conflict`` (409:
+        the identity is held with other content).
+        """
+        job = prepare(body)
+        fut: asyncio.Future[Held] = asyncio.get_running_loop().create_future()
+        self.queue.append((job, f"relay:{client}", reoffer, fut))
         if self.writer is None or self.writer.done():
             self.writer = asyncio.create_task(self._write())
-        entry, _created = await asyncio.shield(fut)  # a client that hangs up cannot undo a commit
-        return job_view(entry)
+        held = await asyncio.shield(fut)  # a client that hangs up cannot undo a commit
+        if held.conflict:
+            raise Conflict(
+                f"{ID_PREFIX}{held.entry.id} holds experiment_id {job['experiment_id']!r} and"
+                " this hash with other content: a job is never linked to another's"
+            )
+        return job_view(held.entry)
 
     async def _write(self) -> None:
         while self.queue:
@@ -110,15 +128,16 @@ class StoreBackend:
             store = self.db.store
             try:
                 results = await self.db.run(
-                    store.relay.record_batch, [j for j, _, _ in batch], [s for _, s, _ in batch]
-                )
+                    store.relay.record_batch, [b[0] for b in batch], [b[1] for b in batch],
+                    [b[2] for b in batch],
+                )  # fmt: skip
             except Exception as err:  # noqa: BLE001 - every waiter learns why
-                for _, _, fut in batch:
+                for *_, fut in batch:
                     if not fut.done():
                         fut.set_exception(err)
                 continue
             self.commits += 1
-            for (_, _, fut), result in zip(batch, results, strict=True):
+            for (*_, fut), result in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
             self.on_commit()
@@ -201,6 +220,8 @@ class Relay:
             except InvalidJob as err:
                 detail = [{"loc": ["body"], "msg": str(err), "type": "value_error"}]
                 return json_response(422, {"detail": detail})
+            except Conflict as err:
+                return json_response(409, {"detail": str(err)})
             except LogbookError as err:
                 log.warning("cannot store a job: %s", err)
                 return json_response(
@@ -219,6 +240,12 @@ class Relay:
             log.warning(
                 "no relay keys yet: lab machines get 401; add one with `logbook relay key add NAME`"
             )
+        waiting = await self.db.run(self.db.store.relay.mark_started)
+        if waiting:
+            log.info(
+                "%d jobs not yet forwarded: each is looked up upstream before it is posted"
+                " (this store may be a restored copy that forgot it had sent them)", waiting,
+            )  # fmt: skip
         self.forwarder.start()
 
         async def stopped() -> None:

@@ -41,6 +41,16 @@ class JobType(StrEnum):
     SKQD = "SKQD"
 
 
+#: The longest a retry is ever put off (a back-off, a Retry-After).  A retry time
+#: further ahead than this was written under a clock that has since been set back:
+#: it is due now, not in a year.
+MAX_RETRY_DELAY = 300.0
+
+#: logbook's one extension of the API: sent with a POST that follows a look-up (an
+#: earlier send may have reached this endpoint, or an earlier incarnation of it).  A
+#: relay then looks the job up upstream before it forwards it; the API ignores it.
+REOFFER_HEADER = "x-logbook-reoffer"
+
 #: The states of a local entry: waiting, being sent, on the server, refused for good.
 STATES: tuple[str, ...] = ("pending", "sending", "synced", "rejected")
 STATUSES: tuple[str, ...] = tuple(s.value for s in JobStatus)

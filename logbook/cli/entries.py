@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..jobs import DEFAULT_JOB_TYPE, DEFAULT_STATUS
 from ..vocab import STATES
 from .context import Ctx, EntryId, LogbookCommand, pass_ctx
 from .output import echo, print_json, printable, redacted
@@ -56,8 +57,10 @@ def _read_results_file(path: str, max_bytes: int) -> str:
 @click.option("--name", help="Job name (at most 200 characters).")
 @click.option("--device", help="Device id (at most 200 characters).")
 @click.option("--shots", help='Shots as JSON text, e.g. "[1024]".')
-@click.option("--status", default="Done", show_default=True, help="Job status (the API's enum).")
-@click.option("--job-type", default="User local job", show_default=True, help="Job type.")
+@click.option(
+    "--status", default=DEFAULT_STATUS, show_default=True, help="Job status (the API's enum)."
+)
+@click.option("--job-type", default=DEFAULT_JOB_TYPE, show_default=True, help="Job type.")
 @click.option("--results", help="Results as JSON text (e.g. counts).")
 @click.option(
     "--results-file", type=click.Path(dir_okay=False, allow_dash=True),

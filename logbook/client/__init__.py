@@ -41,7 +41,7 @@ import httpx2
 from ..config import Network
 from ..errors import RequestFailed, Verdict
 from ..redact import redact, show_url
-from ..vocab import STATUSES
+from ..vocab import MAX_RETRY_DELAY, REOFFER_HEADER, STATUSES
 
 # httpx2/httpcore2 log URLs and headers; nothing of ours is worth that risk.
 for _name in ("httpx2", "httpcore2", "httpx", "httpcore", "aiohttp.client"):
@@ -51,7 +51,7 @@ __all__ = ["ApiClient", "JobRef", "parse_retry_after", "key_param"]
 
 AUTH_CODES = frozenset({401, 403})
 RETRY_CODES = frozenset({408, 429})
-RETRY_AFTER_CAP = 300.0
+RETRY_AFTER_CAP = MAX_RETRY_DELAY
 USER_AGENT = "logbook/0.2"
 #: delay-seconds (RFC 9110: digits; a decimal fraction is tolerated).
 _DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
@@ -104,10 +104,10 @@ def key_param(key: str) -> str:
 
 def remote_status(value: str) -> str:
     """A status the server sent, as stored: the API's enum, or ``Unknown`` with the raw
-    value escaped.
+    value escaped (once: a value already so marked is kept as it is).
     """
-    if value in _STATUS_SET:
-        return value
+    if value in _STATUS_SET or (value.startswith("Unknown (") and value.endswith(")")):
+        return value[:60]
     escaped = value[:40].encode("unicode_escape").decode("ascii")
     return f"Unknown ({escaped})"
 
@@ -130,7 +130,25 @@ class JobRef(NamedTuple):
     def upstream_id(self) -> str | None:
         """The job's id beyond a relay (``info.upstream_id``), when it came through one."""
         value = (self.info or {}).get("upstream_id")
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def relayed(self) -> bool:
+        """Answered by a logbook relay (its jobs say where they are in ``info.relay``)."""
+        return isinstance((self.info or {}).get("relay"), str)
+
+    @property
+    def refused_upstream(self) -> str | None:
+        """The API's reason, when a relay says the API refused this job for good."""
+        info = self.info or {}
+        if info.get("relay") != "rejected":
+            return None
+        reason = info.get("error")
+        return str(reason)[:500] if reason else "the API refused it"
+
+
+#: ``get_job``'s answer when the server says, in its own JSON, that it has no such job.
+GONE = "gone"
 
 
 def _default_transport(
@@ -182,6 +200,9 @@ class ApiClient:
         self._param = "" if auth == "header" else "?" + key_param(key)
         self._get_headers = httpx2.Headers(keyed)
         self._post_headers = httpx2.Headers({**keyed, "content-type": "application/json"})
+        self._reoffer_headers = httpx2.Headers(
+            {**keyed, "content-type": "application/json", REOFFER_HEADER: "1"}
+        )
         # POST /jobs is the hot path: its keyed URL, and the key-free request its
         # responses and errors carry, are made once.
         self._jobs_url = httpx2.URL(self.endpoint + "/jobs" + self._param)
@@ -200,7 +221,9 @@ class ApiClient:
     def _redact(self, text: str) -> str:
         return redact(text, *self.secrets)
 
-    async def send(self, method: str, path: str, body: bytes | None = None) -> httpx2.Response:
+    async def send(
+        self, method: str, path: str, body: bytes | None = None, *, reoffer: bool = False
+    ) -> httpx2.Response:
         """One raw request under the deadline; nothing it returns or raises holds the key.
 
         The key is in the request handed to the transport and nowhere else: the
@@ -212,10 +235,10 @@ class ApiClient:
             url, plain = self._jobs_url, self._jobs_plain
         else:
             url, plain = httpx2.URL(self.endpoint + path + self._param), None
-        keyed = httpx2.Request(
-            method, url, content=body,
-            headers=self._post_headers if body is not None else self._get_headers,
-        )  # fmt: skip
+        headers = self._post_headers if body is not None else self._get_headers
+        if reoffer:
+            headers = self._reoffer_headers
+        keyed = httpx2.Request(method, url, content=body, headers=headers)
         try:
             async with asyncio.timeout(self.deadline):
                 response = await self.transport.handle_async_request(keyed)
@@ -235,13 +258,14 @@ class ApiClient:
         return httpx2.Request(method, self.endpoint + path)
 
     async def _request(
-        self, method: str, path: str, shown: str, body: bytes | None = None
-    ) -> httpx2.Response:
+        self, method: str, path: str, shown: str, body: bytes | None = None, *,
+        reoffer: bool = False,
+    ) -> httpx2.Response:  # fmt: skip
         """One request under an overall deadline (socket timeouts bound each read, not the
         whole).
         """
         try:
-            return await self.send(method, path, body)
+            return await self.send(method, path, body, reoffer=reoffer)
         except (TimeoutError, httpx2.HTTPError) as err:
             failure = self._classify(method, shown, err)
         raise failure  # outside the except block: no chain back to a key-bearing error
@@ -356,54 +380,18 @@ class ApiClient:
             return self._redact("; ".join(parts))[:300]
         return self._redact(" ".join(str(detail).split()))[:300]
 
-    def _job(self, method: str, shown: str, response: httpx2.Response) -> JobRef:
-        """The job in a 2xx body; a body that is not one may hide a stored job: uncertain."""
-        try:
-            data = json.loads(response.content)
-        except (ValueError, RecursionError):
-            data = None
-        if (
-            isinstance(data, dict)
-            and isinstance(data.get("id"), str)
-            and data["id"]
-            and isinstance(data.get("hash"), str)
-            and isinstance(data.get("status"), str)
-        ):
-            exp = data.get("experiment_id")
-            info = data.get("info")
-            status = data["status"]
-            if isinstance(info, dict) and isinstance(info.get("upstream_status"), str):
-                status = info["upstream_status"]  # through a relay: the status that counts
-            return JobRef(
-                data["id"], remote_status(status), data["hash"],
-                exp if isinstance(exp, str) else None, info if isinstance(info, dict) else None,
-            )  # fmt: skip
-        raise RequestFailed(
-            f"{method} {shown}: HTTP {response.status_code} with a body that is not a Job",
-            Verdict.MAYBE_SENT if method == "POST" else Verdict.RETRY_LATER,
-            status=response.status_code,
-        )  # fmt: skip
+    async def submit(self, body: dict[str, Any], *, reoffer: bool = False) -> JobRef:
+        """``POST /jobs``; the created job, or ``RequestFailed``.
 
-    def _same_job(
-        self, method: str, shown: str, job: JobRef, experiment_id: str, job_hash: str
-    ) -> JobRef:
-        """A job answered for another hash or experiment is never taken for ours: uncertain."""
-        if job.hash != job_hash or (
-            job.experiment_id is not None and job.experiment_id != experiment_id
-        ):
-            raise RequestFailed(
-                f"{method} {shown}: the server answered with a job of another hash or experiment",
-                Verdict.MAYBE_SENT,
-            )  # fmt: skip
-        return job
-
-    async def submit(self, body: dict[str, Any]) -> JobRef:
-        """``POST /jobs``; the created job, or ``RequestFailed``."""
-        response = await self._request("POST", "/jobs", "/jobs", _encode(body).encode("utf-8"))
+        ``reoffer``: the job was looked up first because an earlier send may have
+        reached this endpoint (``REOFFER_HEADER``).
+        """
+        content = _encode(body).encode("utf-8")
+        response = await self._request("POST", "/jobs", "/jobs", content, reoffer=reoffer)
         if not 200 <= response.status_code < 300:
             raise self._failure("POST", "/jobs", response)
-        job = self._job("POST", "/jobs", response)
-        return self._same_job("POST", "/jobs", job, body["experiment_id"], body["hash"])
+        job = _job("POST", "/jobs", response)
+        return _same_job("POST", "/jobs", job, body["experiment_id"], body["hash"])
 
     async def find_by_hash(self, experiment_id: str, job_hash: str) -> JobRef | None:
         """``GET /experiments/{id}/jobs/{hash}``: the job, or None on 404.
@@ -419,17 +407,26 @@ class ApiClient:
             return None
         if not 200 <= code < 300:
             raise self._failure("GET", shown, response)
-        job = self._job("GET", shown, response)
-        return self._same_job("GET", shown, job, experiment_id, job_hash)
+        job = _job("GET", shown, response)
+        return _same_job("GET", shown, job, experiment_id, job_hash)
 
-    async def get_job(self, remote_id: str) -> JobRef | None:
-        """``GET /jobs/{id}``: the job, or None on 404."""
+    async def get_job(self, remote_id: str) -> JobRef | str:
+        """``GET /jobs/{id}``: the job, or ``GONE`` when the server says in JSON it has none.
+
+        A 404 that is not JSON (a web server's page: a wrong base URL, a proxy) says
+        nothing about the job: it is a failure like any other.
+        """
         response = await self._request("GET", f"/jobs/{quote(remote_id, safe='')}", "/jobs/{id}")
         if response.status_code == 404:
-            return None
+            if _is_json(response):
+                return GONE
+            raise RequestFailed(
+                "GET /jobs/{id}: HTTP 404 that is not the API's (not JSON): check HAIQU_EDGE_URI",
+                Verdict.RETRY_LATER, status=404,
+            )  # fmt: skip
         if not 200 <= response.status_code < 300:
             raise self._failure("GET", "/jobs/{id}", response)
-        return self._job("GET", "/jobs/{id}", response)
+        return _job("GET", "/jobs/{id}", response)
 
     async def probe(self) -> tuple[int, str]:
         """Status and content type of a lookup that cannot match (for ``doctor``).
@@ -438,6 +435,55 @@ class ApiClient:
         """
         response = await self._request("GET", "/experiments/logbook-doctor/jobs/0", "(probe)")
         return response.status_code, response.headers.get("content-type", "")
+
+
+def _job(method: str, shown: str, response: httpx2.Response) -> JobRef:
+    """The job in a 2xx body; a body that is not one may hide a stored job: uncertain."""
+    try:
+        data = json.loads(response.content)
+    except (ValueError, RecursionError):
+        data = None
+    if (
+        isinstance(data, dict)
+        and isinstance(data.get("id"), str)
+        and data["id"]
+        and isinstance(data.get("hash"), str)
+        and isinstance(data.get("status"), str)
+    ):
+        exp = data.get("experiment_id")
+        info = data.get("info")
+        status = data["status"]
+        if isinstance(info, dict) and info.get("upstream_status") in _STATUS_SET:
+            status = info["upstream_status"]  # through a relay: the status that counts
+        return JobRef(
+            data["id"], remote_status(status), data["hash"],
+            exp if isinstance(exp, str) else None, info if isinstance(info, dict) else None,
+        )  # fmt: skip
+    raise RequestFailed(
+        f"{method} {shown}: HTTP {response.status_code} with a body that is not a Job",
+        Verdict.MAYBE_SENT if method == "POST" else Verdict.RETRY_LATER,
+        status=response.status_code,
+    )  # fmt: skip
+
+
+def _same_job(method: str, shown: str, job: JobRef, experiment_id: str, job_hash: str) -> JobRef:
+    """A job answered for another hash or experiment is never taken for ours: uncertain."""
+    if job.hash != job_hash or (
+        job.experiment_id is not None and job.experiment_id != experiment_id
+    ):
+        raise RequestFailed(
+            f"{method} {shown}: the server answered with a job of another hash or experiment",
+            Verdict.MAYBE_SENT,
+        )  # fmt: skip
+    return job
+
+
+def _is_json(response: httpx2.Response) -> bool:
+    try:
+        json.loads(response.content)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _proxy_secrets(network: Network) -> list[str]:

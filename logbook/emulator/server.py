@@ -49,7 +49,9 @@ class MemoryBackend:
     def __init__(self, store: JobStore) -> None:
         self.store = store
 
-    async def create(self, body: dict[str, Any], client: str) -> dict[str, Any]:
+    async def create(
+        self, body: dict[str, Any], client: str, *, reoffer: bool = False
+    ) -> dict[str, Any]:
         return self.store.view(self.store.create(body))
 
     async def get(self, job_id: str) -> dict[str, Any] | None:

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..jobs import JobDocument
+
 STATE_VERSION = 1
-DEFAULT_BACKEND = "Haiqu OS"
 
 
 def iso(ts: float) -> str:
@@ -83,32 +84,11 @@ class JobStore:
     def create(self, body: dict[str, Any]) -> StoredJob:
         """Record a validated JobSubmit body as a new job (never de-duplicated)."""
         now = time.time()
-        job_hash = body.get("hash") or ""
-        device_id = body.get("device_id")
-        fields: dict[str, Any] = {
-            "id": str(uuid.uuid4()),
-            "user_id": self.user_id,
-            "experiment_id": body["experiment_id"],
-            "status": "Submitted",
-            "job_type": body["job_type"],
-            "creation_date": iso(now),
-            "hash": job_hash,
-            "backend_name": device_id or DEFAULT_BACKEND,
-            "name": body.get("name"),
-            "description": None,
-            "device_id": device_id or DEFAULT_BACKEND,
-            "run_date": None,
-            "finish_date": None,
-            "logs": None,
-            "quality": None,
-            "info": None,
-            "time": None,
-            "circuit_id": body.get("circuit_hash"),
-            "results": body.get("results"),
-            "shot_local": body.get("shots"),
-            "metrics": body.get("metrics") or {},
-        }
-        job = StoredJob(fields, now, body["status"])
+        doc = JobDocument.from_job(
+            body, id=str(uuid.uuid4()), status="Submitted", created=iso(now),
+            user_id=self.user_id,
+        )  # fmt: skip
+        job = StoredJob(doc.to_dict(), now, body["status"])
         self._add(job)
         self.dirty = True
         return job

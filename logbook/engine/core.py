@@ -121,31 +121,39 @@ class SyncEngine:
                 self._answered()
                 if job is not None:
                     self.report.reconciled += 1
-                    return self._synced(entry, job)
+                    return self._answer(entry, job)
                 if self.stopped:  # a 401 arrived during the lookup: post nothing new
                     return Outcome(entry.id, "released")
-            job = await self.client.submit(entry.post_body())
+            # After a look-up, say so: a relay then looks the job up upstream too.
+            job = await self.client.submit(entry.post_body(), reoffer=entry.maybe_sent)
             self._answered()
-            return self._synced(entry, job)
+            return self._answer(entry, job)
         except RequestFailed as failure:
             return self._failed(entry, failure)
 
     def _answered(self) -> None:
         self.timeouts_in_a_row = 0
 
-    def _synced(self, entry: Entry, job: JobRef) -> Outcome:
+    def _answer(self, entry: Entry, job: JobRef) -> Outcome:
+        """The endpoint has the job.  A relay's job is synced but not confirmed until the
+        API's id comes back; one the relay says the API refused is rejected.
+        """
         self.any_success = True
         self.limit.success()
+        refused = job.refused_upstream
+        if refused is not None:
+            return Outcome(entry.id, "rejected", error=f"the API refused it (the relay says): "
+                           f"{refused}")  # fmt: skip
         return Outcome(
             entry.id, "synced", remote_id=job.id, remote_status=job.status,
-            upstream_id=job.upstream_id,
+            upstream_id=job.upstream_id, via=self.client.endpoint if job.relayed else None,
         )  # fmt: skip
 
     def _stop(self, failure: RequestFailed) -> None:
         if self.stop_reason is None:
             self.stop_reason = failure
 
-    def _judge(self, failure: RequestFailed) -> Action:
+    def judge(self, failure: RequestFailed) -> Action:
         """The policy's action for a failure, and what it tells about the endpoint."""
         action = decide(failure.verdict, reached=self.any_success)
         if failure.timed_out:
@@ -159,7 +167,7 @@ class SyncEngine:
         return action
 
     def _failed(self, entry: Entry, failure: RequestFailed) -> Outcome:
-        action = self._judge(failure)
+        action = self.judge(failure)
         if action is Action.STOP:
             return Outcome(entry.id, "released")
         message = str(failure)
@@ -176,42 +184,6 @@ class SyncEngine:
             entry.id, "pending", error=message, next_attempt_at=time.time() + delay,
             maybe_sent=entry.maybe_sent or action is Action.RETRY_UNCERTAIN,
         )  # fmt: skip
-
-    # --- status refresh --------------------------------------------------------------------
-
-    async def refresh(self, synced_before: str) -> int:
-        """``GET /jobs/{id}`` for synced entries whose remote status is unfinished."""
-        after, refreshed = 0, 0
-        due = await self.db.run(self.leases.count_unfinished_remote, synced_before)
-        self.progress.begin("refreshing", due)
-        while not self.stopped:
-            entries = await self.db.run(self.leases.unfinished_remote, 500, after, synced_before)
-            if not entries:
-                break
-            after = entries[-1].id
-            results = await asyncio.gather(*(self._refresh_one(e) for e in entries))
-            updates = [r for r in results if r is not None]
-            refreshed += len(updates)
-            self.progress.done += len(entries)
-            await self.db.run(self.leases.set_remote_status, updates)
-        return refreshed
-
-    async def _refresh_one(self, e: Entry) -> tuple[int, str, str | None] | None:
-        if self.stopped:
-            return None
-        await self.limit.acquire()
-        try:
-            job = await self.client.get_job(str(e.remote_id))
-        except RequestFailed as failure:
-            if self._judge(failure) is not Action.STOP:
-                self.report.add_error(str(failure))
-            return None
-        finally:
-            self.limit.release()
-        self.any_success = True
-        if job is None or job.id != e.remote_id or job.hash != e.hash:
-            return None  # not the job asked for: nothing to learn from it
-        return (e.id, job.status, job.upstream_id)
 
 
 class _Step:

@@ -12,13 +12,15 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
+from ..vocab import MAX_RETRY_DELAY
+
 log = logging.getLogger("logbook.sync")
 
 BASE_BACKOFF = 0.5
 #: The longest back-off, and so the furthest ahead a next attempt is ever written
 #: (a Retry-After is capped to it too): a retry time further ahead than this was
-#: written under a clock that has since been set back, and is due now.
-MAX_BACKOFF = 300.0
+#: written under a clock that has since been set back, and is due now (``store.leases``).
+MAX_BACKOFF = MAX_RETRY_DELAY
 
 
 def backoff(

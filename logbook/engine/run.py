@@ -25,6 +25,7 @@ from ..store import Entry, Store, now_iso
 from ..store.worker import StoreWorker
 from .core import LEASE_SECONDS, SyncEngine
 from .policy import run_error
+from .refresh import Refresher
 from .report import SyncReport, report_row
 
 if TYPE_CHECKING:
@@ -128,6 +129,8 @@ class _Run:
         self.o = options
         self.signum: int | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: Entries claimed so far (``--limit`` counts across the run's sending passes).
+        self.sent = 0
 
     async def main(self, handle_signals: bool) -> SyncReport:
         from ..client import ApiClient
@@ -158,8 +161,11 @@ class _Run:
             await self._send()
             self._raise_if_stopped(engine)
             if self.o["refresh"] and not self._out_of_time() and self.signum is None:
-                engine.report.refreshed = await engine.refresh(run_stamp)
+                engine.report.refreshed = await Refresher(engine, run_stamp).run()
                 self._raise_if_stopped(engine)
+                if engine.report.reoffered and not self._out_of_time() and self.signum is None:
+                    await self._send()  # what a relay lost goes again in this same run
+                    self._raise_if_stopped(engine)
             if self.signum is None:
                 return await self._finish(db, engine, started, "ok")
         except asyncio.CancelledError:
@@ -205,21 +211,23 @@ class _Run:
         db = engine.db
         total = await db.run(engine.leases.count_due, ignore_backoff=not self.o["respect_backoff"])
         engine.progress.begin("sending", total if limit is None else min(total, limit))
-        sent, first, stalls = 0, not self.o["respect_backoff"], 0
+        first, stalls = not self.o["respect_backoff"], 0
         while True:
             settled = engine.report.synced + engine.report.rejected
-            left = None if limit is None else limit - sent
+            left = None if limit is None else limit - self.sent
             if left is not None and left <= 0:
                 break
             step = engine.sync_once(left, ignore_backoff=first)
             first = False
             if self.stop_at is not None:
                 try:
-                    sent += await asyncio.wait_for(step, max(0.0, self.stop_at - time.monotonic()))
+                    self.sent += await asyncio.wait_for(
+                        step, max(0.0, self.stop_at - time.monotonic())
+                    )
                 except TimeoutError:
                     break
             else:
-                sent += await step
+                self.sent += await step
             if engine.stopped:
                 break
             stalls = 0 if engine.report.synced + engine.report.rejected > settled else stalls + 1

@@ -26,6 +26,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..models import ServerJobSubmit
+from ..vocab import REOFFER_HEADER
 
 KEY_PARAM = "HAIQU_API_KEY"
 MAX_BODY = 16 * 1024 * 1024
@@ -42,7 +43,9 @@ Wrap = Callable[[str, Handler], Handler]
 class Backend(Protocol):
     """Where jobs live.  ``client`` names who sent the request (a relay key's name, or "")."""
 
-    async def create(self, body: dict[str, Any], client: str) -> dict[str, Any]: ...
+    async def create(
+        self, body: dict[str, Any], client: str, *, reoffer: bool = False
+    ) -> dict[str, Any]: ...
 
     async def get(self, job_id: str) -> dict[str, Any] | None: ...
 
@@ -147,7 +150,8 @@ class JobsApi:
             body = ServerJobSubmit.model_validate_json(raw)
         except ValidationError as exc:
             return json_response(422, {"detail": _detail(exc)})
-        job = await self.backend.create(body.model_dump(), request["client"])
+        reoffer = request.headers.get(REOFFER_HEADER) == "1"
+        job = await self.backend.create(body.model_dump(), request["client"], reoffer=reoffer)
         return json_response(200, job)
 
     async def get_job(self, request: web.Request) -> web.StreamResponse:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..vocab import UNFINISHED
+from ..vocab import MAX_RETRY_DELAY, UNFINISHED
 from .connect import Database, now_iso
 from .schema import SELECT, Entry
 
@@ -60,12 +60,17 @@ def _start_time(pid: int) -> str:
 _MY_START = _start_time(os.getpid())
 
 
-#: Pending entries whose retry time has come (one parameter: now, or +inf to ignore back-off).
-_DUE = "state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+#: Pending entries whose retry time has come (two parameters: ``_due_at``).  A retry
+#: time further ahead than any back-off was written under a clock since set back:
+#: it is due now (a year-ahead clock, corrected, must not stall the backlog a year).
+_DUE = (
+    "state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ? OR next_attempt_at > ?)"
+)
 
 
-def _due_at(now: float, ignore_backoff: bool) -> float:
-    return float("inf") if ignore_backoff else now
+def _due_at(now: float, ignore_backoff: bool) -> tuple[float, float]:
+    """``_DUE``'s parameters: due up to now (or all), and beyond the longest back-off."""
+    return (float("inf") if ignore_backoff else now), now + MAX_RETRY_DELAY
 
 
 def new_owner() -> str:
@@ -118,9 +123,28 @@ class Outcome:
     remote_id: str | None = None
     remote_status: str | None = None
     upstream_id: str | None = None
+    #: The relay that accepted it (its base URL), when the endpoint is one.
+    via: str | None = None
     error: str | None = None
     next_attempt_at: float | None = None
     maybe_sent: bool = False
+
+
+@dataclass
+class Refreshed:
+    """What a status refresh learnt about one synced entry; ``Leases.refreshed`` writes them.
+
+    ``kind``: ``status`` (a new status, and the API's id once a relay passes it
+    on), ``reoffer`` (the relay that accepted it no longer holds it: send it
+    again, looked up first), ``missing`` (the API itself no longer has it: only
+    noted) or ``rejected`` (the API refused it, says the relay).
+    """
+
+    entry_id: int
+    kind: str
+    status: str | None = None
+    upstream_id: str | None = None
+    reason: str | None = None
 
 
 @dataclass
@@ -132,8 +156,8 @@ class Claim:
 
 _SETTLE = {
     "synced": "UPDATE entries SET state = 'synced', remote_id = ?, remote_status = ?,"
-    " upstream_id = ?, synced_at = ?, attempts = attempts + 1, last_error = NULL, maybe_sent = 0,"
-    " lease_owner = NULL, lease_until = NULL"
+    " upstream_id = ?, via = ?, synced_at = ?, attempts = attempts + 1, last_error = NULL,"
+    " maybe_sent = 0, missing_at = NULL, lease_owner = NULL, lease_until = NULL"
     " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
     "pending": "UPDATE entries SET state = 'pending', last_error = ?, next_attempt_at = ?,"
     " maybe_sent = CASE WHEN ? THEN 1 ELSE maybe_sent END, attempts = attempts + 1,"
@@ -209,7 +233,7 @@ class Leases:
                     r[0]
                     for r in conn.execute(
                         f"SELECT id FROM entries WHERE {_DUE} AND id > ? ORDER BY id LIMIT ?",
-                        (_due_at(now, ignore_backoff), after_id, limit - len(ids)),
+                        (*_due_at(now, ignore_backoff), after_id, limit - len(ids)),
                     )
                 ]
                 ids += pending
@@ -265,7 +289,7 @@ class Leases:
         for o in outcomes:
             if o.state == "synced":
                 params["synced"].append(
-                    (o.remote_id, o.remote_status, o.upstream_id, stamp, o.entry_id, owner)
+                    (o.remote_id, o.remote_status, o.upstream_id, o.via, stamp, o.entry_id, owner)
                 )
             elif o.state == "pending":
                 params["pending"].append(
@@ -295,7 +319,7 @@ class Leases:
         now = time.time() if now is None else now
         stale = self._stale(now, limit)
         rows = self.store.read(
-            f"{SELECT} WHERE {_DUE} ORDER BY id LIMIT ?", (_due_at(now, ignore_backoff), limit)
+            f"{SELECT} WHERE {_DUE} ORDER BY id LIMIT ?", (*_due_at(now, ignore_backoff), limit)
         )
         if stale:
             rows += self.store.read(SELECT + f" WHERE id IN ({','.join('?' * len(stale))})", stale)
@@ -306,7 +330,7 @@ class Leases:
         """How many entries a sync would send now."""
         now = time.time() if now is None else now
         due = self.store.scalar(
-            f"SELECT count(*) FROM entries WHERE {_DUE}", (_due_at(now, ignore_backoff),)
+            f"SELECT count(*) FROM entries WHERE {_DUE}", _due_at(now, ignore_backoff)
         )
         return int(due) + len(self._stale(now))
 
@@ -336,26 +360,33 @@ class Leases:
             )
         )
 
-    def next_due_at(self) -> float | None:
-        """When the earliest pending entry becomes due (epoch seconds), if any."""
+    def next_due_at(self, now: float | None = None) -> float | None:
+        """When the earliest pending entry becomes due (epoch seconds), if any (a time past
+        the longest back-off counts as now, as in ``_DUE``).
+        """
+        now = time.time() if now is None else now
         return self.store.scalar(  # type: ignore[no-any-return]
-            "SELECT min(coalesce(next_attempt_at, 0)) FROM entries WHERE state = 'pending'"
+            "SELECT min(CASE WHEN next_attempt_at > ? THEN 0 ELSE coalesce(next_attempt_at, 0)"
+            " END) FROM entries WHERE state = 'pending'",
+            (now + MAX_RETRY_DELAY,),
         )
 
-    # --- remote statuses -----------------------------------------------------------------
+    # --- remote statuses ---------------------------------------------------------------
 
     def unfinished_remote(
         self, limit: int, after_id: int = 0, synced_before: str = "9999"
     ) -> list[Entry]:
-        """Synced entries whose server status is not final yet, in id order.
+        """Synced, confirmed entries whose server status is not final yet, in id order.
 
         ``synced_before``: only those synced before then (a run does not ask
-        again about what it has just been told).
+        again about what it has just been told).  Unconfirmed entries are
+        ``unconfirmed``'s; jobs the API no longer has are not asked about again.
         """
         marks = ",".join("?" * len(UNFINISHED_REMOTE))
         rows = self.store.read(
             SELECT + f" WHERE state = 'synced' AND remote_status IN ({marks}) AND id > ?"
-            " AND synced_at < ? AND remote_id IS NOT NULL ORDER BY id LIMIT ?",
+            f" AND synced_at < ? AND remote_id IS NOT NULL AND {_CONFIRMED}"
+            " AND missing_at IS NULL ORDER BY id LIMIT ?",
             (*UNFINISHED_REMOTE, after_id, synced_before, limit),
         )
         return [Entry.from_row(r) for r in rows]
@@ -365,20 +396,76 @@ class Leases:
         return int(
             self.store.scalar(
                 "SELECT count(*) FROM entries WHERE state = 'synced'"
-                f" AND remote_status IN ({marks}) AND synced_at < ?",
+                f" AND remote_status IN ({marks}) AND synced_at < ? AND {_CONFIRMED}"
+                " AND missing_at IS NULL",
                 (*UNFINISHED_REMOTE, synced_before),
             )
         )
 
-    def set_remote_status(self, updates: Sequence[tuple[int, str, str | None]]) -> None:
-        """``(entry id, status, upstream id or None)`` for each refreshed entry."""
+    def unconfirmed(
+        self, limit: int, after_id: int = 0, synced_before: str = "9999"
+    ) -> list[Entry]:
+        """Entries a relay accepted whose API id has not come back, in id order: each is
+        asked about on every sync, whatever its status (a final one included).
+        """
+        rows = self.store.read(
+            SELECT + f" WHERE {_UNCONFIRMED} AND id > ? AND synced_at < ? ORDER BY id LIMIT ?",
+            (after_id, synced_before, limit),
+        )
+        return [Entry.from_row(r) for r in rows]
 
-        if not updates:
-            return
-        stamp = now_iso()
-        with self.store.write() as conn:
-            conn.executemany(
-                "UPDATE entries SET remote_status = ?, upstream_id = coalesce(?, upstream_id),"
-                " refreshed_at = ? WHERE id = ?",
-                [(status, upstream, stamp, entry_id) for entry_id, status, upstream in updates],
+    def count_unconfirmed(self, synced_before: str = "9999") -> int:
+        return int(
+            self.store.scalar(
+                f"SELECT count(*) FROM entries WHERE {_UNCONFIRMED} AND synced_at < ?",
+                (synced_before,),
             )
+        )
+
+    def refreshed(self, changes: Sequence[Refreshed]) -> dict[str, int]:
+        """Write what a refresh learnt, in one transaction; how many of each kind changed.
+
+        Each change applies only to an entry still as it was asked about (synced,
+        and still unconfirmed for a re-offer or a rejection): another process may
+        have moved it meanwhile.
+        """
+        if not changes:
+            return {}
+        stamp = now_iso()
+        params: dict[str, list[tuple[object, ...]]] = {kind: [] for kind in _REFRESHED}
+        for c in changes:
+            if c.kind == "status":
+                params["status"].append((c.status, c.upstream_id, stamp, c.entry_id))
+            elif c.kind == "reoffer":
+                params["reoffer"].append((c.reason, stamp, c.entry_id))
+            elif c.kind == "rejected":
+                params["rejected"].append((c.reason, c.status, stamp, c.entry_id))
+            elif c.kind == "missing":
+                params["missing"].append((stamp, stamp, c.entry_id))
+            else:
+                raise ValueError(f"unknown refresh kind {c.kind!r}")
+        written: dict[str, int] = {}
+        with self.store.write() as conn:
+            for kind, rows in params.items():
+                if rows:
+                    written[kind] = conn.executemany(_REFRESHED[kind], rows).rowcount
+        return written
+
+
+#: An entry the API has, to logbook's knowledge (direct, or its API id came back).
+_CONFIRMED = "(via IS NULL OR upstream_id IS NOT NULL)"
+#: Synced through a relay, and the API's id not back yet (the partial index's condition).
+_UNCONFIRMED = "state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL"
+_REFRESHED = {
+    "status": "UPDATE entries SET remote_status = ?, upstream_id = coalesce(?, upstream_id),"
+    " refreshed_at = ? WHERE id = ? AND state = 'synced'",
+    "reoffer": "UPDATE entries SET state = 'pending', maybe_sent = 1, next_attempt_at = NULL,"
+    " remote_id = NULL, remote_status = NULL, via = NULL, synced_at = NULL, last_error = ?,"
+    " refreshed_at = ?"
+    f" WHERE id = ? AND {_UNCONFIRMED}",
+    "rejected": "UPDATE entries SET state = 'rejected', last_error = ?,"
+    " remote_status = coalesce(?, remote_status), refreshed_at = ?"
+    f" WHERE id = ? AND {_UNCONFIRMED}",
+    "missing": "UPDATE entries SET missing_at = ?, refreshed_at = ?"
+    " WHERE id = ? AND state = 'synced' AND missing_at IS NULL",
+}

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadInput, NotFound
+from ..jobs import content_hash
 from .connect import Database, now_iso
 from .schema import INSERT, SELECT, STATES, Entry
 from .schema import row as job_row
@@ -69,34 +72,67 @@ class RelayKeys:
         return _digest(key)
 
 
+@dataclass
+class Held:
+    """What a relay holds for one POST: the entry, and whether the POST created it.
+
+    ``conflict``: the identity is held with other content; the entry is the held
+    one, and the POST is answered 409 (it is never linked to another's job).
+    """
+
+    entry: Entry
+    created: bool
+    conflict: bool = False
+
+
 class RelayJobs:
     def __init__(self, store: Database) -> None:
         self.store = store
 
     def record_batch(
-        self, jobs: list[Mapping[str, Any]], sources: list[str | None]
-    ) -> list[tuple[Entry, bool]]:
-        """Record many prepared jobs in ONE transaction (one fsync): ``(entry, created)`` each.
+        self, jobs: Sequence[Mapping[str, Any]], sources: Sequence[str | None],
+        reoffers: Sequence[bool] | None = None,
+    ) -> list[Held]:  # fmt: skip
+        """Record many prepared jobs in ONE transaction (one fsync): a relay's group commit.
 
-        A relay's group commit: concurrent POSTs share this commit.  A job
-        already held (the same experiment and hash) gives its existing entry.
+        A job already held (the same experiment and hash) gives the held entry:
+        the same content is the same job (and a rejected one goes back to be
+        forwarded again: a lab's ``retry``), other content is a conflict.  A
+        re-offered job (``reoffers``: the lab looked it up first) is looked up
+        upstream before it is forwarded: it may be there already.
         """
-
         created_at = now_iso()
-        out: list[tuple[Entry, bool]] = []
+        reoffers = reoffers or [False] * len(jobs)
+        out: list[Held] = []
         with self.store.write() as conn:
-            for job, source in zip(jobs, sources, strict=True):
+            for job, source, reoffer in zip(jobs, sources, reoffers, strict=True):
                 cur = conn.execute(INSERT, job_row(job, created_at, source))
                 if cur.rowcount == 1 and cur.lastrowid is not None:
+                    if reoffer:
+                        conn.execute("UPDATE entries SET maybe_sent = 1 WHERE id = ?",
+                                     (cur.lastrowid,))  # fmt: skip
                     entry = Entry(**job, id=cur.lastrowid, created_at=created_at, source=source)
-                    out.append((entry, True))
+                    entry.maybe_sent = reoffer
+                    out.append(Held(entry, True))
                     continue
-                row = conn.execute(
-                    SELECT + " WHERE experiment_id = ? AND hash = ?",
-                    (job["experiment_id"], job["hash"]),
-                ).fetchone()
-                out.append((Entry.from_row(row), False))
+                held = _held(conn, job)
+                if content_hash(held.post_body()) != content_hash(job):
+                    out.append(Held(held, False, conflict=True))
+                    continue
+                if held.state == "rejected" or (reoffer and held.state == "pending"):
+                    conn.execute(_AGAIN, (int(reoffer), held.id))
+                    held = _held(conn, job)
+                out.append(Held(held, False))
         return out
+
+    def mark_started(self) -> int:
+        """A relay starting: every job not yet forwarded is looked up upstream before it is
+        posted.  Its store may be a restored copy that forgot it had forwarded them.
+        """
+        with self.store.write() as conn:
+            return conn.execute(
+                "UPDATE entries SET maybe_sent = 1 WHERE state = 'pending' AND maybe_sent = 0"
+            ).rowcount
 
     def counts_by_source(self) -> dict[str, dict[str, int]]:
         """``{source: {state: n}}``: a relay's per-client counts."""
@@ -106,3 +142,19 @@ class RelayJobs:
         ):
             out.setdefault(r["source"] or "", dict.fromkeys(STATES, 0))[r["state"]] = r["n"]
         return out
+
+
+#: A held job posted again: a rejected one goes back to be forwarded (a lab's retry);
+#: a re-offer marks it to be looked up upstream first.
+_AGAIN = (
+    "UPDATE entries SET state = CASE WHEN state = 'rejected' THEN 'pending' ELSE state END,"
+    " next_attempt_at = NULL, maybe_sent = max(maybe_sent, ?) WHERE id = ?"
+    " AND state IN ('rejected', 'pending')"
+)
+
+
+def _held(conn: sqlite3.Connection, job: Mapping[str, Any]) -> Entry:
+    row = conn.execute(
+        SELECT + " WHERE experiment_id = ? AND hash = ?", (job["experiment_id"], job["hash"])
+    ).fetchone()
+    return Entry.from_row(row)

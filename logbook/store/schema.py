@@ -61,6 +61,13 @@ class Entry(Job):
     missing_at: str | None = _col("TEXT", public=False)
 
     @property
+    def api_id(self) -> str | None:
+        """The job's id at the API, once logbook knows it (through a relay: its upstream id)."""
+        if self.state != "synced":
+            return None
+        return self.remote_id if self.via is None else self.upstream_id
+
+    @property
     def confirmed(self) -> bool:
         """The API has the job and logbook knows it: synced, and not waiting on a relay."""
         return self.state == "synced" and (self.via is None or self.upstream_id is not None)
@@ -122,10 +129,14 @@ _READERS: tuple[tuple[str, Callable[[Any], Any]], ...] = tuple(
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
+#: Where ``metrics`` (an object, stored as JSON text) falls among the job fields, by name.
+_METRICS = JOB_FIELDS.index("metrics")
+
+
 def row(job: Mapping[str, Any], created_at: str, source: str | None) -> tuple[Any, ...]:
     """The inserted values of a prepared job: pure, so import's worker processes build rows too."""
     values = [job[name] for name in JOB_FIELDS]
-    values[-1] = _compact_json(values[-1] or {})  # metrics, the last job field
+    values[_METRICS] = _compact_json(values[_METRICS] or {})
     return (*values, created_at, source)
 
 

@@ -16,7 +16,7 @@ import httpx2
 import pytest
 from support import assert_no_key
 
-from logbook.client import RETRY_AFTER_CAP, ApiClient, parse_retry_after, remote_status
+from logbook.client import GONE, RETRY_AFTER_CAP, ApiClient, parse_retry_after, remote_status
 from logbook.errors import RequestFailed, Verdict
 from logbook.vocab import STATUSES
 
@@ -237,7 +237,7 @@ def test_overall_deadline_bounds_a_slow_response() -> None:
 
 def test_find_by_hash_404_is_none_and_get_job_404_is_none() -> None:
     assert call(answer(404, {"detail": "Job not found"}), *LOOKUP) is None
-    assert call(answer(404, {"detail": "Job not found"}), "get_job", "x") is None
+    assert call(answer(404, {"detail": "Job not found"}), "get_job", "x") == GONE
 
 
 # --- statuses the API does not know ------------------------------------------------------

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from logbook.store import Store
-from logbook.store.leases import Claim, Outcome, end_owner, new_owner, owner_alive
+from logbook.store.leases import Claim, Outcome, Refreshed, end_owner, new_owner, owner_alive
+from logbook.vocab import MAX_RETRY_DELAY
 
 HOST = socket.gethostname()
 
@@ -92,7 +93,7 @@ def test_claim_and_settle_transitions(store: Store, owner: str) -> None:
         [
             Outcome(ids[0], "synced", remote_id="r0", remote_status="Queued"),
             Outcome(ids[1], "rejected", error="422 name too long"),
-            Outcome(ids[2], "pending", error="503", next_attempt_at=time.time() + 3600),
+            Outcome(ids[2], "pending", error="503", next_attempt_at=time.time() + 250),
             Outcome(ids[3], "released"),
         ],
     )
@@ -107,11 +108,11 @@ def test_claim_and_settle_transitions(store: Store, owner: str) -> None:
     assert all(e.lease_owner is None and e.lease_until is None for e in (e0, e1, e2, e3))
     # e2 backs off: not due now, due later
     assert ids_of(store.leases.claim(owner, 10, lease_seconds=60)) == [ids[3]]
-    later = store.leases.claim(owner, 10, lease_seconds=60, now=time.time() + 7200)
+    later = store.leases.claim(owner, 10, lease_seconds=60, now=time.time() + 260)
     assert ids_of(later) == [ids[2]]
     assert [e.id for e in store.leases.unfinished_remote(10)] == [ids[0]]
     assert store.leases.count_unfinished_remote() == 1
-    store.leases.set_remote_status([(ids[0], "Done", None)])
+    store.leases.refreshed([Refreshed(ids[0], "status", "Done")])
     assert store.leases.unfinished_remote(10) == []
     assert store.get(ids[0]).refreshed_at
 
@@ -128,7 +129,7 @@ def test_settle_rejects_an_unknown_state(store: Store, owner: str) -> None:
 def test_claim_ignore_backoff_and_after_id(store: Store, owner: str) -> None:
     ids = [store.record(job(i))[0].id for i in range(5)]
     store.leases.claim(owner, 5, lease_seconds=60)
-    retry_at = time.time() + 3600
+    retry_at = time.time() + 250
     store.leases.settle(
         owner, [Outcome(i, "pending", error="503", next_attempt_at=retry_at) for i in ids]
     )
@@ -271,3 +272,19 @@ def test_due_lists_without_claiming(store: Store, owner: str, other: str) -> Non
     assert [e.id for e in store.leases.due(2)] == ids[:2]
     assert store.counts()["pending"] == 3  # nothing was claimed
     assert store.get(ids[0]).state == "sending"
+
+
+def test_a_retry_time_beyond_the_longest_backoff_is_due_now(store: Store, owner: str) -> None:
+    """Written while the clock was a year ahead, then the clock was corrected: due now."""
+    ids = [store.record(job(i))[0].id for i in range(3)]
+    store.leases.claim(owner, 3, lease_seconds=60)
+    now = time.time()
+    store.leases.settle(owner, [
+        Outcome(ids[0], "pending", error="503", next_attempt_at=now + 365 * 86400),
+        Outcome(ids[1], "pending", error="503", next_attempt_at=now + MAX_RETRY_DELAY - 5),
+        Outcome(ids[2], "pending", error="503", next_attempt_at=now + MAX_RETRY_DELAY + 60),
+    ])  # fmt: skip
+    assert store.leases.count_due() == 2
+    assert [e.id for e in store.leases.due(10)] == [ids[0], ids[2]]
+    assert store.leases.next_due_at() == 0  # a sync waits for none of them
+    assert ids_of(store.leases.claim(owner, 10, lease_seconds=60)) == [ids[0], ids[2]]

@@ -280,9 +280,8 @@ def test_a_migrated_store_works(version: int, tmp_path: Path, fixtures_untouched
                 [Outcome(e.id, "synced", remote_id=f"r{e.id}", remote_status="Queued")
                  for e in claimed.entries],
             )  # fmt: skip
-            assert [e.remote_status for e in s.leases.unfinished_remote(10)] == ["Queued"] * (
-                1 + len(claimed.entries)
-            )
+            asked = s.leases.unfinished_remote(10) + s.leases.unconfirmed(10)
+            assert [e.remote_status for e in asked] == ["Queued"] * (1 + len(claimed.entries))
             s.set_meta("last_sync", "2027-01-01T00:00:00Z")
             assert s.get_meta("last_sync") == "2027-01-01T00:00:00Z"
             j = prepare({"experiment_id": "new", "name": "n"})
