@@ -390,3 +390,16 @@ def test_a_deeply_nested_json_body_is_a_classified_failure(status: int) -> None:
     assert err.verdict is {
         200: Verdict.MAYBE_SENT, 422: Verdict.REJECTED, 500: Verdict.MAYBE_SENT
     }[status]
+
+
+def test_a_status_already_marked_unknown_is_never_wrapped_twice() -> None:
+    once = remote_status("Weird\x1b[31m")
+    assert once.startswith("Unknown (") and "\x1b" not in once
+    assert remote_status(once) == once  # a relay's answer passed on: not Unknown (Unknown (...))
+
+
+def test_a_relays_upstream_status_outside_the_enum_is_not_taken() -> None:
+    doc = {**job_doc({"experiment_id": "e", "hash": "h"}, "relay-1", "Queued"),
+           "info": {"relay": "forwarded", "upstream_status": "Weird", "upstream_id": "a-1"}}
+    job = call(answer(200, doc), "get_job", "relay-1")
+    assert job.status == "Queued" and job.upstream_id == "a-1"  # the enum value it served

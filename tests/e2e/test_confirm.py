@@ -1,0 +1,306 @@
+"""A job is delivered when the API has it: end-to-end confirmation through a relay.
+
+Real processes on loopback: lab machines (``logbook sync``), a relay, and its
+upstream (the emulator).  Each scenario loses the relay's store in one way
+(restored from a backup, put back to a snapshot, a fresh relay on the same
+address) and is judged where it counts: the upstream holds exactly one job per
+``(experiment_id, hash)``, and every lab entry names that job's API id.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from relaysupport import RelayProcess, free_port
+from support import cli, make_jobs, seed_store, set_row, states, wait_until
+
+from logbook.emulator.testing import EmulatorProcess
+from logbook.store import Store
+
+UP_KEY = "upstream+key/e2e=confirm"
+N = 30
+
+
+@pytest.fixture
+def upstream() -> Iterator[EmulatorProcess]:
+    emu = EmulatorProcess(UP_KEY, progress_seconds=0.5, extra_args=("--port", str(free_port())))
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, upstream: EmulatorProcess) -> Iterator[RelayProcess]:
+    r = RelayProcess(tmp_path / "relay", upstream.url, UP_KEY)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+class Lab:
+    """A lab machine: its own home and store, and the relay key it syncs with."""
+
+    def __init__(
+        self, tmp_path: Path, name: str, relay: RelayProcess, n: int = N, *,
+        experiment: str | None = None, start: int = 0,
+    ) -> None:  # fmt: skip
+        self.name, self.relay = name, relay
+        self.home = tmp_path / name
+        self.home.mkdir(parents=True)
+        self.db = self.home / "logbook.db"
+        with Store(self.db) as s:
+            assert s.record_many(make_jobs(n, experiment or f"exp-{name}", start))[0] == n
+        self.key = relay.add_key(name)
+
+    def sync(self, *args: str, endpoint: str | None = None, key: str | None = None) -> str:
+        env = {"HAIQU_EDGE_URI": endpoint or self.relay.url, "HAIQU_API_KEY": key or self.key}
+        run = cli(self.home, "--stats", "0", "-v", "sync", *args, env=env, timeout=120)
+        assert run.code in (0, 1), run.err
+        return run.out + run.err
+
+    def entries(self) -> list[dict[str, object]]:
+        with Store(self.db) as s:
+            return [
+                {**e.to_dict(), "upstream_id": e.upstream_id, "via": e.via, "api_id": e.api_id,
+                 "confirmed": e.confirmed}
+                for e in s.entries(newest_first=False)
+            ]  # fmt: skip
+
+    def confirmed(self) -> bool:
+        return all(e["confirmed"] for e in self.entries())
+
+
+def wait_confirmed(labs: list[Lab], **sync: str) -> None:
+    def done() -> bool:
+        for lab in labs:
+            lab.sync(**sync)
+        return all(lab.confirmed() for lab in labs)
+
+    wait_until(done, 90, "every lab entry to name its API id")
+
+
+def judge(upstream: EmulatorProcess, labs: list[Lab]) -> None:
+    """Exactly one job per identity upstream, and each lab entry names that job's id."""
+    stats = upstream.stats()
+    want = sum(len(lab.entries()) for lab in labs)
+    assert stats["duplicates"] == 0 and stats["jobs_created"] == want, stats
+    by_identity = {(j["experiment_id"], j["hash"]): j["id"] for j in upstream.jobs()}
+    for lab in labs:
+        for e in lab.entries():
+            assert e["state"] == "synced" and e["confirmed"], e
+            assert e["api_id"] == by_identity[e["experiment_id"], e["hash"]], e
+
+
+def backup(db: Path, to: Path) -> Path:
+    """A consistent copy of a store taken while its process runs (SQLite's backup API)."""
+    src, dst = sqlite3.connect(db), sqlite3.connect(to)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return to
+
+
+def restore(relay: RelayProcess, copy: Path) -> None:
+    """The relay's disk is put back to ``copy``: stop it, replace its store, start it again."""
+    assert relay.stop() == 0
+    db = relay.home / "logbook.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(copy, db)
+    relay.start()
+
+
+def test_a_relay_restored_from_a_backup_taken_before_the_labs_synced(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """Scenario 1: the upstream is down while the relay holds the jobs; its disk is then
+    replaced by last night's backup.  The labs offer their jobs again on their own.
+    """
+    labs = [Lab(tmp_path, "lab-a", relay), Lab(tmp_path, "lab-b", relay)]
+    port = upstream.url.rsplit(":", 1)[1]
+    upstream.stop()
+    relay.start()
+    nightly = backup(relay.home / "logbook.db", tmp_path / "nightly.db")
+    for lab in labs:
+        lab.sync()
+        assert states(lab.db)["synced"] == N and not any(e["confirmed"] for e in lab.entries())
+    status = cli(labs[0].home, "status", "--json").json()
+    assert status["unconfirmed"] == N and status["oldest_unconfirmed"]
+    restore(relay, nightly)  # every job the relay had accepted is gone
+    upstream.extra_args = ("--port", port)
+    upstream.start()
+    said = labs[0].sync()
+    assert f"{N} offered again" in said, said  # the summary says how many and why
+    assert "no longer holds them" in said, said  # the -v log says why
+    wait_confirmed(labs)
+    judge(upstream, labs)
+
+
+def test_a_backup_restored_after_the_relay_forwarded_everything_posts_nothing_again(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """Scenario 2: the re-offered jobs are already upstream: looked up, never posted again;
+    the API ids stay the same.
+    """
+    labs = [Lab(tmp_path, "lab-a", relay), Lab(tmp_path, "lab-b", relay)]
+    relay.start()
+    nightly = backup(relay.home / "logbook.db", tmp_path / "nightly.db")
+    for lab in labs:
+        lab.sync("--no-refresh")
+    wait_until(lambda: upstream.stats()["jobs_created"] >= 2 * N, 60, "the relay to forward")
+    first_ids = {(j["experiment_id"], j["hash"]): j["id"] for j in upstream.jobs()}
+    restore(relay, nightly)
+    for lab in labs:
+        assert f"{N} offered again" in lab.sync()
+    wait_confirmed(labs)
+    judge(upstream, labs)
+    assert {(j["experiment_id"], j["hash"]): j["id"] for j in upstream.jobs()} == first_ids
+
+
+def test_a_fresh_relay_on_the_same_address_with_nothing(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """Scenario 3: a new relay (new store, new keys under the same names) hands out the
+    same ids again, to other jobs: an answer for another job under an entry's id is a loss
+    (one experiment for both labs: only the hash tells their jobs apart).
+    """
+    labs = [
+        Lab(tmp_path, "lab-a", relay, experiment="shared"),
+        Lab(tmp_path, "lab-b", relay, experiment="shared", start=N),
+    ]
+    port = upstream.url.rsplit(":", 1)[1]
+    upstream.stop()  # half of it never got upstream
+    relay.start()
+    labs[0].sync()
+    upstream.extra_args = ("--port", port)
+    upstream.start()
+    wait_until(lambda: upstream.stats()["jobs_created"] >= N, 60, "lab-a's jobs upstream")
+    labs[1].sync("--no-refresh")
+    assert relay.stop() == 0
+    shutil.rmtree(relay.home)
+    keys = {lab.name: relay.add_key(lab.name) for lab in labs}  # a new relay, new keys
+    relay.start()
+    # lab-b goes first: the fresh relay gives its jobs relay-1.. again, the ids lab-a holds
+    assert f"{N} offered again" in labs[1].sync(key=keys["lab-b"])
+    assert f"{N} offered again" in labs[0].sync(key=keys["lab-a"])
+    for lab in labs:
+        lab.key = keys[lab.name]
+    wait_confirmed(labs)
+    judge(upstream, labs)
+
+
+def test_a_relay_put_back_to_a_snapshot_of_jobs_it_has_since_forwarded(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """Scenario 3b: the snapshot holds the jobs as not yet forwarded; the relay forwarded
+    them all after it was taken.  Started on it, the relay posts nothing again.
+    """
+    labs = [Lab(tmp_path, "lab-a", relay)]
+    port = upstream.url.rsplit(":", 1)[1]
+    upstream.stop()
+    relay.start()
+    labs[0].sync()
+    snapshot = backup(relay.home / "logbook.db", tmp_path / "snapshot.db")
+    with sqlite3.connect(snapshot) as conn:
+        held = conn.execute("SELECT count(*) FROM entries WHERE state = 'pending'").fetchone()[0]
+    assert held == N
+    upstream.extra_args = ("--port", port)
+    upstream.start()
+    wait_until(lambda: upstream.stats()["jobs_created"] >= N, 60, "the relay to forward")
+    first_ids = {j["id"] for j in upstream.jobs()}
+    restore(relay, snapshot)
+    assert "offered again" not in labs[0].sync()  # the relay's ids did not change
+    wait_confirmed(labs)
+    judge(upstream, labs)
+    assert {j["id"] for j in upstream.jobs()} == first_ids
+    assert f"{N} jobs not yet forwarded" in relay.log.read_text()
+
+
+def test_a_lab_that_now_syncs_straight_to_the_api_finds_what_the_relay_forwarded(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """The endpoint changed from the relay to the API: unconfirmed entries are looked up
+    there first, so a job the relay had forwarded is found, not posted again.
+    """
+    lab = Lab(tmp_path, "lab-a", relay)
+    relay.start()
+    lab.sync("--no-refresh")
+    wait_until(lambda: upstream.stats()["jobs_created"] >= N, 60, "the relay to forward")
+    assert relay.stop() == 0
+    said = lab.sync(endpoint=upstream.url, key=UP_KEY)
+    assert f"{N} offered again" in said and "no longer the endpoint" in said, said
+    judge(upstream, [lab])
+    assert all(e["via"] is None for e in lab.entries())  # confirmed by the API itself
+
+
+def test_a_job_the_api_refuses_reaches_the_lab_as_rejected_and_a_retry_gets_it_through_once(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    lab = Lab(tmp_path, "lab-a", relay, n=3)
+    upstream.set_faults(fail_next=1, fail_status=422)  # the API refuses the first job
+    relay.start()
+    lab.sync("--no-refresh")
+    wait_until(lambda: upstream.stats()["jobs_created"] >= 2, 60, "two jobs upstream")
+
+    def one_rejected() -> bool:
+        lab.sync()
+        return states(lab.db)["rejected"] == 1
+
+    wait_until(one_rejected, 60, "the refusal to reach the lab")
+    status = cli(lab.home, "status", "--json").json()
+    assert status["counts"]["rejected"] == 1
+    rejected = [e for e in lab.entries() if e["state"] == "rejected"]
+    assert "API refused it" in str(rejected[0]["last_error"])
+    assert "422" in str(rejected[0]["last_error"])
+    assert cli(lab.home, "retry", "--all").code == 0
+    wait_confirmed([lab])
+    judge(upstream, [lab])
+
+
+def test_two_labs_with_one_identity_and_other_content_are_told_apart(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """The second is never linked to the first's job: 409, and its entry is rejected."""
+    a, b = Lab(tmp_path, "lab-a", relay, n=0), Lab(tmp_path, "lab-b", relay, n=0)
+    for lab, counts in ((a, '{"00": 1}'), (b, '{"11": 7}')):
+        rec = cli(lab.home, "record", "-e", "shared", "--hash", "h-1", "--results", counts)
+        assert rec.code == 0, rec.err
+    relay.start()
+    a.sync()
+    b.sync()
+    assert states(b.db)["rejected"] == 1
+    reason = str(b.entries()[0]["last_error"])
+    assert "HTTP 409" in reason and "relay-1" in reason and "other content" in reason, reason
+    wait_confirmed([a])
+    jobs = upstream.jobs()
+    assert len(jobs) == 1 and jobs[0]["results"] == '{"00": 1}'
+
+
+def test_straight_to_the_api_a_job_it_no_longer_has_is_shown_never_resent(
+    tmp_path: Path, emulator: EmulatorProcess
+) -> None:
+    home = tmp_path / "lab"
+    db = seed_store(home, 5)
+    env = {"HAIQU_EDGE_URI": emulator.url, "HAIQU_API_KEY": emulator.key}
+    assert cli(home, "sync", "--no-refresh", env=env).code == 0
+    emulator.reset()  # the API no longer has them (a person deleted them)
+    run = cli(home, "sync", env=env)
+    assert run.code == 0, run.err
+    assert "5 the API no longer has" in run.out
+    status = cli(home, "status", "--json").json()
+    assert status["missing"] == 5 and status["counts"]["synced"] == 5
+    assert "5 synced jobs the API no longer has" in cli(home, "status").out
+    again = cli(home, "sync", env=env)
+    assert again.code == 0 and emulator.stats()["jobs_created"] == 0  # never re-sent
+    assert "no longer has" not in again.out  # and not asked about again
+    set_row(db, 1, missing_at=None)  # keeps the fixture honest: the column is the record
+    assert cli(home, "status", "--json").json()["missing"] == 4
