@@ -17,6 +17,15 @@ traceback.  At the end (watcher stopped, faults off, ``retry --all``, ``sync``
 until it exits 0): every entry is synced and the emulator holds exactly one
 job per identity.
 
+A second lab machine syncs through a relay (``logbook relay``, the same
+emulator upstream) while the relay is killed, wiped (a fresh relay on the same
+address), put back to a snapshot of its store taken at an earlier step, or has
+its clock's retry times pushed a year ahead.  Its identities are its own
+(experiments ``relay-...``).  Invariants: the emulator never holds a duplicate
+of any identity, and a lab entry that names its API id names the server's; at
+the end every entry of both labs is confirmed (its API id known) and the
+emulator holds exactly one job per identity of both.
+
 Sizing (environment): LOGBOOK_MODEL_EXAMPLES (default 3), LOGBOOK_MODEL_STEPS
 (default 12), LOGBOOK_MODEL_DB (a directory: keep hypothesis's example
 database there), LOGBOOK_MODEL_SHRINK=0 (report a failure unshrunk: shrinking
@@ -47,6 +56,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from relaysupport import RelayProcess
 from support import (
     Run,
     assert_no_key,
@@ -179,6 +189,8 @@ FAULT_PROFILES = st.one_of(
 
 #: New jobs recorded right before a sync that is killed or paused.
 FRESH = st.lists(job_docs(), min_size=1, max_size=3)
+#: The relay lab's jobs: its own experiments (two paths to the API never share an identity).
+RELAY_DOCS = job_docs().map(lambda d: {**d, "experiment_id": f"relay-{d['experiment_id']}"})
 
 LOCKER = """
 import sqlite3, sys, time
@@ -254,6 +266,14 @@ class LogbookMachine(RuleBasedStateMachine):
         self.serial = 0
         #: A sync ran to completion and no run was killed since.
         self.clean = False
+        # The second lab, behind a relay (started by the first rule that needs it).
+        self.lab2 = self.tmp / "lab2"
+        self.lab2.mkdir()
+        self.db2 = self.lab2 / "logbook.db"
+        self.model2: set[Identity] = set()
+        self.relay: RelayProcess | None = None
+        self.relay_key = ""
+        self.snapshots: list[Path] = []
         self.started = time.monotonic()
         self.emu.start()
         STATS["setup_seconds"] += time.monotonic() - self.started
@@ -327,15 +347,16 @@ class LogbookMachine(RuleBasedStateMachine):
         """
         self.emu.stats()
 
-    def rows(self) -> list[sqlite3.Row]:
-        if not self.db.exists():
+    def rows(self, db: Path | None = None) -> list[sqlite3.Row]:
+        db = db or self.db
+        if not db.exists():
             return []
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30)
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
         conn.row_factory = sqlite3.Row
         try:
             return conn.execute(
-                "SELECT id, experiment_id, hash, state, remote_id, lease_owner, maybe_sent"
-                " FROM entries ORDER BY id"
+                "SELECT id, experiment_id, hash, state, remote_id, lease_owner, maybe_sent,"
+                " via, upstream_id FROM entries ORDER BY id"
             ).fetchall()
         finally:
             conn.close()
@@ -640,6 +661,8 @@ class LogbookMachine(RuleBasedStateMachine):
         assert res.code == 0, res
         assert res.json() == {"retried": len(rejected)}, res
         assert not any(r["state"] == "rejected" for r in self.rows())
+        if self.db2.exists():
+            assert cli(self.lab2, "retry", "--all").code == 0
 
     # --- rules: the server -----------------------------------------------------------------
 
@@ -674,6 +697,113 @@ class LogbookMachine(RuleBasedStateMachine):
             self.emu.set_faults(**self.faults)
         else:
             self.faults = {}
+        if self.relay is not None:  # the relay forwards to the API's new address
+            self.relay.stop()
+            self.relay_up()
+
+    # --- rules: a second lab behind a relay, and what happens to the relay ----------------
+
+    def relay_up(self) -> RelayProcess:
+        """The relay, started on first use (a fixed port: a fresh relay comes back there)."""
+        if self.relay is None:
+            self.relay = RelayProcess(self.tmp / "relay", self.emu.url, self.key)
+            self.relay_key = self.relay.add_key("lab2")
+        if self.relay.proc is None or self.relay.proc.poll() is not None:
+            self.relay.upstream = self.emu.url
+            self.relay.start()
+            STATS["events"]["relay-started"] += 1
+        return self.relay
+
+    def run_lab2(self, *args: str, timeout: float = SYNC_TIMEOUT) -> Run:
+        relay = self.relay_up()
+        env = {"HAIQU_EDGE_URI": relay.url, "HAIQU_API_KEY": self.relay_key}
+        result = cli(self.lab2, *args, env=env, timeout=timeout)
+        self.keep(f"lab2 {' '.join(args[:3])}", result.out, result.err)
+        return result
+
+    @rule(docs=st.lists(RELAY_DOCS, min_size=1, max_size=4))
+    @tracked
+    def record_lab2(self, docs: list[dict[str, Any]]) -> None:
+        for doc in docs:
+            fields = {k: v for k, v in doc.items() if k != "experiment_id"}
+            entry = logbook.log(fields, experiment_id=doc["experiment_id"], db=self.db2)
+            assert (entry.experiment_id, entry.hash) == identity(doc)
+            self.model2.add(identity(doc))
+
+    @rule()
+    @tracked
+    def sync_lab2(self) -> None:
+        """The lab behind the relay syncs: its entries reach the relay, and the API's ids
+        flow back (or what the relay lost is offered again)."""
+        res = self.run_lab2("--stats", "0", "sync", "--json")
+        assert res.code in self.allowed_sync_codes(), res
+        assert_no_traceback(res.err)
+        if "offered again" in res.err + res.out:
+            STATS["events"]["relay-reoffer"] += 1
+
+    @precondition(lambda self: self.relay is not None)
+    @rule()
+    @tracked
+    def snapshot_relay(self) -> None:
+        """A backup of the relay's store, taken while it runs (SQLite's backup API)."""
+        assert self.relay is not None
+        target = self.tmp / f"relay-snapshot-{self.next_serial()}.db"
+        src = sqlite3.connect(self.relay.home / "logbook.db", timeout=30)
+        dst = sqlite3.connect(target)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+        self.snapshots.append(target)
+
+    @precondition(lambda self: self.relay is not None and bool(self.snapshots))
+    @rule(pick=st.integers(0, 10**6))
+    @tracked
+    def restore_relay(self, pick: int) -> None:
+        """The relay's disk is put back to a snapshot taken at an earlier step."""
+        relay = self.relay_up()
+        relay.stop()
+        db = relay.home / "logbook.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(self.snapshots[pick % len(self.snapshots)], db)
+        self.relay_up()
+        STATS["events"]["relay-restored"] += 1
+
+    @precondition(lambda self: self.relay is not None)
+    @rule(how=st.sampled_from(["kill", "wipe"]))
+    @tracked
+    def lose_relay(self, how: str) -> None:
+        """SIGKILL the relay (it restarts on its own store), or replace it with a fresh one
+        on the same address (nothing kept; a new key under the same name)."""
+        relay = self.relay_up()
+        if how == "kill":
+            relay.kill()
+        else:
+            relay.stop()
+            shutil.rmtree(relay.home)
+            self.relay_key = relay.add_key("lab2")
+        self.relay_up()
+        STATS["events"][f"relay-{how}"] += 1
+
+    @precondition(lambda self: self.relay is not None)
+    @rule()
+    @tracked
+    def relay_clock_jumped(self) -> None:
+        """The relay ran under a clock a year ahead: its retry times lie a year ahead now
+        that the clock is right again.  They must not stall its backlog."""
+        assert self.relay is not None
+        conn = sqlite3.connect(self.relay.home / "logbook.db", timeout=30)
+        try:
+            with conn:
+                conn.execute(
+                    "UPDATE entries SET next_attempt_at = ? WHERE state = 'pending'",
+                    (time.time() + 365 * 86400,),
+                )
+        finally:
+            conn.close()
+        STATS["events"]["relay-clock-jumped"] += 1
 
     # --- invariants ------------------------------------------------------------------------
 
@@ -699,11 +829,17 @@ class LogbookMachine(RuleBasedStateMachine):
         stats = self.emu.stats()
         assert stats["duplicates"] == 0, stats["duplicate_keys"]
         server = {(j["experiment_id"], j["hash"]): j["id"] for j in self.emu.jobs()}
-        assert set(server) <= self.model, set(server) - self.model
+        assert set(server) <= self.model | self.model2, set(server) - self.model - self.model2
         for r in self.rows():
             if r["state"] == "synced":
                 ident = (r["experiment_id"], r["hash"])
                 assert r["remote_id"] == server.get(ident), (dict(r), server.get(ident))
+        rows2 = self.rows(self.db2)
+        assert Counter((r["experiment_id"], r["hash"]) for r in rows2) == Counter(self.model2)
+        for r in rows2:
+            if r["state"] == "synced" and r["upstream_id"]:  # confirmed: it names the API's job
+                ident = (r["experiment_id"], r["hash"])
+                assert r["upstream_id"] == server.get(ident), (dict(r), server.get(ident))
 
     @invariant()
     @checked
@@ -765,19 +901,40 @@ class LogbookMachine(RuleBasedStateMachine):
                 break
         else:
             raise AssertionError(f"still not synced after 8 runs: {res}")
+        self.final_lab2()
         self.key_never_shows()
         rows = self.rows()
         assert all(r["state"] == "synced" for r in rows), [dict(r) for r in rows]
         stats = self.emu.stats()
         assert stats["duplicates"] == 0, stats["duplicate_keys"]
-        assert stats["jobs_created"] == len(self.model), (stats, len(self.model))
+        assert stats["jobs_created"] == len(self.model) + len(self.model2), (stats, len(self.model))
         jobs = self.emu.jobs()
         server = {(j["experiment_id"], j["hash"]): j["id"] for j in jobs}
-        assert set(server) == self.model
+        assert set(server) == self.model | self.model2
         for r in rows:
             assert r["remote_id"] == server[(r["experiment_id"], r["hash"])], dict(r)
         for text in [*self.emulator_logs, self.emulator_stderr()]:
             assert_no_key(text, self.key, "the emulator's stderr")
+
+    def final_lab2(self) -> None:
+        """The lab behind the relay: every entry confirmed, each job upstream once."""
+        if not self.model2:
+            return
+        assert cli(self.lab2, "retry", "--all").code == 0
+
+        def confirmed() -> bool:
+            res = self.run_lab2("--stats", "0", "sync", "--json")
+            assert res.code in (0, 1), res
+            rows = self.rows(self.db2)
+            return all(r["state"] == "synced" and r["upstream_id"] for r in rows)
+
+        wait_until(confirmed, SYNC_TIMEOUT, "every entry of the relay lab to be confirmed")
+        server = {(j["experiment_id"], j["hash"]): j["id"] for j in self.emu.jobs()}
+        for r in self.rows(self.db2):
+            assert r["upstream_id"] == server[(r["experiment_id"], r["hash"])], dict(r)
+        assert self.relay is not None
+        assert self.relay.stop() == 0
+        assert_no_key(self.relay.log.read_text("utf-8", "replace"), self.key, "the relay log")
 
     def cleanup(self) -> None:
         """Every process we started is stopped by its PID; the temporary tree goes."""
@@ -794,10 +951,13 @@ class LogbookMachine(RuleBasedStateMachine):
                 pass
         if self.watch_logf is not None:
             self.watch_logf.close()
+        if self.relay is not None:
+            self.relay.kill()
         self.emu.stop()
-        store = (getattr(logbook_api._local, "stores", None) or {}).pop(str(self.db), None)
-        if store is not None:
-            store.close()
+        for db in (self.db, self.db2):
+            store = (getattr(logbook_api._local, "stores", None) or {}).pop(str(db), None)
+            if store is not None:
+                store.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
