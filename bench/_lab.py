@@ -115,9 +115,7 @@ def seed_synthetic(db: Path, n: int, tag: str = "seed", source: str | None = "re
     try:
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("BEGIN")
-        before = conn.total_changes
-        conn.executemany(schema.INSERT, rows())
-        inserted = conn.total_changes - before
+        inserted = conn.executemany(schema.INSERT, rows()).rowcount  # not total_changes: triggers
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
@@ -267,8 +265,11 @@ class SyncProcess:
         extra_env: dict[str, str] | None = None,
         global_args: Sequence[str] = (),
         cli_root: str = REPO_ROOT,
+        refresh: bool = False,
     ) -> None:
-        cmd = [sys.executable, "-m", "logbook", *global_args, "sync", "--no-refresh", "--json"]
+        cmd = [sys.executable, "-m", "logbook", *global_args, "sync", "--json"]
+        if not refresh:
+            cmd.append("--no-refresh")
         if concurrency is not None:
             cmd += ["--concurrency", str(concurrency)]
         env = clean_env(LOGBOOK_HOME=str(home), HAIQU_EDGE_URI=endpoint, HAIQU_API_KEY=key)
@@ -375,8 +376,11 @@ class RelayProcess:
     learnt from its ``relay ready on URL`` line.
     """
 
-    def __init__(self, home: Path, upstream: str, upstream_key: str, refresh: float = 0) -> None:
+    def __init__(
+        self, home: Path, upstream: str, upstream_key: str, refresh: float = 0, port: int = 0
+    ) -> None:
         self.home = home
+        self.port = port
         self.db = home / "logbook.db"
         self.upstream = upstream
         self.upstream_key = upstream_key
@@ -400,7 +404,7 @@ class RelayProcess:
         env = clean_env(LOGBOOK_HOME=str(self.home), HAIQU_API_KEY=self.upstream_key)
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [
-            sys.executable, "-m", "logbook", "relay", "--listen", "127.0.0.1:0",
+            sys.executable, "-m", "logbook", "relay", "--listen", f"127.0.0.1:{self.port}",
             "--upstream", self.upstream, "--refresh", str(self.refresh),
         ]  # fmt: skip
         self._err = tempfile.TemporaryFile()

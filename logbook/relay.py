@@ -58,6 +58,8 @@ _STATUSES = frozenset(STATUSES)
 MAX_IN_FLIGHT = 1024
 #: At most this many jobs are committed in one transaction.
 COMMIT_BATCH = 512
+#: The most requests a relay keeps in flight upstream.
+MAX_FORWARD_CONCURRENCY = 512
 #: Relay keys are read again this often, so a revoked key stops working soon.
 KEYS_TTL = 2.0
 
@@ -178,7 +180,12 @@ class Relay:
 
         self.cfg = cfg
         self.o = options
-        self.upstream_cfg = replace(cfg, endpoint=check_endpoint(options.upstream, "--upstream"))
+        # Twice the requests in flight upstream: a job the relay may have sent already (its
+        # store may be a restored copy) costs a look-up and a post.
+        self.upstream_cfg = replace(
+            cfg, endpoint=check_endpoint(options.upstream, "--upstream"),
+            concurrency=min(MAX_FORWARD_CONCURRENCY, 2 * cfg.concurrency),
+        )  # fmt: skip
         require(self.upstream_cfg)  # the relay holds the upstream key; lab machines never do
         self.db = StoreWorker(str(cfg.db))
         self.forwarder = BackgroundSyncer(self.upstream_cfg, refresh_every=options.refresh_every)
