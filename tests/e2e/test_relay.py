@@ -239,17 +239,23 @@ def test_the_haiqu_sdk_client_posts_through_the_relay(
 def test_killing_the_relay_loses_nothing_and_doubles_nothing(
     tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
 ) -> None:
-    """SIGKILL in a loop while lab machines post and while it forwards; then a final sync."""
+    """SIGKILL in a loop while lab machines post and while it forwards; then a final sync.
+
+    A relay restarted on its own store keeps every id it gave: no lab ever offers a job
+    again, and every lab entry ends confirmed with the API's id.
+    """
     keys = {name: relay.add_key(name) for name in ("k1", "k2")}
     homes = {name: lab(tmp_path, name, 100) for name in keys}
     upstream.set_faults(latency_ms=30, routes="*")
     relay.start()
     stop = threading.Event()
+    said: list[str] = []
 
     def lab_syncs(name: str) -> None:
         while not stop.is_set():
-            cli(homes[name], "--stats", "0", "sync", "--concurrency", "8",
-                env=relay.env_for_lab(keys[name]), timeout=120)  # fmt: skip
+            run = cli(homes[name], "--stats", "0", "-v", "sync", "--concurrency", "8",
+                      env=relay.env_for_lab(keys[name]), timeout=120)  # fmt: skip
+            said.append(run.out + run.err)
             if states(homes[name] / "logbook.db")["synced"] == 100:
                 return
 
@@ -275,7 +281,7 @@ def test_killing_the_relay_loses_nothing_and_doubles_nothing(
         for t in threads:
             t.join(180)
     for name, home in homes.items():
-        sync_until_done(home, relay.env_for_lab(keys[name]))
+        said += [r.out + r.err for r in sync_until_done(home, relay.env_for_lab(keys[name]))]
     upstream.clear_faults()
     wait_until(lambda: upstream.stats()["jobs_created"] >= 200, 90, "everything upstream")
     stats = upstream.stats()
@@ -284,6 +290,17 @@ def test_killing_the_relay_loses_nothing_and_doubles_nothing(
         (e["experiment_id"], e["hash"]) for h in homes.values() for e in entries(h / "logbook.db")
     }
     assert set(upstream_pairs(upstream)) == expected
+
+    def confirmed() -> bool:
+        for name, home in homes.items():
+            run = cli(home, "--stats", "0", "-v", "sync", env=relay.env_for_lab(keys[name]))
+            said.append(run.out + run.err)
+        return all(
+            cli(h, "status", "--json").json()["unconfirmed"] == 0 for h in homes.values()
+        )
+
+    wait_until(confirmed, 90, "every lab entry confirmed")
+    assert not [s for s in said if "offered again" in s or "offering" in s], "a job re-offered"
 
 
 def test_one_client_flooding_does_not_starve_another(
