@@ -246,7 +246,8 @@ def test_killing_the_relay_loses_nothing_and_doubles_nothing(
     """
     keys = {name: relay.add_key(name) for name in ("k1", "k2")}
     homes = {name: lab(tmp_path, name, 100) for name in keys}
-    upstream.set_faults(latency_ms=30, routes="*")
+    # slow enough upstream that labs refresh entries the relay has not forwarded yet
+    upstream.set_faults(latency_ms=400, routes="*")
     relay.start()
     stop = threading.Event()
     said: list[str] = []
@@ -255,9 +256,7 @@ def test_killing_the_relay_loses_nothing_and_doubles_nothing(
         while not stop.is_set():
             run = cli(homes[name], "--stats", "0", "-v", "sync", "--concurrency", "8",
                       env=relay.env_for_lab(keys[name]), timeout=120)  # fmt: skip
-            said.append(run.out + run.err)
-            if states(homes[name] / "logbook.db")["synced"] == 100:
-                return
+            said.append(run.out + run.err)  # on and on: refreshes meet every restart
 
     threads = [threading.Thread(target=lab_syncs, args=(n,)) for n in keys]
     for t in threads:
