@@ -9,14 +9,16 @@ address) and is judged where it counts: the upstream holds exactly one job per
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from relaysupport import RelayProcess, free_port
-from support import cli, make_jobs, seed_store, set_row, states, wait_until
+from support import cli, make_jobs, seed_store, set_row, started, states, wait_until
 
 from logbook.emulator.testing import EmulatorProcess
 from logbook.store import Store
@@ -304,3 +306,35 @@ def test_straight_to_the_api_a_job_it_no_longer_has_is_shown_never_resent(
     assert "no longer has" not in again.out  # and not asked about again
     set_row(db, 1, missing_at=None)  # keeps the fixture honest: the column is the record
     assert cli(home, "status", "--json").json()["missing"] == 4
+
+
+def test_a_watcher_offers_again_on_its_own_what_its_relay_lost(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """``watch --sync``: no flag, no manual step; its periodic refresh notices the loss."""
+    key = relay.add_key("watcher")
+    port = upstream.url.rsplit(":", 1)[1]
+    upstream.stop()
+    relay.start()
+    nightly = backup(relay.home / "logbook.db", tmp_path / "nightly.db")
+    home, results = tmp_path / "lab", tmp_path / "results"
+    results.mkdir()
+    args = ("watch", results, "-e", "exp-w", "--sync", "--settle", "0.1", "--refresh", "1")
+    with started(home, *args, env=relay.env_for_lab(key)) as proc:
+        for i in range(5):
+            (results / f"r{i}.json").write_text(json.dumps({"hash": f"w{i}", "results": {"0": i}}))
+        wait_until(lambda: states(home / "logbook.db")["synced"] == 5, 60, "the relay to take them")
+        restore(relay, nightly)
+        upstream.extra_args = ("--port", port)
+        upstream.start()
+
+        def confirmed() -> bool:
+            assert proc.poll() is None, "the watcher stopped"
+            with Store(home / "logbook.db", readonly=True) as s:
+                return s.counts()["synced"] == 5 and s.unconfirmed()[0] == 0
+
+        wait_until(confirmed, 90, "the watcher to offer its jobs again and see them confirmed")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    stats = upstream.stats()
+    assert stats["jobs_created"] == 5 and stats["duplicates"] == 0
