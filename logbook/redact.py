@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "[REDACTED]"
 #: A prefix of a secret this long is redacted too (a message cut mid-key).
@@ -108,14 +108,20 @@ def redact(text: str, *secrets: str | None) -> str:
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """The password (and user) in a URL's userinfo: secrets to redact wherever the URL goes."""
+    """The password (and user) in a URL's userinfo: secrets to redact wherever the URL goes.
+
+    The password as written, and decoded both ways (``%20`` and ``+`` as a space): a
+    library shows it decoded, and each decoded form brings its own spellings.
+    """
     if not url:
         return []
     try:
         parts = urlsplit(url)
-        return [s for s in (parts.password, parts.username) if s]
     except ValueError:
         return []
+    password = parts.password or ""
+    decoded = [unquote(password), unquote_plus(password)] if password else []
+    return list(dict.fromkeys(s for s in (password, *decoded, parts.username) if s))
 
 
 def show_url(url: str, *, keep_query: bool = False) -> str:

@@ -25,6 +25,8 @@ Modes (per request, after the request head+body were read unless noted):
 ================================ =============================================
 ok                               200, small JSON job, Content-Length, keep-alive
 wrong_hash                       200, a job whose ``hash`` is not the one sent
+not_found                        404, ``{"detail": "Job not found"}`` (the API's
+                                 answer to a look-up of a job it does not hold)
 echo_target                      500, body echoes the raw request line (query
                                  included) with percent escapes lower-cased
 redirect / redirect_30[1278]     30x to ``http://other.example:1/jobs?HAIQU_API_KEY=...``
@@ -291,6 +293,10 @@ class Adversary:
                 "status": "stored",
             }
             s.sendall(_response(200, "OK", json.dumps(job).encode(), "application/json"))
+            return True
+        if mode == "not_found":
+            body = b'{"detail": "Job not found"}'
+            s.sendall(_response(404, "Not Found", body, "application/json"))
             return True
         if mode == "echo_target":
             echoed = re.sub(

@@ -37,7 +37,9 @@ def backoff(
     next try, and a watcher's next background run, both use it).
     """
     r = rng or random
-    delay = r.uniform(0, min(cap, base * 2 ** max(0, attempts - 1)))
+    # The cap is reached long before 2**64; a larger power overflows a float (an entry
+    # that has failed a thousand times must still get a delay, not an OverflowError).
+    delay = r.uniform(0, min(cap, base * 2 ** min(max(0, attempts - 1), 64)))
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay

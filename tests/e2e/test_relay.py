@@ -8,7 +8,10 @@ never leaves the relay.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -35,6 +38,7 @@ from support import (
 )
 
 from logbook.emulator.testing import EmulatorProcess
+from logbook.relay import COMMIT_BATCH
 
 UP_KEY = "upstream+key/never=leaves"
 
@@ -431,3 +435,93 @@ def test_a_relay_listening_with_tls_takes_syncs_from_machines_that_trust_its_ca(
         wait_until(lambda: upstream.stats()["jobs_created"] == 10, 60, "the relay to forward")
     finally:
         assert relay.stop() == 0
+
+
+def _sockets(pid: int) -> int:
+    """How many sockets process ``pid`` holds open (Linux /proc)."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass  # closed meanwhile
+    return n
+
+
+def _hold_write_lock(db: Path) -> subprocess.Popen[str]:
+    """Another process holding the store's write lock until a line arrives on its stdin."""
+    locker = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sqlite3,sys; c=sqlite3.connect(sys.argv[1], isolation_level=None);"
+         " c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline();"
+         " c.execute('COMMIT')", str(db)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+    return locker
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts sockets in /proc")
+def test_more_posts_at_once_than_one_commit_holds_are_all_answered_and_stored(
+    tmp_path: Path,
+) -> None:
+    """1,200 concurrent POSTs pile up behind a held write lock, more than ``COMMIT_BATCH``:
+    once it is released every one is answered 2xx with its own job, and all are stored."""
+    n = 1200
+    assert n > 2 * COMMIT_BATCH
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 3 * n:
+        pytest.skip(f"needs {3 * n} open files, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 3 * n), hard))  # the relay inherits it
+    upstream_down = f"http://127.0.0.1:{free_port()}"  # nothing forwards meanwhile
+    relay = RelayProcess(
+        tmp_path / "relay", upstream_down, UP_KEY, extra=("--max-in-flight", str(2 * n))
+    )
+    key = relay.add_key("lab")
+    locker: subprocess.Popen[str] | None = None
+    try:
+        relay.start()
+        assert relay.proc is not None
+        relay_pid = relay.proc.pid
+        locker = _hold_write_lock(relay.home / "logbook.db")
+        bodies = [
+            {"experiment_id": f"flood-{i % 2}", "hash": f"h{i // 2}", "results": '{"0": 1}'}
+            for i in range(n)
+        ]
+
+        async def flood() -> list[httpx2.Response]:
+            limits = httpx2.Limits(max_connections=None, max_keepalive_connections=0)
+            async with httpx2.AsyncClient(
+                base_url=relay.url, timeout=60, limits=limits,
+                headers={"authorization": key},
+            ) as client:  # fmt: skip
+                posts = [asyncio.ensure_future(client.post("/jobs", json=b)) for b in bodies]
+                await asyncio.to_thread(
+                    wait_until, lambda: _sockets(relay_pid) >= n, 60, "every POST at the relay"
+                )
+                assert not any(p.done() for p in posts)  # held behind the lock
+                assert locker is not None and locker.stdin is not None
+                locker.stdin.write("release\n")
+                locker.stdin.flush()
+                return await asyncio.gather(*posts)
+
+        answers = asyncio.run(flood())
+        assert [a.status_code for a in answers] == [200] * n
+        jobs = [a.json() for a in answers]
+        assert [(j["experiment_id"], j["hash"]) for j in jobs] == [
+            (b["experiment_id"], b["hash"]) for b in bodies
+        ]
+        assert len({j["id"] for j in jobs}) == n
+        assert relay.stop() == 0
+    finally:
+        if locker is not None:
+            if locker.poll() is None:
+                locker.kill()
+            locker.communicate()
+        relay.stop()
+    with sqlite3.connect(relay.home / "logbook.db") as conn:
+        rows = conn.execute("SELECT id, experiment_id, hash FROM entries").fetchall()
+    assert len(rows) == n
+    assert {(f"relay-{i}", e, h) for i, e, h in rows} == {
+        (j["id"], j["experiment_id"], j["hash"]) for j in jobs
+    }

@@ -7,8 +7,10 @@ Every run here ends with no entry left ``sending``: a run never reports
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
+import statistics
 import threading
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -22,7 +24,6 @@ from support import entries, seed_store, set_row, states
 from logbook.client import ApiClient
 from logbook.config import Config
 from logbook.engine import (
-    BASE_BACKOFF,
     MAX_BACKOFF,
     MAX_STALLS,
     MAX_TIMEOUTS,
@@ -98,46 +99,83 @@ def stored(db: Path) -> list[Entry]:
 # --- backoff and adaptive concurrency -----------------------------------------------------
 
 
-def test_backoff_full_jitter_grows_and_is_capped() -> None:
-    for attempts in range(1, 15):
-        cap = min(MAX_BACKOFF, BASE_BACKOFF * 2 ** (attempts - 1))
-        samples = [backoff(attempts, rng=random.Random(seed)) for seed in range(200)]
-        assert all(0 <= s <= cap for s in samples)
-        # full jitter: spread over the whole range, not clustered at the cap
-        assert min(samples) < cap * 0.1 and max(samples) > cap * 0.9
-    # the same seed gives the same delay
+class FakeClock:
+    """A clock that moves only when the code under test sleeps (or the test moves it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _delays(attempts: int, retry_after: float | None = None, n: int = 300) -> list[float]:
+    """The next-try delays of ``n`` entries (or machines) that failed alike."""
+    return [backoff(attempts, retry_after, rng=random.Random(seed)) for seed in range(n)]
+
+
+def test_backoff_is_bounded_grows_with_attempts_and_spreads_a_fleet() -> None:
+    # Bounds: never negative, never past the longest back-off, however many failures.
+    for attempts in (1, 2, 3, 8, 15, 40, 10_000):
+        assert all(0.0 <= d <= MAX_BACKOFF for d in _delays(attempts)), attempts
+    # The first retry comes soon; each failure makes the typical wait longer, until
+    # the longest back-off caps it.
+    assert max(_delays(1)) <= 2.0
+    medians = [statistics.median(_delays(a)) for a in range(1, 10)]
+    assert all(b > a for a, b in itertools.pairwise(medians)), medians
+    capped = _delays(40)
+    assert max(capped) > 0.9 * MAX_BACKOFF
+    assert statistics.median(capped) < 0.75 * MAX_BACKOFF  # not pinned at the cap
+    # Jitter: a fleet that failed together spreads over the whole range, from almost
+    # at once to almost the longest wait, rather than coming back in lockstep.
+    for attempts in (1, 5, 40):
+        delays = _delays(attempts)
+        assert len(set(delays)) > 0.95 * len(delays)
+        assert min(delays) < 0.1 * max(delays)
+    # The same random source gives the same delay (runs are reproducible in tests).
     assert backoff(5, rng=random.Random(7)) == backoff(5, rng=random.Random(7))
-    expected = random.Random(7).uniform(0, BASE_BACKOFF * 2**4)
-    assert backoff(5, rng=random.Random(7)) == expected
 
 
 def test_retry_after_is_a_floor() -> None:
-    rng = random.Random(3)
-    assert all(backoff(1, 30.0, rng=rng) == 30.0 for _ in range(50))
-    # a larger jittered delay wins over a small Retry-After
-    delays = [backoff(12, 0.5, rng=random.Random(s)) for s in range(50)]
-    assert all(d >= 0.5 for d in delays) and max(delays) > 0.5
+    for attempts in (1, 4, 12):
+        assert all(d >= 30.0 for d in _delays(attempts, 30.0))
+    assert all(d == 30.0 for d in _delays(1, 30.0))  # longer than any first back-off
+    # a larger jittered delay wins over a small Retry-After: still spread above it
+    delays = _delays(12, 0.5)
+    assert all(d >= 0.5 for d in delays) and max(delays) > 10 * 0.5
 
 
-def test_adaptive_limit_halves_on_overload_and_grows_on_success() -> None:
-    lim = AdaptiveLimit(64)
+def test_adaptive_limit_halves_once_per_burst_and_grows_back_on_success() -> None:
+    clock = FakeClock()
+    lim = AdaptiveLimit(64, random.Random(1), clock=clock, sleep=clock.sleep)
     lim.overload()
     assert lim.limit == 32
-    lim.overload()  # the same burst: one cut
+    lim.overload()  # the same burst of refusals: one cut
+    clock.now += 0.1
+    lim.overload()
     assert lim.limit == 32
-    lim._last_cut -= 1.0
+    clock.now += 1.0  # a later burst
     lim.overload()
     assert lim.limit == 16
     for _ in range(5):
-        lim._last_cut -= 1.0
+        clock.now += 1.0
         lim.overload()
     assert lim.limit == 1  # never below one
+    clock.now += 1.0
+    lim.overload()
+    assert lim.limit == 1
     for _ in range(200):
         lim.success()
-    assert 1 < lim.limit < 64
+    assert 1 < lim.limit < 64  # it creeps back, not at once
     for _ in range(10_000):
         lim.success()
     assert lim.limit == 64  # never above the maximum
+    assert clock.slept == []  # no Retry-After given: nothing paused
 
 
 def test_adaptive_limit_bounds_requests_in_flight() -> None:
@@ -477,21 +515,6 @@ def test_one_undecodable_answer_does_not_abort_the_run(tmp_path: Path) -> None:
     assert report.synced == 4 and report.pending == 1
     (odd,) = [e for e in stored(db) if e.state == "pending"]
     assert odd.maybe_sent  # a 2xx that could not be read may hide a stored job
-
-
-class FakeClock:
-    """A clock that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def test_a_429_pauses_every_request_until_its_retry_after_with_jitter() -> None:

@@ -10,10 +10,12 @@ exist, and time is passed in as ``now``.
 
 from __future__ import annotations
 
+import io
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -202,6 +204,50 @@ def test_reused_pid_owner_is_reclaimed(path: Path, owner: str) -> None:
         eid = s.record(job(1))[0].id
         s.leases.claim(reused, 1, lease_seconds=3600)
         got = s.leases.claim(owner, 10, lease_seconds=60)
+        assert ids_of(got) == [eid] and got.entries[0].maybe_sent
+
+
+def _stat_line(pid: int, state: bytes) -> bytes:
+    """``/proc/PID/stat`` of a live process as it would read in ``state`` ("Z": a zombie).
+
+    Its command name holds ") R (": the state is the field after the *last* parenthesis.
+    """
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        real = f.read()
+    after = real[real.rfind(b")") + 2 :].split()
+    return b" ".join([str(pid).encode(), b"(sh) R (x)", state, *after[1:]]) + b"\n"
+
+
+def test_a_killed_not_yet_reaped_run_is_gone_whatever_its_lease(
+    path: Path, owner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of a sync whose parent has not reaped it yet: the pid still exists (and
+    answers signal 0) with its start time, but it will never post again."""
+    import logbook.store.leases as leases
+
+    with open("/proc/1/stat", "rb") as f:
+        start = f.read().rsplit(b")", 1)[1].split()[19].decode()
+    killed = f"{HOST}:1:{start}:deadbeef"  # pid 1 with its own start time: a live run...
+    proc_stat = {b"S": _stat_line(1, b"S"), b"Z": _stat_line(1, b"Z")}
+    state = [b"S"]
+    real_open = open
+
+    def fake_proc(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if file == "/proc/1/stat":
+            return io.BytesIO(proc_stat[state[0]])
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(leases, "open", fake_proc, raising=False)
+    assert owner_alive(killed) is True
+    with Store(path) as s:
+        eid = s.record(job(1))[0].id
+        now = time.time()
+        s.leases.claim(killed, 1, lease_seconds=3600, now=now)
+        assert s.leases.claim(owner, 10, lease_seconds=60, now=now + 1).entries == []
+        state[0] = b"Z"  # ...killed, and not reaped yet
+        assert owner_alive(killed) is False
+        assert s.leases.count_held(owner) == 0 and s.leases.count_due(now + 1) == 1
+        got = s.leases.claim(owner, 10, lease_seconds=60, now=now + 1)  # its lease stands
         assert ids_of(got) == [eid] and got.entries[0].maybe_sent
 
 

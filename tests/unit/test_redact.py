@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 from support import assert_no_key, key_forms
 
 from logbook.client import ApiClient
+from logbook.config import Network
 from logbook.errors import RequestFailed, Verdict
-from logbook.redact import REDACTED, mask, redact, show_url
+from logbook.redact import REDACTED, mask, redact, show_url, url_secrets
 
 KEY = "k+ey/with=chars+/="
 LONG_KEY = "Ab+Cd/Ef=Gh+Ij/Kl=Mn+Op/Qr=St~Uv!Wx*Yz'(01)"
@@ -373,3 +374,99 @@ def test_the_whole_exception_chain_holds_no_key(mode: str) -> None:
                 texts += [str(request.url), repr(dict(request.headers))]
             for text in texts:
                 assert_clean(text, KEY, where=f"{mode}: {type(e).__name__} in the chain")
+
+
+# --- every window, the end of the key included ------------------------------------------------
+
+
+def _plain_spellings(key: str) -> dict[str, str]:
+    """Spellings made only of the key's own characters, escaped (no quotes or CR around)."""
+    once = quote(key, safe="")
+    return {
+        "raw": key, "percent": once, "percent-lower": _lower_escapes(once),
+        "quote-keeping-slash": quote(key), "quote_plus": quote_plus(key),
+        "plus-as-space": key.replace("+", " "), "double-encoded": quote(once, safe=""),
+        "double-quote_plus": quote_plus(quote_plus(key)), "json": json.dumps(key)[1:-1],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("key", [KEY, LONG_KEY, "plainalphanumerickey0123456789"])
+def test_every_ten_character_window_and_the_end_of_the_key_are_removed(key: str) -> None:
+    """A message may hold any piece of the key: its last ten characters (a reason cut
+    from the front), or the key at the very end of the text (nothing after it)."""
+    for kind, enc in _plain_spellings(key).items():
+        assert redact(f"<<{enc}>>", key) == f"<<{REDACTED}>>", kind
+        assert redact(f"ends with {enc}", key) == f"ends with {REDACTED}", kind
+        assert redact(enc, key) == REDACTED, kind
+        for i in range(len(enc) - MIN_RUN + 1):
+            window = enc[i : i + MIN_RUN]
+            assert redact(f"<<{window}>>", key) == f"<<{REDACTED}>>", (kind, i, window)
+        for n in range(MIN_RUN, len(enc) + 1):  # every suffix, at the end of the text too
+            assert redact(f"<<{enc[-n:]}", key) == f"<<{REDACTED}", (kind, n)
+    # The last character goes with the rest: nothing of the key is left after the mark.
+    out = redact(f"key={key};", key)
+    assert out == f"key={REDACTED};" and not out.endswith(key[-1] + ";")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=KEYS)
+def test_random_keys_lose_every_window_and_their_last_character(key: str) -> None:
+    for kind, enc in _plain_spellings(key).items():
+        assert redact(f"<<{enc}>>", key) == f"<<{REDACTED}>>", kind
+        assert redact(f"<<{enc[-MIN_RUN:]}", key) == f"<<{REDACTED}", kind
+
+
+# --- a proxy password with a space ----------------------------------------------------------
+
+PROXY_PASSWORD = "correct horse battery staple"
+
+
+def _password_spellings(password: str) -> dict[str, str]:
+    once = quote(password, safe="")
+    return {
+        "decoded": password, "quote": once, "quote-keeping-slash": quote(password),
+        "quote_plus": quote_plus(password), "double-encoded": quote(once, safe=""),
+        "double-quote_plus": quote_plus(quote_plus(password)),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("written", ["quote", "quote_plus"])
+def test_a_proxy_password_with_a_space_is_removed_in_every_spelling(written: str) -> None:
+    """The user writes the password in the proxy URL with ``quote`` (%20) or ``quote_plus``
+    (+); a library may show it decoded or encoded either way: none survives, nor any ten
+    characters of one."""
+    encode = quote if written == "quote" else quote_plus
+    url = f"http://lab-user:{encode(PROXY_PASSWORD, safe='')}@127.0.0.1:3128"
+    secrets = url_secrets(url)
+    for kind, enc in _password_spellings(PROXY_PASSWORD).items():
+        assert redact(f"<<{enc}>>", *secrets) == f"<<{REDACTED}>>", kind
+        for i in range(len(enc) - MIN_RUN + 1):
+            window = enc[i : i + MIN_RUN]
+            assert redact(f"<<{window}>>", *secrets) == f"<<{REDACTED}>>", (kind, window)
+
+
+@pytest.mark.parametrize("written", ["quote", "quote_plus"])
+def test_the_client_removes_every_spelling_of_a_proxy_password_with_a_space(
+    written: str,
+) -> None:
+    encode = quote if written == "quote" else quote_plus
+    proxy = f"http://lab-user:{encode(PROXY_PASSWORD, safe='')}@127.0.0.1:3128"
+    said = " | ".join(_password_spellings(PROXY_PASSWORD).values())
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError(f"proxy refused lab-user: {said}", request=request)
+
+    async def go() -> RequestFailed:
+        async with ApiClient(
+            "http://api.test", KEY, network=Network(proxy=proxy),
+            transport=httpx2.MockTransport(handler),
+        ) as client:  # fmt: skip
+            with pytest.raises(RequestFailed) as info:
+                await client.submit({"experiment_id": "e", "hash": "h1"})
+            return info.value
+
+    err = asyncio.run(go())
+    for text in _failure_texts(err):
+        for kind, enc in _password_spellings(PROXY_PASSWORD).items():
+            assert_clean(text, enc, where=f"{written}: {kind}")
+        assert "horse" not in text and "battery" not in text, text

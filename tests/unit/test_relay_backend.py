@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from logbook.relay import ID_PREFIX, StoreBackend
+from logbook.relay import COMMIT_BATCH, ID_PREFIX, StoreBackend
 from logbook.store.worker import StoreWorker
 
 
@@ -115,3 +115,88 @@ def test_the_relay_serves_only_the_apis_statuses(tmp_path: Path) -> None:
         assert view["status"] in STATUSES and view["info"]["upstream_status"] in STATUSES
         assert view["info"]["upstream_status_raw"] == "Unknown (Weird)"
         assert view["info"]["upstream_id"] == "api-1"
+
+
+def _stored(db_path: Path) -> list[tuple[int, str, str]]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return conn.execute("SELECT id, experiment_id, hash FROM entries ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_the_same_hash_in_two_experiments_is_two_jobs(tmp_path: Path) -> None:
+    """The relay de-duplicates by (experiment_id, hash): a POST of experiment B, first or
+    repeated, alone or in a batch with A's, never gets experiment A's job back."""
+    db_path = tmp_path / "relay.db"
+
+    async def main() -> dict[str, list[dict[str, object]]]:
+        db = StoreWorker(str(db_path))
+        backend = StoreBackend(db, on_commit=lambda: None)
+        try:
+            a = await backend.create({"experiment_id": "exp-a", "hash": "h1"}, "lab")
+            b = await backend.create({"experiment_id": "exp-b", "hash": "h1"}, "lab")
+            b_again = await backend.create({"experiment_id": "exp-b", "hash": "h1"}, "lab")
+            # one commit for all of these: new and repeated, both experiments, both hashes
+            mixed = await asyncio.gather(*(
+                backend.create({"experiment_id": exp, "hash": h}, "lab")
+                for h in ("h2", "h1") for exp in ("exp-a", "exp-b", "exp-b", "exp-a")
+            ))  # fmt: skip
+            found = [await backend.find(exp, "h1") for exp in ("exp-a", "exp-b", "exp-c")]
+        finally:
+            db.close()
+        return {"one_by_one": [a, b, b_again], "mixed": list(mixed), "found": found}
+
+    got = asyncio.run(main())
+    a, b, b_again = got["one_by_one"]
+    assert a["id"] != b["id"]
+    assert (b_again["id"], b_again["experiment_id"]) == (b["id"], "exp-b")
+    for job, (h, exp) in zip(
+        got["mixed"], [(h, e) for h in ("h2", "h1") for e in ("exp-a", "exp-b", "exp-b", "exp-a")],
+        strict=True,
+    ):  # fmt: skip
+        assert (job["experiment_id"], job["hash"]) == (exp, h), job
+    ids = {(j["experiment_id"], j["hash"]): j["id"] for j in got["mixed"]}
+    assert ids[("exp-a", "h1")] == a["id"] and ids[("exp-b", "h1")] == b["id"]
+    assert len(set(ids.values())) == 4  # two hashes in two experiments: four jobs
+    found_a, found_b, found_c = got["found"]
+    assert found_a is not None and found_a["id"] == a["id"]
+    assert found_b is not None and found_b["id"] == b["id"]
+    assert found_c is None
+    assert sorted((e, h) for _, e, h in _stored(db_path)) == [
+        ("exp-a", "h1"), ("exp-a", "h2"), ("exp-b", "h1"), ("exp-b", "h2"),
+    ]  # fmt: skip
+
+
+def test_more_posts_at_once_than_one_commit_holds_are_all_answered_and_stored(
+    tmp_path: Path,
+) -> None:
+    """1,200 POSTs queued before the writer runs: more than ``COMMIT_BATCH``, so the writer
+    commits several batches, and every request is answered with its own stored job."""
+    db_path = tmp_path / "relay.db"
+    n = 1200
+    assert n > 2 * COMMIT_BATCH
+
+    async def main() -> tuple[list[dict[str, object]], int]:
+        db = StoreWorker(str(db_path))
+        backend = StoreBackend(db, on_commit=lambda: None)
+        try:
+            jobs = await asyncio.wait_for(
+                asyncio.gather(*(
+                    backend.create({"experiment_id": "flood", "hash": f"h{i}"}, "lab")
+                    for i in range(n)
+                )),
+                timeout=60,
+            )  # fmt: skip
+            await backend.drain()
+        finally:
+            db.close()
+        return list(jobs), backend.commits
+
+    jobs, commits = asyncio.run(main())
+    assert [j["hash"] for j in jobs] == [f"h{i}" for i in range(n)]  # each its own answer
+    assert len({j["id"] for j in jobs}) == n
+    assert commits >= -(-n // COMMIT_BATCH)  # no commit held more than one batch
+    stored = _stored(db_path)
+    assert len(stored) == n
+    assert {f"{ID_PREFIX}{i}" for i, _, _ in stored} == {j["id"] for j in jobs}

@@ -43,6 +43,20 @@ def test_same_experiment_and_hash_is_one_entry(store: Store) -> None:
     assert store.counts()["pending"] == 2
 
 
+def test_a_repeated_record_returns_the_entry_of_its_own_experiment(store: Store) -> None:
+    """The look-up after ``ON CONFLICT DO NOTHING`` keys on the experiment too: the same hash
+    in two experiments is two entries, and repeating the second gives the second back."""
+    a, _ = store.record(job(1, experiment="exp-a", hash="shared"))
+    b, created_b = store.record(job(2, experiment="exp-b", hash="shared"))
+    assert created_b and b.id != a.id
+    again, created = store.record(job(3, experiment="exp-b", hash="shared"))
+    assert not created
+    assert (again.id, again.experiment_id, again.name) == (b.id, "exp-b", "job 2")
+    assert store.find("exp-b", "shared") == store.get(b.id)
+    assert store.find("exp-a", "shared") == store.get(a.id)
+    assert store.find("exp-c", "shared") is None
+
+
 def test_record_many_counts_created_and_known(store: Store) -> None:
     created, known = store.record_many([job(i) for i in range(10)], batch=3)
     assert (created, known) == (10, 0)
