@@ -83,6 +83,9 @@ class Config:
     sources: dict[str, str] = field(default_factory=dict)
     #: Notes for -v (a key with a trailing newline that was stripped).
     notes: list[str] = field(default_factory=list)
+    #: What a user sets to change the endpoint, named in advice ("set ... to it"): a relay's
+    #: upstream is its ``--upstream``.
+    endpoint_setting: str = "HAIQU_EDGE_URI"
 
     @property
     def key_source(self) -> str | None:

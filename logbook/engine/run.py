@@ -141,6 +141,7 @@ class _Run:
         client = ApiClient(
             self.endpoint, self.key, auth=self.cfg.auth, connections=self.o["concurrency"],
             transport=self.o["transport"], deadline=deadline, network=self.cfg.network(),
+            endpoint_setting=self.cfg.endpoint_setting,
         )  # fmt: skip
         engine = SyncEngine(
             db, client, concurrency=self.o["concurrency"], progress=self.o["progress"],
@@ -248,7 +249,7 @@ class _Run:
             if synced
             else "no entry was changed"
         )
-        raise run_error(failure, self.endpoint, kept)
+        raise run_error(failure, self.endpoint, kept, self.cfg.endpoint_setting)
 
     async def _finish(
         self, db: StoreWorker, engine: SyncEngine, started: float, how: str
