@@ -300,14 +300,13 @@ class Relay:
         The forwarder starts only once the socket is bound: a relay that cannot
         listen (the port taken) has touched nothing upstream.
         """
-        self.keyring.refresh()
-        if not self.keyring.active():
-            log.warning(
-                "no relay keys yet: lab machines get 401; add one with `logbook relay key add NAME`"
-            )
         self.counts_at_start = await self.db.run(self.db.store.counts)
 
         def listening(url: str) -> None:
+            self.keyring.refresh()
+            if not self.keyring.active():
+                log.warning("no relay keys yet: lab machines get 401; add one with"
+                            " `logbook relay key add NAME`")  # fmt: skip
             self.forwarder.start()
             ready(url)
 
