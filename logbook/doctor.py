@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .config import NO_KEY, config_path
-from .errors import LogbookError, RequestFailed
+from .errors import ConfigError, LogbookError, RequestFailed
 from .fsinfo import filesystem_type, network_filesystem
 from .redact import mask, redact, show_url
 
@@ -124,9 +124,13 @@ def check_config(cfg: Config) -> list[Check]:
     why = cfg.sources.get("endpoint")
     source = f"from {why}" if why else "the Haiqu SDK's default; set HAIQU_EDGE_URI to change it"
     checks.append(Check("endpoint", "ok", f"{cfg.endpoint} ({source}; key sent in the {cfg.auth})"))
-    proxy = _proxy_for(cfg)
-    if proxy:
-        checks.append(Check("proxy", "ok", f"{show_url(proxy[0])} (from {proxy[1]})"))
+    try:
+        proxy = _proxy_for(cfg)
+    except ConfigError as err:  # a malformed proxy in the environment
+        checks.append(Check("proxy", "fail", str(err)))
+    else:
+        if proxy:
+            checks.append(Check("proxy", "ok", f"{show_url(proxy[0])} (from {proxy[1]})"))
     ca = cfg.ca_bundle or os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
     if ca:
         where = "ca_bundle" if cfg.ca_bundle else "SSL_CERT_FILE/SSL_CERT_DIR"
@@ -204,14 +208,18 @@ async def _refuses_a_wrong_key(cfg: Config) -> bool:
     return code in (401, 403)
 
 
-def check_server(cfg: Config) -> list[Check]:
+def check_server(cfg: Config, config_checks: list[Check]) -> list[Check]:
+    """The endpoint's answer, unless the key is missing or the proxy cannot be used."""
     if not (cfg.endpoint and cfg.api_key):
         return []
+    if any(c.name == "proxy" and c.level == "fail" for c in config_checks):
+        return [Check("server", "fail", "not tried: fix the proxy first")]
     return [asyncio.run(_probe(cfg))]
 
 
 def run_checks(cfg: Config) -> list[Check]:
-    return check_store(cfg) + check_config(cfg) + check_server(cfg)
+    config = check_config(cfg)
+    return check_store(cfg) + config + check_server(cfg, config)
 
 
 def check_listening(url: str) -> Check:
@@ -259,4 +267,5 @@ def relay_checks(cfg: Config, url: str | None) -> list[Check]:
         checks.append(Check("keys", "fail", str(err)))
     if url:
         checks.append(check_listening(url))
-    return checks + [c for c in check_config(cfg) if c.name != "config"] + check_server(cfg)
+    config = [c for c in check_config(cfg) if c.name != "config"]
+    return checks + config + check_server(cfg, config)

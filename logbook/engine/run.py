@@ -61,6 +61,9 @@ def require(cfg: Config) -> tuple[str, str]:
         )
     if not cfg.api_key:
         raise ConfigError(f"{NO_KEY}; see `logbook config`")
+    from ..client.network import proxy_source
+
+    proxy_source(cfg.proxy, cfg.endpoint)  # a malformed proxy in the environment: before any claim
     return cfg.endpoint, cfg.api_key
 
 
