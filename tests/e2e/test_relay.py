@@ -384,9 +384,13 @@ def test_print_unit(relay: RelayProcess) -> None:
         "0.0.0.0:8700",
         "--upstream",
         "https://api.example.test",
+        "--max-connections-per-client",
+        "64",
         "--print-unit",
     )
     assert run.code == 0 and "ExecStart=" in run.out and "relay --listen 0.0.0.0:8700" in run.out
+    assert "--max-connections-per-client 64" in run.out  # the limits given are kept
+    assert "\nLimitNOFILE=65536\n" in run.out  # room for --max-connections
     # The service reads the store that `relay key add` wrote its keys to, in that shell.
     assert f'Environment="LOGBOOK_HOME={relay.home.absolute()}"' in run.out.splitlines()
     assert "@HOME@" not in run.out
