@@ -170,7 +170,8 @@ async def _probe(cfg: Config) -> Check:
         return Check(
             "server",
             "fail",
-            f"{cfg.endpoint} redirects (HTTP {code}): set HAIQU_EDGE_URI to where it points",
+            f"{cfg.endpoint} redirects (HTTP {code}): set {cfg.endpoint_setting} to where it"
+            " points",
         )
     json_answer = content_type.startswith("application/json")
     if code in (200, 404) and json_answer:
@@ -178,7 +179,7 @@ async def _probe(cfg: Config) -> Check:
             return Check(
                 "server", "fail",
                 f"{cfg.endpoint} answers, but not like the Jobs API (it did not refuse a wrong"
-                " key): is HAIQU_EDGE_URI the API's base URL?",
+                f" key): is {cfg.endpoint_setting} the API's base URL?",
             )  # fmt: skip
         return Check(
             "server", "ok", f"{cfg.endpoint} answers{through} and accepts the key ({ms:.0f} ms)"
@@ -186,7 +187,7 @@ async def _probe(cfg: Config) -> Check:
     return Check(
         "server", "fail",
         f"{cfg.endpoint} answered HTTP {code}{'' if json_answer else ' (not JSON)'}:"
-        " is this the Jobs API's base URL? (HAIQU_EDGE_URI)",
+        f" is this the Jobs API's base URL? ({cfg.endpoint_setting})",
     )  # fmt: skip
 
 

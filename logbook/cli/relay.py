@@ -246,9 +246,15 @@ def relay_doctor(c: Ctx, upstream: str, url: str | None, auth: str | None, as_js
     Example:
       logbook relay doctor --upstream https://api.haiqu.ai --url http://127.0.0.1:8700
     """
+    from dataclasses import replace
+
     from ..doctor import relay_checks
 
-    report_checks(relay_checks(c.config(endpoint=upstream, auth=auth), url), as_json)
+    cfg = c.config(endpoint=upstream, auth=auth)
+    cfg = replace(
+        cfg, endpoint_setting="--upstream", sources={**cfg.sources, "endpoint": "--upstream"}
+    )
+    report_checks(relay_checks(cfg, url), as_json)
 
 
 @relay.command("status")

@@ -187,3 +187,12 @@ def test_one_relay_is_one_trust_domain(tmp_path: Path, upstream: EmulatorProcess
     assert again.status_code == 200 and again.json()["id"] == posted["id"]  # de-duplicated
     assert len(entries(relay.home / "logbook.db")) == 1
     assert revoked.status_code == 401
+
+
+def test_relay_doctor_names_upstream(tmp_path: Path, upstream: EmulatorProcess) -> None:
+    upstream.set_faults(redirect_to="http://moved.example.test/v2", routes="*")
+    run = cli(tmp_path / "relay", "relay", "doctor", "--upstream", upstream.url,
+              env={"HAIQU_API_KEY": UP_KEY})  # fmt: skip
+    assert run.code == 1, run.out + run.err
+    assert "set --upstream to where it points" in run.out, run.out
+    assert "from --upstream" in run.out and "HAIQU_EDGE_URI" not in run.out, run.out
