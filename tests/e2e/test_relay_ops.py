@@ -196,3 +196,26 @@ def test_relay_doctor_names_upstream(tmp_path: Path, upstream: EmulatorProcess) 
     assert run.code == 1, run.out + run.err
     assert "set --upstream to where it points" in run.out, run.out
     assert "from --upstream" in run.out and "HAIQU_EDGE_URI" not in run.out, run.out
+
+
+def test_an_upstream_base_path_the_api_does_not_serve_holds_the_backlog_and_says_so_once(
+    tmp_path: Path, upstream: EmulatorProcess
+) -> None:
+    relay = RelayProcess(tmp_path / "relay", upstream.url + "/api/v1", UP_KEY)
+    key = relay.add_key("lab")
+    home = tmp_path / "lab"
+    seed_store(home, 3, experiment="exp-lab")
+    relay.start()
+    try:
+        assert cli(home, "--stats", "0", "sync", env=relay.env_for_lab(key)).code == 0
+        wait_until(lambda: "answered 404" in relay.log_text(), 30, "the 404 in the log")
+        assert cli(home, "--stats", "0", "sync", env=relay.env_for_lab(key)).code == 0
+        status = cli(relay.home, "relay", "status", "--json").json()
+        log = relay.log_text()
+    finally:
+        relay.stop()
+    lines = [line for line in log.splitlines() if "answered 404" in line]
+    assert len(lines) == 1 and "set --upstream to the API's base URL" in lines[0], log
+    assert "answered 404" in status["last_upstream_error"]["message"]
+    assert status["backlog"] == 3 and status["counts"]["rejected"] == 0, status
+    assert upstream.stats()["jobs_created"] == 0
