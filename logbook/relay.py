@@ -45,8 +45,15 @@ from aiohttp import web
 from .engine import BackgroundSyncer, require
 from .errors import InvalidJob, LogbookError
 from .jobs import prepare
-from .server import ROUTE_POST_JOBS, ByteBudget, Handler, JobsApi, json_response, serve
-from .server import presented_key as presented_key
+from .server import (
+    ROUTE_POST_JOBS,
+    ByteBudget,
+    Handler,
+    JobsApi,
+    json_response,
+    presented_key,
+    serve,
+)
 from .server.listen import RESERVED_FDS, Every, Limits
 from .store import Entry
 from .store.relay import RelayKeys
@@ -265,8 +272,8 @@ class Relay:
 
         try:
             with Store(self.cfg.db) as store:
-                store.set_meta("last_upstream_error", message)
                 store.set_meta("last_upstream_error_at", now_iso())
+                store.set_meta("last_upstream_error", message)
         except LogbookError as err:
             log.debug("cannot keep the upstream error in the store: %s", err)
 

@@ -339,6 +339,10 @@ class CappedSite(web.BaseSite):
             log.debug("a connection from %s ended before its first request: %s", conn.peer, err)
             sock.close()
             conn.release()
+        except BaseException:  # cancelled: the server is stopping
+            sock.close()
+            conn.release()
+            raise
 
     async def _sweep(self) -> None:
         """Close connections past their deadline (checked a few times per timeout)."""
