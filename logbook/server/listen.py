@@ -221,6 +221,10 @@ class _Listening:
     def __init__(self, site: CappedSite) -> None:
         self.site = site
 
+    @property
+    def sockets(self) -> list[socket.socket]:  # what ``runner.addresses`` reads
+        return [self.site.sock]
+
     def close(self) -> None:
         self.site.close()
 
