@@ -406,6 +406,8 @@ class RelayProcess:
         cmd = [
             sys.executable, "-m", "logbook", "relay", "--listen", f"127.0.0.1:{self.port}",
             "--upstream", self.upstream, "--refresh", str(self.refresh),
+            # Every simulated lab machine connects from 127.0.0.1: one address, many machines.
+            "--max-connections", "4096", "--max-connections-per-client", "4096",
         ]  # fmt: skip
         self._err = tempfile.TemporaryFile()
         self.started = time.perf_counter()

@@ -8,6 +8,7 @@ default.  The API key is never taken from the command line (it would show in
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ class Config:
     sources: dict[str, str] = field(default_factory=dict)
     #: Notes for -v (a key with a trailing newline that was stripped).
     notes: list[str] = field(default_factory=list)
+    #: What a user sets to change the endpoint, named in advice ("set ... to it"): a relay's
+    #: upstream is its ``--upstream``.
+    endpoint_setting: str = "HAIQU_EDGE_URI"
 
     @property
     def key_source(self) -> str | None:
@@ -156,7 +160,8 @@ def clean_key(raw: str, source: str) -> tuple[str, str | None]:
 
 
 def check_endpoint(url: str, source: str) -> str:
-    """The endpoint without a trailing slash; no credentials, no query, a host and a port."""
+    """The endpoint without a trailing slash; no credentials, no query or fragment (even an
+    empty one), a usable host, a port."""
     url = url.strip().rstrip("/")
     scheme, sep, rest = url.partition("://")
     if sep and scheme.lower() in ("http", "https"):
@@ -165,6 +170,7 @@ def check_endpoint(url: str, source: str) -> str:
         raise ConfigError(
             f"the endpoint from {source} must start with http:// or https://: {show_url(url)}"
         )
+    _no_control(url, "the endpoint", source)
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises on a bad port)
@@ -175,25 +181,74 @@ def check_endpoint(url: str, source: str) -> str:
             f"the endpoint from {source} holds a user or password: take them out"
             " (the key goes in HAIQU_API_KEY)"
         )
-    if parts.query or parts.fragment:
+    if "#" in url:
+        raise ConfigError(
+            f"the endpoint from {source} holds a fragment (#...): give the base URL alone,"
+            f" {show_url(url)}"
+        )
+    if "?" in url:
         raise ConfigError(
             f"the endpoint from {source} holds a query string: give the base URL alone,"
             f" {show_url(url)}, and put the key in HAIQU_API_KEY"
         )
-    if not parts.hostname:
-        raise ConfigError(f"the endpoint from {source} has no host: {show_url(url)}")
+    _usable_host(parts.hostname, "the endpoint", source, show_url(url))
     return url
+
+
+def _no_control(url: str, what: str, source: str) -> None:
+    """A space or control character (a pasted newline): URL parsers drop some silently."""
+    bad = next((c for c in url if c.isspace() or not c.isprintable()), None)
+    if bad is not None:
+        raise ConfigError(
+            f"{what} from {source} holds {'a space' if bad == ' ' else 'a control character'}"
+            f" ({bad!r}): give the URL alone"
+        )
+
+
+def _usable_host(host: str | None, what: str, source: str, shown: str) -> None:
+    """A host name, or an IP address written in full: ``127.1`` is no address the HTTP
+    stack can reach (it is read as a name, and no name is all digits)."""
+    if not host:
+        raise ConfigError(f"{what} from {source} has no host: {shown}")
+    if ":" in host:
+        return  # an IPv6 address: urlsplit has checked its brackets
+    labels = host.rstrip(".").split(".")
+    if labels[-1].isdigit() or labels[-1].startswith("0x"):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(
+                f"{what} from {source} has the host {host!r}, which is no IP address (write"
+                " all four numbers, as 127.0.0.1) and no host name"
+            ) from None
+        return
+    if any(not label or len(label) > 63 for label in labels) or len(host) > 253:
+        raise ConfigError(f"{what} from {source} has the host {host!r}, which is no host name")
+
+
+#: The proxy schemes the HTTP client speaks.
+PROXY_SCHEMES = ("http", "https")
 
 
 def check_proxy(url: str, source: str) -> str:
+    """A proxy URL checked as the client will use it (from config.toml or the environment):
+    http(s), a usable host, a port that exists.  Returns it with a scheme."""
+    _no_control(url, "the proxy", source)
+    full = url if "://" in url else "http://" + url
     try:
-        parts = urlsplit(url if "://" in url else "http://" + url)
-        parts.port  # noqa: B018
+        parts = urlsplit(full)
+        port = parts.port
     except ValueError as err:
         raise ConfigError(f"the proxy from {source} is not a valid URL ({err})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"the proxy from {source} must be http://HOST:PORT: {show_url(url)}")
-    return url
+    if parts.scheme.lower() not in PROXY_SCHEMES:
+        raise ConfigError(
+            f"the proxy from {source} uses {parts.scheme}://, which logbook does not speak"
+            f" (supported: {', '.join(s + '://' for s in PROXY_SCHEMES)}): {show_url(full)}"
+        )
+    _usable_host(parts.hostname, "the proxy", source, show_url(full))
+    if port == 0:
+        raise ConfigError(f"the proxy from {source} has port 0: {show_url(full)}")
+    return full
 
 
 def _positive(name: str, value: float | None, source: str, *, zero_ok: bool = False) -> None:

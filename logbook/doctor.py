@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .config import NO_KEY, config_path
-from .errors import LogbookError, RequestFailed
+from .errors import ConfigError, LogbookError, RequestFailed
 from .fsinfo import filesystem_type, network_filesystem
 from .redact import mask, redact, show_url
 
@@ -124,9 +124,13 @@ def check_config(cfg: Config) -> list[Check]:
     why = cfg.sources.get("endpoint")
     source = f"from {why}" if why else "the Haiqu SDK's default; set HAIQU_EDGE_URI to change it"
     checks.append(Check("endpoint", "ok", f"{cfg.endpoint} ({source}; key sent in the {cfg.auth})"))
-    proxy = _proxy_for(cfg)
-    if proxy:
-        checks.append(Check("proxy", "ok", f"{show_url(proxy[0])} (from {proxy[1]})"))
+    try:
+        proxy = _proxy_for(cfg)
+    except ConfigError as err:  # a malformed proxy in the environment
+        checks.append(Check("proxy", "fail", str(err)))
+    else:
+        if proxy:
+            checks.append(Check("proxy", "ok", f"{show_url(proxy[0])} (from {proxy[1]})"))
     ca = cfg.ca_bundle or os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
     if ca:
         where = "ca_bundle" if cfg.ca_bundle else "SSL_CERT_FILE/SSL_CERT_DIR"
@@ -166,7 +170,8 @@ async def _probe(cfg: Config) -> Check:
         return Check(
             "server",
             "fail",
-            f"{cfg.endpoint} redirects (HTTP {code}): set HAIQU_EDGE_URI to where it points",
+            f"{cfg.endpoint} redirects (HTTP {code}): set {cfg.endpoint_setting} to where it"
+            " points",
         )
     json_answer = content_type.startswith("application/json")
     if code in (200, 404) and json_answer:
@@ -174,7 +179,7 @@ async def _probe(cfg: Config) -> Check:
             return Check(
                 "server", "fail",
                 f"{cfg.endpoint} answers, but not like the Jobs API (it did not refuse a wrong"
-                " key): is HAIQU_EDGE_URI the API's base URL?",
+                f" key): is {cfg.endpoint_setting} the API's base URL?",
             )  # fmt: skip
         return Check(
             "server", "ok", f"{cfg.endpoint} answers{through} and accepts the key ({ms:.0f} ms)"
@@ -182,7 +187,7 @@ async def _probe(cfg: Config) -> Check:
     return Check(
         "server", "fail",
         f"{cfg.endpoint} answered HTTP {code}{'' if json_answer else ' (not JSON)'}:"
-        " is this the Jobs API's base URL? (HAIQU_EDGE_URI)",
+        f" is this the Jobs API's base URL? ({cfg.endpoint_setting})",
     )  # fmt: skip
 
 
@@ -204,14 +209,18 @@ async def _refuses_a_wrong_key(cfg: Config) -> bool:
     return code in (401, 403)
 
 
-def check_server(cfg: Config) -> list[Check]:
+def check_server(cfg: Config, config_checks: list[Check]) -> list[Check]:
+    """The endpoint's answer, unless the key is missing or the proxy cannot be used."""
     if not (cfg.endpoint and cfg.api_key):
         return []
+    if any(c.name == "proxy" and c.level == "fail" for c in config_checks):
+        return [Check("server", "fail", "not tried: fix the proxy first")]
     return [asyncio.run(_probe(cfg))]
 
 
 def run_checks(cfg: Config) -> list[Check]:
-    return check_store(cfg) + check_config(cfg) + check_server(cfg)
+    config = check_config(cfg)
+    return check_store(cfg) + config + check_server(cfg, config)
 
 
 def check_listening(url: str) -> Check:
@@ -259,4 +268,5 @@ def relay_checks(cfg: Config, url: str | None) -> list[Check]:
         checks.append(Check("keys", "fail", str(err)))
     if url:
         checks.append(check_listening(url))
-    return checks + [c for c in check_config(cfg) if c.name != "config"] + check_server(cfg)
+    config = [c for c in check_config(cfg) if c.name != "config"]
+    return checks + config + check_server(cfg, config)

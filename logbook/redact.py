@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import functools
 import json
+import re
+from contextvars import ContextVar
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 REDACTED = "[REDACTED]"
 #: A prefix of a secret this long is redacted too (a message cut mid-key).
 MIN_PREFIX = 10
+#: A relay key, however a client spelled it (``lbr_`` then URL-safe base64), wherever it
+#: shows: a relay knows only its keys' hashes, so it finds them by their shape.
+RELAY_KEY = re.compile(r"lbr(?:_|%5f)[A-Za-z0-9_%-]+", re.IGNORECASE)
+#: The key the request being handled presented (a server sets it): redacted from
+#: anything logged about that request, whether or not it is a key the server knows.
+presented: ContextVar[tuple[str, ...]] = ContextVar("presented", default=())
 
 
 def mask(key: str | None) -> str:
@@ -84,11 +92,14 @@ def _alnum(text: str, i: int) -> bool:
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """``text`` with every spelling of each secret (and any ten characters of one) replaced.
+    """``text`` with every spelling of each secret (and any ten characters of one) replaced,
+    and every relay key.
 
     Case is ignored: over-redacting a look-alike costs nothing, and percent-escapes
     come in either case.
     """
+    if text and "lbr" in text.lower():
+        text = RELAY_KEY.sub(REDACTED, text)
     present = tuple(s for s in secrets if s)
     if not text or not present:
         return text

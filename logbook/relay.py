@@ -19,7 +19,13 @@ relay keys (``store.keys``); only the relay holds the upstream key.
   is a free object, which its clients ignore), and ``status`` is the
   upstream's.
 - **Fair share.**  Each client key may have at most its share of the
-  requests in flight; beyond it, 429 with Retry-After.
+  requests in flight; beyond it, 429 with Retry-After.  Bodies in memory,
+  connections and their timeouts are capped by ``logbook.server``.
+- **Keys take effect at once.**  ``relay key add`` and ``revoke`` (another
+  process) are seen by the next request (``KeyRing``).
+- **One trust domain.**  Any live relay key reads any job of the relay, and a
+  POST of a job another key posted returns that job (de-duplication works
+  across the lab): run one relay per group that may see each other's jobs.
 
 The HTTP layer (routes, validation, auth) is ``logbook.server``, shared with
 the emulator.
@@ -31,7 +37,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -39,7 +45,16 @@ from aiohttp import web
 from .engine import BackgroundSyncer, require
 from .errors import Conflict, InvalidJob, LogbookError
 from .jobs import JobDocument, prepare
-from .server import Handler, JobsApi, json_response, presented_key, serve
+from .server import (
+    ROUTE_POST_JOBS,
+    ByteBudget,
+    Handler,
+    JobsApi,
+    json_response,
+    presented_key,
+    serve,
+)
+from .server.listen import RESERVED_FDS, Every, Limits
 from .store import Entry
 from .store.relay import Held, RelayKeys
 from .store.worker import StoreWorker
@@ -60,8 +75,6 @@ MAX_IN_FLIGHT = 1024
 COMMIT_BATCH = 512
 #: The most requests a relay keeps in flight upstream.
 MAX_FORWARD_CONCURRENCY = 512
-#: Relay keys are read again this often, so a revoked key stops working soon.
-KEYS_TTL = 2.0
 
 
 #: Where a job is at the relay, as its documents say in ``info.relay``.
@@ -150,7 +163,9 @@ class StoreBackend:
 
     async def get(self, job_id: str) -> dict[str, Any] | None:
         number = job_id.removeprefix(ID_PREFIX)
-        if not (job_id.startswith(ID_PREFIX) and number.isdigit() and len(number) <= 18):
+        # ASCII digits only: str.isdigit() takes '²', '١' and '１' too.
+        if not (job_id.startswith(ID_PREFIX) and number.isascii() and number.isdigit()
+                and len(number) <= 18):  # fmt: skip
             return None
         store = self.db.store
         try:
@@ -172,6 +187,68 @@ class RelayOptions:
     tls: ssl.SSLContext | None = None
     refresh_every: float = 30.0
     max_in_flight: int = MAX_IN_FLIGHT
+    limits: Limits = field(default_factory=Limits)
+    budget: ByteBudget = field(default_factory=ByteBudget)
+
+
+class KeyRing:
+    """The relay keys as the running relay sees them, read again whenever the store changed.
+
+    ``relay key add`` and ``revoke`` (another process) commit to the store; the
+    next request sees ``PRAGMA data_version`` change and reads the keys again,
+    so both take effect at once.  Checking costs one pragma (about 8 µs) on a
+    read-only connection of the loop's own thread (no wait behind the store
+    thread's commits), once per turn of the event loop.
+    """
+
+    def __init__(self, path: str) -> None:
+        from .store import Store
+
+        self.store = Store(path, readonly=True)
+        self.version: int | None = None
+        self.keys: dict[str, tuple[str, bool]] = {}
+        self.every = Every()
+        self.fresh = False
+
+    def refresh(self) -> None:
+        """Read the keys again if the store changed; checked once per turn of the event loop
+        (requests that arrived together share the check: a burst costs one pragma)."""
+        if self.fresh:
+            return
+        try:
+            version = self.store.keys.version()
+            if version != self.version:
+                self.keys = self.store.keys.by_digest()
+                self.version = version
+        except LogbookError as err:  # the last keys read stay in force
+            self.every.log(logging.WARNING, "keys", "cannot read the relay keys: %s", err)
+        try:
+            asyncio.get_running_loop().call_soon(self._stale)
+            self.fresh = True
+        except RuntimeError:  # no loop running: check every time
+            pass
+
+    def _stale(self) -> None:
+        self.fresh = False
+
+    def active(self) -> int:
+        return sum(1 for _, live in self.keys.values() if live)
+
+    def client(self, sent: str, remote: str | None) -> str | None:
+        """The name of a live key, else None (401), with the refusal logged (rate-limited):
+        the key's name when it is a revoked one, a short fingerprint otherwise, never the key.
+        """
+        self.refresh()
+        digest = RelayKeys.digest(sent)
+        name, live = self.keys.get(digest, (None, False))
+        if live:
+            return name
+        who = f"the revoked relay key {name!r}" if name else f"an unknown key (sha256 {digest[:8]})"
+        self.every.log(logging.WARNING, f"refused {name}", "refused %s from %s", who, remote)
+        return None
+
+    def close(self) -> None:
+        self.store.close()
 
 
 class Relay:
@@ -184,90 +261,139 @@ class Relay:
         # store may be a restored copy) costs a look-up and a post.
         self.upstream_cfg = replace(
             cfg, endpoint=check_endpoint(options.upstream, "--upstream"),
+            endpoint_setting="--upstream",
             concurrency=min(MAX_FORWARD_CONCURRENCY, 2 * cfg.concurrency),
         )  # fmt: skip
         require(self.upstream_cfg)  # the relay holds the upstream key; lab machines never do
         self.db = StoreWorker(str(cfg.db))
-        self.forwarder = BackgroundSyncer(self.upstream_cfg, refresh_every=options.refresh_every)
+        self.keyring = KeyRing(str(cfg.db))
+        self.forwarder = BackgroundSyncer(
+            self.upstream_cfg, refresh_every=options.refresh_every,
+            on_failure=self._upstream_failed, label="forwarding", meanwhile="still taking jobs",
+        )  # fmt: skip
         self.backend = StoreBackend(self.db, self.forwarder.kick)
-        self.api = JobsApi(self.backend, self.authorize, wrap=self._fair)
+        self.api = JobsApi(
+            self.backend, self.authorize, wrap=self._fair, budget=options.budget,
+            body_timeout=options.limits.idle_timeout,
+        )  # fmt: skip
         self.in_flight: Counter[str] = Counter()
-        self._keys: dict[str, str] = {}
+        self.answered: Counter[int] = Counter()
+        self.taken = 0
+        self.counts_at_start: dict[str, int] = {}
+        self.counts_at_end: dict[str, int] = {}
 
     def authorize(self, request: web.Request) -> str | None:
-        """The client's name for a live relay key, else None (401)."""
-        sent = presented_key(request)
-        return self._keys.get(RelayKeys.digest(sent)) if sent else None
+        """The client's name for a live relay key, else None (401); once per request."""
+        if "relay_client" not in request:
+            sent = presented_key(request)
+            request["relay_client"] = self.keyring.client(sent, request.remote) if sent else None
+        return request["relay_client"]  # type: ignore[no-any-return]
 
-    async def _keys_loop(self) -> None:
-        while True:
-            try:
-                self._keys = await self.db.run(self.db.store.keys.active)
-            except LogbookError as err:
-                log.warning("cannot read the relay keys: %s", err)
-            await asyncio.sleep(KEYS_TTL)
+    def _upstream_failed(self, message: str) -> None:
+        """The forwarder's last failure, kept in the store for ``relay status`` (another
+        process); called on the forwarder's thread."""
+        from .store import Store, now_iso
+
+        try:
+            with Store(self.cfg.db) as store:
+                store.set_meta("last_upstream_error_at", now_iso())
+                store.set_meta("last_upstream_error", message)
+        except LogbookError as err:
+            log.debug("cannot keep the upstream error in the store: %s", err)
 
     def _fair(self, route: str, handler: Handler) -> Handler:
         """At most an equal share of the requests in flight per client key; 429 beyond it."""
 
         async def fair(request: web.Request) -> web.StreamResponse:
-            client = self.authorize(request)
-            if client is None:
-                return await handler(request)  # answered 401 there
-            active = sum(1 for c, n in self.in_flight.items() if n > 0 and c != client) + 1
-            share = max(1, self.o.max_in_flight // active)
-            if self.in_flight[client] >= share:
-                return json_response(
-                    429, {"detail": f"over this client's share ({share} requests in flight)"},
-                    {"Retry-After": "1"},
-                )  # fmt: skip
-            self.in_flight[client] += 1
-            try:
-                return await handler(request)
-            except InvalidJob as err:
-                detail = [{"loc": ["body"], "msg": str(err), "type": "value_error"}]
-                return json_response(422, {"detail": detail})
-            except Conflict as err:
-                return json_response(409, {"detail": str(err)})
-            except LogbookError as err:
-                log.warning("cannot store a job: %s", err)
-                return json_response(
-                    503, {"detail": "the relay cannot store the job now"}, {"Retry-After": "5"}
-                )
-            finally:
-                self.in_flight[client] -= 1
+            response = await self._fair_share(request, handler)
+            self.answered[response.status] += 1
+            if route == ROUTE_POST_JOBS and response.status == 200:
+                self.taken += 1
+            return response
 
         return fair
 
-    async def run(self, ready: Callable[[str], None]) -> None:
-        """Serve until SIGTERM/SIGINT; ``ready(url)`` once it listens."""
-        keys = asyncio.create_task(self._keys_loop())
-        self._keys = await self.db.run(self.db.store.keys.active)
-        if not self._keys:
-            log.warning(
-                "no relay keys yet: lab machines get 401; add one with `logbook relay key add NAME`"
-            )
-        waiting = await self.db.run(self.db.store.relay.mark_started)
-        if waiting:
-            log.info(
-                "%d jobs not yet forwarded: each is looked up upstream before it is posted"
-                " (this store may be a restored copy that forgot it had sent them)", waiting,
+    async def _fair_share(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        client = self.authorize(request)
+        if client is None:
+            return await handler(request)  # answered 401 there
+        active = sum(1 for c, n in self.in_flight.items() if n > 0 and c != client) + 1
+        share = max(1, self.o.max_in_flight // active)
+        if self.in_flight[client] >= share:
+            return json_response(
+                429, {"detail": f"over this client's share ({share} requests in flight)"},
+                {"Retry-After": "1"},
             )  # fmt: skip
-        self.forwarder.start()
+        self.in_flight[client] += 1
+        try:
+            return await handler(request)
+        except InvalidJob as err:
+            detail = [{"loc": ["body"], "msg": str(err), "type": "value_error"}]
+            return json_response(422, {"detail": detail})
+        except Conflict as err:
+            return json_response(409, {"detail": str(err)})
+        except LogbookError as err:
+            log.warning("cannot store a job: %s", err)
+            return json_response(
+                503, {"detail": "the relay cannot store the job now"}, {"Retry-After": "5"}
+            )
+        finally:
+            self.in_flight[client] -= 1
 
-        async def stopped() -> None:
-            keys.cancel()
-            await self.backend.drain()  # commits in flight finish before the relay exits
+    async def run(self, ready: Callable[[str], None]) -> None:
+        """Serve until SIGTERM/SIGINT; ``ready(url)`` once it listens.
+
+        The forwarder starts only once the socket is bound: a relay that cannot
+        listen (the port taken) has touched nothing upstream.
+        """
+        self.counts_at_start = await self.db.run(self.db.store.counts)
+        # Before the forwarder can start: its store may be a restored copy.
+        waiting = await self.db.run(self.db.store.relay.mark_started)
+
+        def listening(url: str) -> None:
+            if waiting:
+                log.info(
+                    "%d jobs not yet forwarded: each is looked up upstream before it is posted"
+                    " (this store may be a restored copy that forgot it had sent them)", waiting,
+                )  # fmt: skip
+            self.keyring.refresh()
+            if not self.keyring.active():
+                log.warning("no relay keys yet: lab machines get 401; add one with"
+                            " `logbook relay key add NAME`")  # fmt: skip
+            self.forwarder.start()
+            ready(url)
 
         await serve(
-            self.api.app(), self.o.host, self.o.port, tls=self.o.tls,
-            ready=ready, on_stop=stopped,
+            self.api.app(), self.o.host, self.o.port, tls=self.o.tls, ready=listening,
+            on_stop=self.backend.drain,  # commits in flight finish before the relay exits
+            limits=self.o.limits, reserve_fds=RESERVED_FDS + self.upstream_cfg.concurrency,
         )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._stop_forwarding)
+        self.counts_at_end = await self.db.run(self.db.store.counts)
+
+    def _stop_forwarding(self) -> None:
+        if self.forwarder.thread.is_alive() and not self.forwarder.stop():
+            log.warning("a forwarding run was still in flight; the next start looks its jobs up")
 
     def close(self) -> None:
-        if not self.forwarder.stop():
-            log.warning("a forwarding run was still in flight; the next start looks its jobs up")
+        self._stop_forwarding()
+        self.keyring.close()
         self.db.close()
+
+    def summary(self) -> str:
+        """What ``relay stopped:`` says: jobs taken, new, forwarded, waiting, and the rest."""
+        start, end = self.counts_at_start, self.counts_at_end
+        line = f"{self.taken} jobs taken"
+        if start and end:
+            new = sum(end.values()) - sum(start.values())
+            line += (
+                f" ({new} new), {end['synced'] - start['synced']} forwarded upstream,"
+                f" {end['pending'] + end['sending']} waiting"
+            )
+        others = sum(self.answered.values()) - self.taken
+        answered = ", ".join(f"{code}: {n}" for code, n in sorted(self.answered.items()))
+        return line + (f"; {others} other requests (answered {answered})" if others else "")
 
 
 def relay_status(cfg: Config) -> dict[str, Any]:
@@ -278,7 +404,8 @@ def relay_status(cfg: Config) -> dict[str, Any]:
 
     if not cfg.db.exists():
         return {"db": str(cfg.db), "backlog": 0, "oldest_unforwarded": None,
-                "last_upstream_contact": None, "clients": {}}  # fmt: skip
+                "last_upstream_contact": None, "last_upstream_error": None,
+                "clients": {}}  # fmt: skip
     with Store(cfg.db, readonly=True) as store:
         counts = store.counts()
         clients = {
@@ -286,11 +413,14 @@ def relay_status(cfg: Config) -> dict[str, Any]:
             for source, by_state in store.relay.counts_by_source().items()
             if source.startswith("relay:")
         }
+        error = store.get_meta("last_upstream_error")
         return {
             "db": str(cfg.db),
             "backlog": counts["pending"] + counts["sending"],
             "counts": counts,
             "oldest_unforwarded": store.oldest_pending(),
             "last_upstream_contact": store.get_meta("last_contact"),
+            "last_upstream_error": error and {
+                "at": store.get_meta("last_upstream_error_at"), "message": error},
             "clients": clients,
-        }
+        }  # fmt: skip

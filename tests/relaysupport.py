@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from support import base_env, cli, cli_cmd
@@ -27,11 +28,13 @@ class RelayProcess:
     def __init__(
         self, home: Path, upstream: str, upstream_key: str, *, port: int = 0,
         extra: tuple[str, ...] = (), env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:  # fmt: skip
         self.home, self.upstream, self.upstream_key = home, upstream, upstream_key
         self.port = port or free_port()
         self.extra = extra
         self.env = env or {}
+        self.preexec_fn = preexec_fn  # e.g. a lower descriptor limit (resource.setrlimit)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.log = home / "relay.log"
@@ -50,8 +53,9 @@ class RelayProcess:
         )  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                cmd, env=env, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL
-            )
+                cmd, env=env, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                preexec_fn=self.preexec_fn,
+            )  # fmt: skip
         assert self.proc.stdout is not None
         buf = b""
         deadline = time.monotonic() + timeout
@@ -68,6 +72,14 @@ class RelayProcess:
         assert line.startswith(READY), line
         self.url = line[len(READY) :].strip()
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
 
     def env_for_lab(self, key: str) -> dict[str, str]:
         return {"HAIQU_EDGE_URI": self.url, "HAIQU_API_KEY": key}

@@ -62,9 +62,11 @@ def secrets() -> list[str]:
 
 
 def redacted(text: str) -> str:
-    from ..redact import redact
+    """``text`` without the key, proxy passwords, relay keys, or the key the request being
+    handled presented (a server's log lines)."""
+    from ..redact import presented, redact
 
-    return redact(text, *secrets())
+    return redact(text, *secrets(), *presented.get())
 
 
 def error_line(err: BaseException) -> BaseException:
@@ -118,14 +120,22 @@ def stamp() -> str:
 
 
 class Formatter(logging.Formatter):
-    """Timestamped text (``2026-11-29T12:00:00.000Z logbook: ...``) or one JSON object a line."""
+    """Timestamped text (``2026-11-29T12:00:00.000Z logbook: ...``) or one JSON object a line.
+
+    Every line is redacted, and a traceback is shown only at ``-vv`` (inside the
+    JSON object, never as lines of its own).
+    """
 
     def __init__(self, fmt: str) -> None:
         super().__init__()
         self.json = fmt == "json"
 
     def format(self, record: logging.LogRecord) -> str:
-        message = redacted(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a library's bad format string is not a crash
+            message = str(record.msg)
+        message = redacted(message)
         if record.exc_info and logging.getLogger("logbook").isEnabledFor(logging.DEBUG):
             message += "\n" + redacted(self.formatException(record.exc_info))
         if self.json:
@@ -138,22 +148,43 @@ class Formatter(logging.Formatter):
         return f"{stamp()} logbook: {level}{message}"
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Ours, so a second ``setup_logging`` replaces it instead of adding another; it writes
+    to whatever ``sys.stderr`` is now (an in-process run's is gone once it returns)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(verbose: int, quiet: bool, fmt: str, service: bool = False) -> None:
-    """Warnings by default; a service (watch, relay) also says what it does, unless -q."""
-    root = logging.getLogger("logbook")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    """Warnings by default; a service (watch, relay) also says what it does, unless -q.
+
+    Every logger goes through the one redacting handler on the root: logbook's,
+    and the libraries' (aiohttp's server, asyncio's), whose own lines could
+    quote a request with a key in it.
+    """
+    top = logging.getLogger()
+    ours = logging.getLogger("logbook")
+    for logger in (top, ours):
+        for old in [h for h in logger.handlers if isinstance(h, _Handler)]:
+            logger.removeHandler(old)
+    handler = _Handler()
     handler.setFormatter(Formatter(fmt))
-    root.addHandler(handler)
-    root.propagate = False
+    top.addHandler(handler)
+    ours.propagate = True
     if verbose >= 2:
         level = logging.DEBUG
     elif verbose == 1 or (service and not quiet):
         level = logging.INFO
     else:
         level = logging.ERROR if quiet else logging.WARNING
-    root.setLevel(level)
+    ours.setLevel(level)
+    top.setLevel(logging.ERROR if quiet else logging.WARNING)
     # httpx2 logs every URL (the key in the query string) at INFO: keep it quiet.
     for name in ("httpx2", "httpcore2", "httpx", "httpcore", "watchdog", "aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)

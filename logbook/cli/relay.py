@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..vocab import STATES
 from .context import Ctx, LogbookGroup, auth_option, pass_ctx
-from .output import echo, print_json
+from .output import LogbookClickError, echo, print_json
 from .settings import report_checks
 from .units import unit
+
+if TYPE_CHECKING:
+    from ..relay import Relay
+
+#: The defaults of the relay's limits: ``server.listen.Limits``'s and ``server.ByteBudget``'s
+#: (written here so that the command line starts without importing the server).
+MAX_CONNECTIONS, MAX_PER_CLIENT, HEADER_TIMEOUT, IDLE_TIMEOUT = 1024, 256, 10.0, 60.0
+MAX_MB, MAX_MB_CLIENT = 32, 16
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -40,14 +49,57 @@ def _listen(value: str) -> tuple[str, int]:
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Requests in flight at most; each client key gets an equal share.")  # fmt: skip
 @click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=MAX_CONNECTIONS,
+    show_default=True,
+    help="Connections open at once (kept below the descriptor limit); more wait.",
+)
+@click.option(
+    "--max-connections-per-client",
+    type=click.IntRange(min=1),
+    default=MAX_PER_CLIENT,
+    show_default=True,
+    help="Connections one client address may hold; more are closed at once.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1),
+    default=HEADER_TIMEOUT,
+    show_default=True,
+    metavar="S",
+    help="Seconds for a request's line and headers (and a TLS handshake) to arrive.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.1),
+    default=IDLE_TIMEOUT,
+    show_default=True,
+    metavar="S",
+    help="Seconds a connection may wait between requests, or a body may stall.",
+)
+@click.option(
+    "--max-mb-in-flight",
+    type=click.IntRange(min=1),
+    default=MAX_MB,
+    show_default=True,
+    metavar="MB",
+    help="Request bodies held in memory at once (MiB); beyond it, 429 with Retry-After.",
+)
+@click.option(
+    "--max-mb-in-flight-per-client",
+    type=click.IntRange(min=1),
+    default=MAX_MB_CLIENT,
+    show_default=True,
+    metavar="MB",
+    help="The same, for one client key.",
+)
+@click.option(
     "--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit."
 )
 @click.pass_context
-def relay(
-    ctx: click.Context, listen: str | None, upstream: str | None, auth: str | None,
-    tls_cert: str | None, tls_key: str | None, refresh: float, max_in_flight: int,
-    print_unit: bool,
-) -> None:  # fmt: skip
+def relay(ctx: click.Context, listen: str | None, upstream: str | None, print_unit: bool,
+          **options: Any) -> None:  # fmt: skip
     """Serve the Jobs API on a lab network and forward every job upstream, exactly once.
 
     Lab machines set HAIQU_EDGE_URI to the relay and HAIQU_API_KEY to a relay
@@ -68,34 +120,52 @@ def relay(
         raise click.UsageError("give --listen HOST:PORT and --upstream URL (or a subcommand)")
     host, port = _listen(listen)
     if print_unit:
-        args = ["relay", "--listen", listen, "--upstream", upstream, "--refresh", str(refresh)]
-        args += ["--max-in-flight", str(max_in_flight)] + (["--auth", auth] if auth else [])
-        if tls_cert and tls_key:
-            args += ["--tls-cert", os.path.abspath(tls_cert), "--tls-key", os.path.abspath(tls_key)]
-        click.echo(unit(c.db_option, args, "relay"))
+        click.echo(unit(c.db_option, _unit_args(listen, upstream, options), "relay"))
         return
-    from ..relay import Relay, RelayOptions
-    from ..server import tls_context
-
     c.setup_logging(service=True)
-    try:
-        tls = tls_context(tls_cert, tls_key)
-    except (OSError, ValueError) as err:
-        raise click.BadParameter(f"cannot use the TLS certificate and key: {err}") from None
-    cfg = c.config(auth=auth)
-    options = RelayOptions(
-        host, port, upstream, tls=tls, refresh_every=refresh, max_in_flight=max_in_flight
-    )
-    server = Relay(cfg, options)
+    server = _relay(c, host, port, upstream, options)
     import asyncio
 
     try:
         asyncio.run(server.run(ready=lambda url: click.echo(f"relay ready on {url}")))
     except OSError as err:
-        raise click.ClickException(f"cannot listen on {listen}: {err.strerror or err}") from None
+        raise LogbookClickError(f"cannot listen on {listen}: {err.strerror or err}", 1) from None
     finally:
         server.close()
-    logging.getLogger("logbook.relay").info("relay stopped")
+    logging.getLogger("logbook.relay").info("relay stopped: %s", server.summary())
+
+
+def _unit_args(listen: str, upstream: str, options: dict[str, Any]) -> list[str]:
+    """The command line a unit runs: every option as given (or its default), paths absolute."""
+    args = ["relay", "--listen", listen, "--upstream", upstream]
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name in ("tls_cert", "tls_key"):
+            value = os.path.abspath(value)
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
+
+
+def _relay(c: Ctx, host: str, port: int, upstream: str, o: dict[str, Any]) -> Relay:
+    from ..relay import Relay, RelayOptions
+    from ..server import MIB, ByteBudget, tls_context
+    from ..server.listen import Limits
+
+    try:
+        tls = tls_context(o["tls_cert"], o["tls_key"])
+    except (OSError, ValueError) as err:
+        raise click.BadParameter(f"cannot use the TLS certificate and key: {err}") from None
+    limits = Limits(
+        max_connections=o["max_connections"], max_per_client=o["max_connections_per_client"],
+        header_timeout=o["header_timeout"], idle_timeout=o["idle_timeout"],
+    )  # fmt: skip
+    budget = ByteBudget(o["max_mb_in_flight"] * MIB, o["max_mb_in_flight_per_client"] * MIB)
+    options = RelayOptions(
+        host, port, upstream, tls=tls, refresh_every=o["refresh"],
+        max_in_flight=o["max_in_flight"], limits=limits, budget=budget,
+    )  # fmt: skip
+    return Relay(c.config(auth=o["auth"]), options)
 
 
 @relay.group("key")
@@ -176,16 +246,22 @@ def relay_doctor(c: Ctx, upstream: str, url: str | None, auth: str | None, as_js
     Example:
       logbook relay doctor --upstream https://api.haiqu.ai --url http://127.0.0.1:8700
     """
+    from dataclasses import replace
+
     from ..doctor import relay_checks
 
-    report_checks(relay_checks(c.config(endpoint=upstream, auth=auth), url), as_json)
+    cfg = c.config(endpoint=upstream, auth=auth)
+    cfg = replace(
+        cfg, endpoint_setting="--upstream", sources={**cfg.sources, "endpoint": "--upstream"}
+    )
+    report_checks(relay_checks(cfg, url), as_json)
 
 
 @relay.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @pass_ctx
 def relay_status_cmd(c: Ctx, as_json: bool) -> None:
-    """Backlog, oldest unforwarded job, last upstream contact, and per-client counts.
+    """Backlog, oldest unforwarded job, last upstream contact and error, per-client counts.
 
     \b
     Example:
@@ -201,5 +277,8 @@ def relay_status_cmd(c: Ctx, as_json: bool) -> None:
     click.echo(f"backlog:               {data['backlog']} jobs not yet upstream")
     click.echo(f"oldest unforwarded:    {data['oldest_unforwarded'] or '-'}")
     click.echo(f"last upstream contact: {data['last_upstream_contact'] or 'never'}")
+    error = data["last_upstream_error"]
+    echo(f"last upstream error:   {error['at']} {error['message']}" if error else
+         "last upstream error:   none")  # fmt: skip
     for client, counts in sorted(data["clients"].items()):
         echo(f"client {client}: " + ", ".join(f"{counts[s]} {s}" for s in STATES))

@@ -180,8 +180,10 @@ class ApiClient:
         connect_timeout: float = 10.0,
         deadline: float = 60.0,
         network: Network | None = None,
+        endpoint_setting: str = "HAIQU_EDGE_URI",
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self.endpoint_setting = endpoint_setting  # named in advice: a relay's is --upstream
         self.key = key
         self.auth = auth
         self.deadline = deadline
@@ -289,7 +291,7 @@ class ApiClient:
                     Verdict.STOP_TRUST,
                 )  # fmt: skip
             return RequestFailed(
-                f"{reason} (check the network, HAIQU_EDGE_URI and any proxy setting;"
+                f"{reason} (check the network, {self.endpoint_setting} and any proxy setting;"
                 " `logbook doctor` tests them)",
                 Verdict.NOT_SENT,
             )  # fmt: skip
@@ -322,8 +324,8 @@ class ApiClient:
         if code == 404 and post and shown == "/jobs":
             return RequestFailed(
                 f"POST {self.endpoint}/jobs answered 404: there is no Jobs API at"
-                f" {self.endpoint} (a base path it does not serve?); set HAIQU_EDGE_URI to the"
-                " API's base URL (`logbook doctor` checks it)",
+                f" {self.endpoint} (a base path it does not serve?); set"
+                f" {self.endpoint_setting} to the API's base URL (`logbook doctor` checks it)",
                 Verdict.STOP_ENDPOINT, status=code,
             )  # fmt: skip
         if code in RETRY_CODES or code >= 500:

@@ -22,11 +22,16 @@ from urllib.parse import urlsplit
 
 import httpx2
 
+from ..config import check_proxy
 from ..errors import ConfigError
 
 
 def proxy_source(config_proxy: str | None, url: str) -> tuple[str, str] | None:
-    """``(proxy URL, where it was set)`` for ``url``, or None to go direct."""
+    """``(proxy URL, where it was set)`` for ``url``, or None to go direct.
+
+    A proxy from the environment is checked as config.toml's is (``ConfigError``,
+    exit 2, for ``http://:0``, a port past 65535, a newline, ``socks5://``...).
+    """
     proxies = urllib.request.getproxies_environment()
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -36,8 +41,8 @@ def proxy_source(config_proxy: str | None, url: str) -> tuple[str, str] | None:
         return None
     for key in (parts.scheme, "all"):
         if proxies.get(key):
-            value = proxies[key]
-            return (value if "://" in value else "http://" + value), f"{key.upper()}_PROXY"
+            source = f"{key.upper()}_PROXY"
+            return check_proxy(proxies[key], source), source
     if config_proxy:
         return (
             config_proxy if "://" in config_proxy else "http://" + config_proxy,

@@ -36,6 +36,7 @@ from logbook.server import (
     serve,
     tls_context,
 )
+from logbook.server.listen import Limits
 
 KEY_PARAM = "HAIQU_API_KEY"
 DEFAULT_PROGRESS_SECONDS = 3.0
@@ -414,6 +415,8 @@ async def run(emulator: Emulator, args: argparse.Namespace) -> None:
         emulator.app(), args.host, args.port, tls=tls_context(args.tls_cert, args.tls_key),
         ready=lambda url: print(f"logbook emulator listening on {url}", flush=True),
         on_stop=stopped, shutdown_timeout=1.0,
+        # A test server on loopback: every simulated lab machine shares 127.0.0.1.
+        limits=Limits(max_connections=4096, max_per_client=4096),
     )  # fmt: skip
 
 

@@ -45,8 +45,14 @@ class BackgroundSyncer:
         *,
         refresh_every: float = 300.0,
         sync: Callable[..., SyncReport] = run_sync,
+        on_failure: Callable[[str], None] | None = None,
+        label: str = "sync",
+        meanwhile: str = "still recording",
     ) -> None:
         self.cfg = cfg
+        self.on_failure = on_failure  # each failed run's message (a relay keeps the last)
+        self.label = label  # how its log lines begin ("sync", a relay's "forwarding")
+        self.meanwhile = meanwhile  # what goes on while it backs off
         self.refresh_every = refresh_every
         self.refreshed_at = time.monotonic()
         self.sync = sync
@@ -74,9 +80,12 @@ class BackgroundSyncer:
     def _fail(self, message: str, delay: float, kind: str) -> None:
         """Back off; say why once per kind of failure, not on every retry."""
         if kind != self.failing:
-            log.warning("sync: %s; retrying in %.0f s (still recording)", message, delay)
+            log.warning("%s: %s; retrying in %.0f s (%s)", self.label, message, delay,
+                        self.meanwhile)  # fmt: skip
             self.failing = kind
         self.retry_at = time.monotonic() + delay
+        if self.on_failure is not None:
+            self.on_failure(message)
 
     def _next_backoff(self) -> float:
         self.failures += 1
@@ -127,7 +136,7 @@ class BackgroundSyncer:
         if refresh:
             self.refreshed_at = time.monotonic()
         if self.failing is not None and (report.synced or not report.pending):
-            log.warning("sync: working again")
+            log.warning("%s: working again", self.label)
             self.failing = None
         if report.synced or report.rejected:
             log.info(

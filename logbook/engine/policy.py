@@ -75,8 +75,11 @@ def throttles(failure: RequestFailed) -> bool:
     return failure.status in (429, 503)
 
 
-def run_error(failure: RequestFailed, endpoint: str, kept: str) -> SyncError:
-    """The error a run that was stopped by ``failure`` ends with; ``kept`` says what was kept."""
+def run_error(
+    failure: RequestFailed, endpoint: str, kept: str, setting: str = "HAIQU_EDGE_URI"
+) -> SyncError:
+    """The error a run that was stopped by ``failure`` ends with; ``kept`` says what was kept;
+    ``setting`` is what the user sets to change the endpoint (a relay's ``--upstream``)."""
     verdict = failure.verdict
     if verdict is Verdict.STOP_AUTH:
         return AuthError(
@@ -85,7 +88,7 @@ def run_error(failure: RequestFailed, endpoint: str, kept: str) -> SyncError:
         )
     if verdict is Verdict.STOP_REDIRECT:
         return Redirected(
-            f"the endpoint redirects to {failure.location}; set HAIQU_EDGE_URI to it ({kept})"
+            f"the endpoint redirects to {failure.location}; set {setting} to it ({kept})"
         )
     if verdict is Verdict.STOP_TRUST:
         return TrustError(f"{failure}; {kept}")

@@ -62,6 +62,9 @@ def require(cfg: Config) -> tuple[str, str]:
         )
     if not cfg.api_key:
         raise ConfigError(f"{NO_KEY}; see `logbook config`")
+    from ..client.network import proxy_source
+
+    proxy_source(cfg.proxy, cfg.endpoint)  # a malformed proxy in the environment: before any claim
     return cfg.endpoint, cfg.api_key
 
 
@@ -144,6 +147,7 @@ class _Run:
         client = ApiClient(
             self.endpoint, self.key, auth=self.cfg.auth, connections=self.o["concurrency"],
             transport=self.o["transport"], deadline=deadline, network=self.cfg.network(),
+            endpoint_setting=self.cfg.endpoint_setting,
         )  # fmt: skip
         engine = SyncEngine(
             db, client, concurrency=self.o["concurrency"], progress=self.o["progress"],
@@ -256,7 +260,7 @@ class _Run:
             if synced
             else "no entry was changed"
         )
-        raise run_error(failure, self.endpoint, kept)
+        raise run_error(failure, self.endpoint, kept, self.cfg.endpoint_setting)
 
     async def _finish(
         self, db: StoreWorker, engine: SyncEngine, started: float, how: str

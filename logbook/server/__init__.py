@@ -8,7 +8,10 @@ like the API.  What happens to a job is a ``Backend``'s business: the
 emulator keeps jobs in memory, the relay commits them to a logbook store.
 
 ``serve()`` runs an app until SIGTERM/SIGINT, with TLS when given a
-certificate, printing a ready line with the bound address.
+certificate, printing a ready line with the bound address; connections are
+capped and timed out (``listen``), and request bodies in memory are capped
+(``ByteBudget``: past it, 429 with Retry-After, or 413 for a body that could
+never fit).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import signal
 import socket
 import ssl
@@ -26,10 +30,20 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..models import ServerJobSubmit
+from ..redact import presented
 from ..vocab import REOFFER_HEADER
+from .listen import RESERVED_FDS, CappedSite, Connections, Limits, OneLineRequestErrors
+from .listen import descriptor_budget as descriptor_budget
 
 KEY_PARAM = "HAIQU_API_KEY"
 MAX_BODY = 16 * 1024 * 1024
+MIB = 1024 * 1024
+#: Request bodies held in memory at once (read, parsed, waiting for their commit),
+#: in all and per client: what a body costs in memory is a few times its size.
+MAX_BYTES_IN_FLIGHT = 32 * MIB
+MAX_BYTES_IN_FLIGHT_PER_CLIENT = 16 * MIB
+#: A body that sends nothing for this long is answered 408.
+BODY_TIMEOUT = 60.0
 ROUTE_POST_JOBS = "POST /jobs"
 ROUTE_GET_JOB = "GET /jobs/{job_id}"
 ROUTE_GET_BY_HASH = "GET /experiments/{experiment_id}/jobs/{job_hash}"
@@ -60,12 +74,17 @@ def json_response(status: int, data: Any, headers: dict[str, str] | None = None)
 
 
 def presented_key(request: web.Request) -> str | None:
-    """The key a request carries: the query parameter, else the authorization header."""
+    """The key a request carries: the query parameter, else the authorization header.
+
+    Whatever it is, it is redacted from anything logged about this request.
+    """
     sent = request.query.get(KEY_PARAM)
     if sent is None:
         sent = request.headers.get("authorization")
         if sent is not None and sent[:7].lower() == "bearer ":
             sent = sent[7:]
+    if sent:
+        presented.set((sent,))
     return sent
 
 
@@ -94,6 +113,38 @@ async def _api_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return json_response(404, {"detail": "Not Found"})
 
 
+class ByteBudget:
+    """Bytes of request bodies in flight, per client and in all, so memory stays bounded
+    whatever clients send: a body is admitted only when its bytes fit both.
+    """
+
+    def __init__(self, total: int = MAX_BYTES_IN_FLIGHT,
+                 per_client: int = MAX_BYTES_IN_FLIGHT_PER_CLIENT) -> None:  # fmt: skip
+        self.total = total
+        self.per_client = per_client
+        self.held = 0
+        self.by_client: dict[str, int] = {}
+
+    def fits_ever(self, n: int) -> bool:
+        return n <= min(self.total, self.per_client)
+
+    def take(self, client: str, n: int) -> bool:
+        mine = self.by_client.get(client, 0)
+        if self.held + n > self.total or mine + n > self.per_client:
+            return False
+        self.held += n
+        self.by_client[client] = mine + n
+        return True
+
+    def give(self, client: str, n: int) -> None:
+        self.held -= n
+        left = self.by_client.get(client, 0) - n
+        if left > 0:
+            self.by_client[client] = left
+        else:
+            self.by_client.pop(client, None)
+
+
 class JobsApi:
     """The three routes over a ``Backend``.
 
@@ -108,11 +159,15 @@ class JobsApi:
         *,
         wrap: Wrap | None = None,
         max_body: int = MAX_BODY,
+        budget: ByteBudget | None = None,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self.backend = backend
         self.authorize = authorize
         self.wrap = wrap
         self.max_body = max_body
+        self.budget = budget or ByteBudget()
+        self.body_timeout = body_timeout
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body, middlewares=[_api_errors])
@@ -142,7 +197,45 @@ class JobsApi:
         return guarded
 
     async def post_job(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
+        """A POST's body is read only when its bytes fit the budget (429 or 413 otherwise), and
+        it holds its share until the job is answered."""
+        length = request.content_length
+        most = min(self.max_body, self.budget.total, self.budget.per_client)
+        need = most if length is None else length  # a chunked body may be as large as allowed
+        if need > most:
+            raise web.HTTPRequestEntityTooLarge(max_size=most, actual_size=need)
+        client = request["client"]
+        if not self.budget.take(client, need):
+            return json_response(
+                429, {"detail": "too many request bytes in flight: try again shortly"},
+                {"Retry-After": "1"},
+            )  # fmt: skip
+        try:
+            return await self._post_job(request, need)
+        finally:
+            self.budget.give(client, need)
+
+    async def _read_body(self, request: web.Request, most: int) -> bytearray | None:
+        """The body, or None when it stalled for ``body_timeout``; 413 past ``most`` bytes."""
+        body = bytearray()
+        while True:
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    chunk = await request.content.readany()
+            except TimeoutError:
+                return None
+            if not chunk:
+                return body
+            body += chunk
+            if len(body) > most:
+                raise web.HTTPRequestEntityTooLarge(max_size=most, actual_size=len(body))
+
+    async def _post_job(self, request: web.Request, most: int) -> web.StreamResponse:
+        raw = await self._read_body(request, most)
+        if raw is None:
+            response = json_response(408, {"detail": "the request body stalled"})
+            response.force_close()
+            return response
         if not raw.strip():
             detail = [{"loc": ["body"], "msg": "Field required", "type": "missing"}]
             return json_response(422, {"detail": detail})
@@ -179,6 +272,19 @@ def tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
     return ctx
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (OSError when it is taken or not ours)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve(
     app: web.Application,
     host: str,
@@ -188,23 +294,36 @@ async def serve(
     tls: ssl.SSLContext | None = None,
     on_stop: Callable[[], Awaitable[None]] | None = None,
     shutdown_timeout: float = 10.0,
+    limits: Limits | None = None,
+    reserve_fds: int = RESERVED_FDS,
 ) -> None:
     """Serve until SIGTERM or SIGINT: stop accepting, let requests in hand finish, then return.
 
-    ``ready`` gets the base URL once the socket listens (port 0 picks a free one).
+    The socket is bound first (OSError when the port is taken: nothing else has
+    started); ``ready`` gets the base URL once it listens (port 0 picks a free
+    one).  ``limits`` caps and times out connections; ``reserve_fds``
+    descriptors are kept for everything else the process opens.
     """
+    sock = bind(host, port)
+    limits = descriptor_budget(limits or Limits(), reserve_fds)
+    errors = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, OneLineRequestErrors) for f in errors.filters):
+        errors.addFilter(OneLineRequestErrors())
+    conns = Connections()
+    app.middlewares.insert(0, conns.middleware())
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
-    )
-    await runner.setup()
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    site = web.SockSite(runner, sock, backlog=1024, ssl_context=tls)
-    await site.start()
+        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=limits.idle_timeout,
+    )  # fmt: skip
+    try:
+        await runner.setup()
+        site = CappedSite(runner, sock, limits, conns, ssl_context=tls)
+        await site.start()
+    except BaseException:
+        sock.close()
+        raise
     bound = sock.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
     ready(f"{'https' if tls else 'http'}://{shown}:{bound}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -67,6 +67,16 @@ class RelayKeys:
         rows = self.store.read("SELECT name, sha256 FROM relay_keys WHERE revoked_at IS NULL")
         return {r["sha256"]: r["name"] for r in rows}
 
+    def by_digest(self) -> dict[str, tuple[str, bool]]:
+        """``{sha256: (name, active)}`` of every key, revoked ones included (to name them)."""
+        rows = self.store.read("SELECT name, sha256, revoked_at FROM relay_keys")
+        return {r["sha256"]: (r["name"], r["revoked_at"] is None) for r in rows}
+
+    def version(self) -> int:
+        """Changes when another connection commits (a key added or revoked, among others):
+        a running relay reads its keys again only then."""
+        return int(self.store.scalar("PRAGMA data_version"))
+
     @staticmethod
     def digest(key: str) -> str:
         return _digest(key)

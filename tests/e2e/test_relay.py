@@ -404,9 +404,13 @@ def test_print_unit(relay: RelayProcess) -> None:
         "0.0.0.0:8700",
         "--upstream",
         "https://api.example.test",
+        "--max-connections-per-client",
+        "64",
         "--print-unit",
     )
     assert run.code == 0 and "ExecStart=" in run.out and "relay --listen 0.0.0.0:8700" in run.out
+    assert "--max-connections-per-client 64" in run.out  # the limits given are kept
+    assert "\nLimitNOFILE=65536\n" in run.out  # room for --max-connections
     # The service reads the store that `relay key add` wrote its keys to, in that shell.
     assert f'Environment="LOGBOOK_HOME={relay.home.absolute()}"' in run.out.splitlines()
     assert "@HOME@" not in run.out
@@ -475,8 +479,12 @@ def test_more_posts_at_once_than_one_commit_holds_are_all_answered_and_stored(
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 3 * n), hard))  # the relay inherits it
     upstream_down = f"http://127.0.0.1:{free_port()}"  # nothing forwards meanwhile
     relay = RelayProcess(
-        tmp_path / "relay", upstream_down, UP_KEY, extra=("--max-in-flight", str(2 * n))
-    )
+        tmp_path / "relay", upstream_down, UP_KEY,
+        extra=(
+            "--max-in-flight", str(2 * n), "--max-connections", str(2 * n),
+            "--max-connections-per-client", str(2 * n),
+        ),
+    )  # fmt: skip
     key = relay.add_key("lab")
     locker: subprocess.Popen[str] | None = None
     try:

@@ -470,3 +470,31 @@ def test_the_client_removes_every_spelling_of_a_proxy_password_with_a_space(
         for kind, enc in _password_spellings(PROXY_PASSWORD).items():
             assert_clean(text, enc, where=f"{written}: {kind}")
         assert "horse" not in text and "battery" not in text, text
+
+
+def test_relay_keys_are_redacted_by_their_shape_in_any_text() -> None:
+    """A relay knows only its keys' hashes, so a key a client presented (a live one, a
+    revoked one, a mistyped one) is found by its ``lbr_`` shape, in any spelling."""
+    key = "lbr_3TnotiOS3MKPEvTeZH5DMueQE4IJybPD2ubTcRvdeHQ"
+    for text in (
+        f"b'GET /jobs/1?HAIQU_API_KEY={key} HTTP/1.1 x'",
+        f"Authorization: {key}\\x7f",
+        f"HAIQU_API_KEY={quote(key, safe='')}".replace("_", "%5F"),
+        "Authorization: lbr_not-a-key",
+    ):
+        out = redact(text)
+        assert "lbr_" not in out.lower() and "lbr%5f" not in out.lower(), out
+        assert_no_key(out, key)
+        assert REDACTED in out
+
+
+def test_the_key_a_request_presented_is_redacted_from_what_is_logged_about_it() -> None:
+    from logbook.cli.output import redacted
+    from logbook.redact import presented
+
+    token = presented.set(("hunter2-not-a-relay-key",))
+    try:
+        assert "hunter2" not in redacted("401 for hunter2-not-a-relay-key from 10.0.0.7")
+    finally:
+        presented.reset(token)
+    assert "hunter2" in redacted("hunter2 is not a secret outside that request")
