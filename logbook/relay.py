@@ -40,6 +40,7 @@ from .engine import BackgroundSyncer, require
 from .errors import InvalidJob, LogbookError
 from .jobs import prepare
 from .server import Handler, JobsApi, json_response, presented_key, serve
+from .server.metrics import ClientRequests, count_requests
 from .store import Entry
 from .store.relay import RelayKeys
 from .store.worker import StoreWorker
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     import ssl
 
     from .config import Config
+    from .monitor import Monitor
 
 log = logging.getLogger("logbook.relay")
 
@@ -167,6 +169,8 @@ class Relay:
         self.api = JobsApi(self.backend, self.authorize, wrap=self._fair)
         self.in_flight: Counter[str] = Counter()
         self._keys: dict[str, str] = {}
+        #: systemd and ``--metrics`` (set by the command line before ``run``), if wanted.
+        self.monitor: Monitor | None = None
 
     def authorize(self, request: web.Request) -> str | None:
         """The client's name for a live relay key, else None (401)."""
@@ -221,14 +225,33 @@ class Relay:
             )
         self.forwarder.start()
 
+        app = self.api.app()
+        await self._monitored(app)
+
         async def stopped() -> None:
             keys.cancel()
             await self.backend.drain()  # commits in flight finish before the relay exits
+            if self.monitor is not None:
+                await self.monitor.stop()
 
         await serve(
-            self.api.app(), self.o.host, self.o.port, tls=self.o.tls,
-            ready=ready, on_stop=stopped,
+            app, self.o.host, self.o.port, tls=self.o.tls, ready=ready, on_stop=stopped,
         )  # fmt: skip
+
+    async def _monitored(self, app: web.Application) -> None:
+        """Count requests by client, feed systemd's watchdog from this loop, serve --metrics,
+        and say STOPPING=1 as soon as SIGTERM stops the accepting."""
+        monitor = self.monitor
+        if monitor is None:
+            return
+        monitor.clients = ClientRequests()
+        app.middlewares.insert(0, count_requests(monitor.clients, self.authorize))
+
+        async def stopping(_app: web.Application) -> None:
+            monitor.stopping()
+
+        app.on_shutdown.append(stopping)
+        await monitor.start(beat=True)
 
     def close(self) -> None:
         if not self.forwarder.stop():

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import click
 
 from ..vocab import STATES
 from .context import Ctx, LogbookGroup, auth_option, pass_ctx
+from .monitoring import (
+    daemon_monitor,
+    host_port,
+    max_lag_option,
+    metrics_option,
+    say_metrics,
+    verdict_line,
+)
 from .output import echo, print_json
 from .settings import report_checks
-from .units import unit
+from .units import flags, unit
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..monitor import Monitor
+    from ..relay import Relay
 
 
 def _listen(value: str) -> tuple[str, int]:
@@ -39,6 +53,8 @@ def _listen(value: str) -> tuple[str, int]:
                    " (0: never).")  # fmt: skip
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Requests in flight at most; each client key gets an equal share.")  # fmt: skip
+@metrics_option()
+@max_lag_option("/readyz answers 503")
 @click.option(
     "--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit."
 )
@@ -46,7 +62,7 @@ def _listen(value: str) -> tuple[str, int]:
 def relay(
     ctx: click.Context, listen: str | None, upstream: str | None, auth: str | None,
     tls_cert: str | None, tls_key: str | None, refresh: float, max_in_flight: int,
-    print_unit: bool,
+    metrics: str | None, max_lag: float | None, print_unit: bool,
 ) -> None:  # fmt: skip
     """Serve the Jobs API on a lab network and forward every job upstream, exactly once.
 
@@ -59,6 +75,7 @@ def relay(
     Example:
       logbook relay key add lab-pc-3          # prints the key, once
       HAIQU_API_KEY=... logbook relay --listen 0.0.0.0:8700 --upstream https://api.haiqu.ai
+      logbook relay --listen 0.0.0.0:8700 --upstream https://api.haiqu.ai --metrics 127.0.0.1:9465
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -72,6 +89,7 @@ def relay(
         args += ["--max-in-flight", str(max_in_flight)] + (["--auth", auth] if auth else [])
         if tls_cert and tls_key:
             args += ["--tls-cert", os.path.abspath(tls_cert), "--tls-key", os.path.abspath(tls_key)]
+        args += flags({"--metrics": metrics, "--max-lag": max_lag})
         click.echo(unit(c.db_option, args, "relay"))
         return
     from ..relay import Relay, RelayOptions
@@ -87,15 +105,30 @@ def relay(
         host, port, upstream, tls=tls, refresh_every=refresh, max_in_flight=max_in_flight
     )
     server = Relay(cfg, options)
+    server.monitor = _monitor(cfg, metrics, max_lag)
     import asyncio
 
     try:
-        asyncio.run(server.run(ready=lambda url: click.echo(f"relay ready on {url}")))
+        asyncio.run(server.run(ready=lambda url: _ready(url, server)))
     except OSError as err:
         raise click.ClickException(f"cannot listen on {listen}: {err.strerror or err}") from None
     finally:
         server.close()
     logging.getLogger("logbook.relay").info("relay stopped")
+
+
+def _monitor(cfg: Config, metrics: str | None, max_lag: float | None) -> Monitor | None:
+    if metrics:
+        host_port(metrics, "--metrics")  # a usage error before anything starts
+    return daemon_monitor(cfg, "relay", metrics, max_lag)
+
+
+def _ready(url: str, server: Relay) -> None:
+    """It listens: say where (and where its metrics are), then tell systemd."""
+    click.echo(f"relay ready on {url}")
+    say_metrics(server.monitor)
+    if server.monitor is not None:
+        server.monitor.ready()
 
 
 @relay.group("key")
@@ -183,9 +216,11 @@ def relay_doctor(c: Ctx, upstream: str, url: str | None, auth: str | None, as_js
 
 @relay.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@max_lag_option("Say not ready")
 @pass_ctx
-def relay_status_cmd(c: Ctx, as_json: bool) -> None:
-    """Backlog, oldest unforwarded job, last upstream contact, and per-client counts.
+def relay_status_cmd(c: Ctx, as_json: bool, max_lag: float | None) -> None:
+    """Backlog, oldest unforwarded job, last upstream contact, per-client counts, and the
+    verdict /readyz gives.
 
     \b
     Example:
@@ -193,7 +228,9 @@ def relay_status_cmd(c: Ctx, as_json: bool) -> None:
     """
     from ..relay import relay_status
 
-    data = relay_status(c.config())
+    cfg = c.config()
+    data = relay_status(cfg)
+    data["ready"], data["verdict"] = verdict_line(cfg, max_lag)
     if as_json:
         print_json(data)
         return
@@ -203,3 +240,4 @@ def relay_status_cmd(c: Ctx, as_json: bool) -> None:
     click.echo(f"last upstream contact: {data['last_upstream_contact'] or 'never'}")
     for client, counts in sorted(data["clients"].items()):
         echo(f"client {client}: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    click.echo(data["verdict"])

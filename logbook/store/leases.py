@@ -22,6 +22,7 @@ delivery exactly-once here:
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -145,6 +146,16 @@ _SETTLE = {
     "released": "UPDATE entries SET state = 'pending', lease_owner = NULL, lease_until = NULL"
     " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
 }
+#: An entry is delivered once the API has it: synced straight to it, or through a relay that
+#: passed the API's id back.
+_DELIVERED = "state = 'synced' AND (via IS NULL OR upstream_id IS NOT NULL)"
+#: ``meta.last_delivery`` (what the daemons' metrics show, whichever process delivered): now,
+#: when one of the entries (ids as a JSON array) is delivered.
+_MARK_DELIVERY = (
+    "INSERT INTO meta (key, value) SELECT 'last_delivery', ? WHERE EXISTS (SELECT 1 FROM entries"
+    f" WHERE id IN (SELECT value FROM json_each(?)) AND {_DELIVERED})"
+    " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+)
 
 
 class Leases:
@@ -282,6 +293,9 @@ class Leases:
             for state, rows in params.items():
                 if rows:
                     written[state] = conn.executemany(_SETTLE[state], rows).rowcount
+            if written.get("synced"):
+                ids = json.dumps([row[4] for row in params["synced"]])
+                conn.execute(_MARK_DELIVERY, (stamp, ids))
         return written
 
     # --- what is due ---------------------------------------------------------------------
@@ -376,9 +390,21 @@ class Leases:
         if not updates:
             return
         stamp = now_iso()
+        # Entries whose API id comes back now: delivered now (those that had it already were not).
+        confirmed = json.dumps([i for i, _, upstream in updates if upstream is not None])
         with self.store.write() as conn:
+            newly = (
+                confirmed != "[]"
+                and conn.execute(
+                    "SELECT 1 FROM entries WHERE id IN (SELECT value FROM json_each(?))"
+                    " AND state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL LIMIT 1",
+                    (confirmed,),
+                ).fetchone()
+            )
             conn.executemany(
                 "UPDATE entries SET remote_status = ?, upstream_id = coalesce(?, upstream_id),"
                 " refreshed_at = ? WHERE id = ?",
                 [(status, upstream, stamp, entry_id) for entry_id, status, upstream in updates],
             )
+            if newly:
+                conn.execute(_MARK_DELIVERY, (stamp, confirmed))
