@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -404,3 +406,83 @@ def test_no_key_or_proxy_password_from_a_watcher_behind_a_failing_proxy(
             w.stop()
     assert password not in shown and password[:10] not in shown
     assert_no_key(shown, key_of(emulator), "the watcher's metrics, page and status lines")
+
+
+# --- the units ----------------------------------------------------------------------------
+
+
+def unit_lines(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            k, _, v = line.partition("=")
+            out.setdefault(k, []).append(v)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["watch", "relay"])
+def test_the_units_are_notify_services_with_a_watchdog_and_hardening(
+    tmp_path: Path, kind: str
+) -> None:
+    home = tmp_path / "lab home 100%"
+    home.mkdir()
+    args = (
+        ("watch", tmp_path, "--sync", "--metrics", "127.0.0.1:9464", "--max-lag", "600")
+        if kind == "watch"
+        else ("relay", "--listen", "127.0.0.1:8700", "--upstream", "http://api.test",
+              "--metrics", "127.0.0.1:9465")
+    )  # fmt: skip
+    run = cli(home, *args, "--print-unit")
+    assert run.code == 0 and run.err == "", run.err
+    got = unit_lines(run.out)
+    assert got["Type"] == ["notify"] and int(got["WatchdogSec"][0]) >= 30
+    assert got["NoNewPrivileges"] == ["yes"] and got["PrivateTmp"] == ["yes"]
+    assert got["ProtectSystem"] == ["strict"]
+    escaped = str(home).replace("%", "%%")
+    assert got["ReadWritePaths"] == [f'"-{escaped}"']  # the store's directory, and no other
+    # The key may live in config.toml (what `logbook config path` prints): the environment
+    # file beside it is optional ("-"), so the service starts without one.
+    config_path = cli(home, "config", "path").out.strip()
+    assert config_path == str(home / "config.toml")
+    assert got["EnvironmentFile"] == [f"-{escaped}/service.env"]
+    assert f"{escaped}/config.toml" in run.out
+    assert "--metrics 127.0.0.1:" in got["ExecStart"][0]
+    if kind == "watch":
+        assert "--max-lag 600" in got["ExecStart"][0]
+
+
+def test_a_unit_for_a_store_elsewhere_may_write_there(tmp_path: Path) -> None:
+    home, store_dir = tmp_path / "home", tmp_path / "stores"
+    home.mkdir()
+    store_dir.mkdir()
+    run = cli(home, "--db", store_dir / "lab.db", "watch", tmp_path, "--print-unit")
+    assert unit_lines(run.out)["ReadWritePaths"] == [f"-{home} -{store_dir}"]
+
+
+def test_print_unit_warns_about_a_directory_that_does_not_exist(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    run = cli(home, "watch", tmp_path / "typo", "--print-unit")
+    assert run.code == 0 and "ExecStart=" in run.out
+    assert "typo does not exist (yet): the service exits 2 until it does" in run.err
+    fresh = cli(tmp_path / "no-home-yet", "watch", tmp_path, "--print-unit")
+    assert "no-home-yet does not exist yet: create it" in fresh.err
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+@pytest.mark.parametrize("kind", ["watch", "relay"])
+def test_systemd_reads_the_units_without_a_complaint(tmp_path: Path, kind: str) -> None:
+    home = tmp_path / 'odd "home" 100% $HOME'
+    home.mkdir()
+    args = (
+        ("watch", tmp_path, "--sync", "--metrics", "127.0.0.1:9464")
+        if kind == "watch"
+        else ("relay", "--listen", "0.0.0.0:8700", "--upstream", "http://api.test")
+    )
+    path = tmp_path / f"logbook-{kind}.service"
+    path.write_text(cli(home, *args, "--print-unit").out)
+    check = subprocess.run(
+        ["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
+    complaints = [ln for ln in check.stderr.splitlines() if path.name in ln]
+    assert check.returncode == 0 and not complaints, check.stderr
