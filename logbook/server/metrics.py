@@ -35,6 +35,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Seconds between the page's own reloads.
 PAGE_REFRESH = 15
+#: Entry counts that need someone when they are not 0: shown in amber.
+_WATCHED = frozenset({"pending", "sending", "rejected", "unconfirmed", "missing"})
 
 
 class Source(Protocol):
@@ -160,12 +162,17 @@ class Routes:
 # --- the status page --------------------------------------------------------------------------
 
 
+def _clock(when: float | None) -> str:
+    if when is None:
+        return "?"
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 def _when(iso_or_ts: str | float | None, now: float, never: str = "never") -> str:
     when = timestamp(iso_or_ts) if isinstance(iso_or_ts, str) or iso_or_ts is None else iso_or_ts
     if when is None:
         return f'<span class="dim">{never}</span>'
-    clock = datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    return f'{age_text(now - when)} ago <span class="dim">({clock})</span>'
+    return f'{age_text(now - when)} ago <span class="dim">({_clock(when)})</span>'
 
 
 def _rows(rows: list[tuple[str, str]]) -> str:
@@ -176,7 +183,7 @@ def _delivery(snap: Snapshot) -> str:
     f, now = snap.figures, snap.now
     oldest = (
         f"{age_text(oldest_age(f, now))} old"
-        f' <span class="dim">(recorded {html.escape(f.oldest_undelivered or "")})</span>'
+        f' <span class="dim">(recorded {_clock(timestamp(f.oldest_undelivered))})</span>'
         if f.undelivered
         else '<span class="dim">none</span>'
     )
@@ -196,8 +203,8 @@ def _entries(snap: Snapshot) -> str:
     cells = [(s, f.counts.get(s, 0)) for s in STATES]
     cells += [("unconfirmed", f.unconfirmed), ("missing", f.missing)]
     tiles = "".join(
-        f'<div class="tile"><div class="num">{n:,}</div><div class="dim">{html.escape(s)}</div>'
-        "</div>"
+        f'<div class="tile{" warn" if n and s in _WATCHED else ""}"><div class="num">{n:,}</div>'
+        f'<div class="dim">{html.escape(s)}</div></div>'
         for s, n in cells
     )
     return f'<section><h2>Entries</h2><div class="tiles">{tiles}</div></section>'
@@ -268,6 +275,7 @@ th{font-weight:600;width:30%}
 .tiles{display:flex;flex-wrap:wrap;gap:10px}
 .tile{flex:1 1 110px;border:1px solid #e6e9ef;border-radius:6px;padding:8px 12px}
 .num{font-size:22px;font-weight:600;font-variant-numeric:tabular-nums}
+.warn{background:#fff8e8;border-color:#f0d9a8}
 .code{display:inline-block;border-radius:4px;padding:0 6px;font-weight:600;font-size:13px;
 background:#eef0f4}
 .c2{background:#e2f3e7;color:#155a2b}.c4{background:#fff1d6;color:#7a4b00}
