@@ -375,7 +375,11 @@ class RelayProcess:
     learnt from its ``relay ready on URL`` line.
     """
 
-    def __init__(self, home: Path, upstream: str, upstream_key: str, refresh: float = 0) -> None:
+    def __init__(
+        self, home: Path, upstream: str, upstream_key: str, refresh: float = 0,
+        args: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        self.args = list(args)  # more options (``--metrics HOST:PORT``, ...)
         self.home = home
         self.db = home / "logbook.db"
         self.upstream = upstream
@@ -401,7 +405,7 @@ class RelayProcess:
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [
             sys.executable, "-m", "logbook", "relay", "--listen", "127.0.0.1:0",
-            "--upstream", self.upstream, "--refresh", str(self.refresh),
+            "--upstream", self.upstream, "--refresh", str(self.refresh), *self.args,
         ]  # fmt: skip
         self._err = tempfile.TemporaryFile()
         self.started = time.perf_counter()
