@@ -486,3 +486,31 @@ def test_systemd_reads_the_units_without_a_complaint(tmp_path: Path, kind: str) 
     )
     complaints = [ln for ln in check.stderr.splitlines() if path.name in ln]
     assert check.returncode == 0 and not complaints, check.stderr
+
+
+def test_the_settings_in_config_toml(tmp_path: Path, logbook_home: Path) -> None:
+    """`config` shows a heartbeat URL's host alone; max_lag there is what status judges by."""
+    write_config(
+        logbook_home,
+        ['heartbeat_url = "https://hc-ping.com/5b1e-check-secret"', "max_lag = 0.5",
+         f'metrics_textfile = "{tmp_path}/logbook.prom"'],
+    )  # fmt: skip
+    shown = cli(logbook_home, "config", "--json")
+    assert shown.code == 0, shown.err
+    settings = shown.json()
+    assert settings["heartbeat_url"]["value"] == "https://hc-ping.com/..."
+    assert settings["max_lag"]["value"] == "0.5"
+    assert "check-secret" not in shown.out + cli(logbook_home, "config").out
+    seed_store(logbook_home, 1)
+    wait_until(
+        lambda: cli(logbook_home, "status").out.splitlines()[-1].startswith("not ready: 1 "),
+        what="status judging by max_lag from config.toml",
+    )
+    assert (
+        cli(logbook_home, "status", "--max-lag", "3600")
+        .out.splitlines()[-1]
+        .startswith("ready: 1 undelivered")
+    )
+    write_config(logbook_home, ['heartbeat_url = "hc-ping.com/x"'])
+    bad = cli(logbook_home, "status")
+    assert bad.code == 2 and "heartbeat_url must start with http:// or https://" in bad.err
