@@ -237,11 +237,13 @@ def registry(snap: Snapshot) -> Any:
     return reg
 
 
-def exposition(snap: Snapshot) -> tuple[bytes, str]:
-    """The Prometheus text format of a snapshot, and its content type."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+def exposition(snap: Snapshot, accept: str | None = None) -> tuple[bytes, str]:
+    """A snapshot in the format the scraper's ``Accept`` asks for (Prometheus text, or
+    OpenMetrics), and its content type: prometheus_client chooses and writes it."""
+    from prometheus_client.exposition import choose_encoder
 
-    return generate_latest(registry(snap)), CONTENT_TYPE_LATEST
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry(snap)), content_type
 
 
 def write_textfile(path: str, snap: Snapshot) -> None:

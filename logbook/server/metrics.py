@@ -132,11 +132,8 @@ class Routes:
         snap = await self._snapshot()
         if isinstance(snap, web.Response):
             return snap
-        body, content_type = exposition(snap)
-        # aiohttp wants the charset apart from the content type.
-        mime, _, params = content_type.partition(";")
-        charset = params.partition("charset=")[2].strip() or None
-        return web.Response(body=body, content_type=mime.strip(), charset=charset)
+        body, content_type = exposition(snap, request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         age = self.source.loop_age()

@@ -217,3 +217,10 @@ def test_nothing_of_a_job_reaches_the_metrics_or_the_page(
     shown = exposition(snap)[0].decode() + render(snap) + json.dumps(snap.verdict.line)
     for word in ("SECRETNAME", "SECRETEXP", "SECRETRESULT", "SECRETREMOTEID", entry.hash):
         assert word not in shown
+
+
+def test_a_scraper_that_asks_for_openmetrics_gets_it() -> None:
+    body, content_type = exposition(snapshot(), "application/openmetrics-text; version=1.0.0")
+    assert content_type.startswith("application/openmetrics-text")
+    assert body.decode().endswith("# EOF\n")
+    assert "logbook_relay_requests_total" in body.decode()
