@@ -10,13 +10,22 @@ Real processes on loopback:
     read).  Target: a scrape under 50 ms.  Also shown, without a target: the
     same store all pending (a lab machine offline for long), and with 900,000
     entries synced through a relay whose API ids never came back (unconfirmed:
-    counted through their partial index, row by row).
+    counted through their partial index, row by row; the daemon reuses so slow
+    a read for 20 times its cost, so its scrapes stay cheap and its figures are
+    up to that old).  ``Store.figures()`` alone, read in this process, is shown
+    beside each.
 (b) A relay scraped every second: lab machines sync into a relay that forwards
     to the emulator (intake: jobs committed per second), and a relay that
     forwards a backlog at 50 ms latency (forwarding: jobs per second until the
     emulator holds all).  Each with no ``--metrics`` and with ``--metrics``
-    and a scraper GETting /metrics every second, interleaved, best of N each.
-    Target: with / without >= 0.95 for both.
+    and a scraper GETting /metrics every second, interleaved, N runs each.
+    Measured: the relay's CPU per job (its process's user + system time over
+    the jobs it took or forwarded), and the throughput.  Target: the relay
+    scraped every second spends at most 5% more CPU per job (median of the
+    runs), so it is slowed by at most 5% wherever it is CPU bound.  The
+    throughput ratio (best of N) is shown too; on a machine shared with other
+    work it wanders by tens of percent either way, which is why the CPU is
+    what is judged.
 
     python -m bench.bench_metrics [--quick] [--entries N] [--repeats N]
 """
@@ -45,6 +54,7 @@ from bench._lab import (
     poll_until,
     scratch,
     store_states,
+    tree_cpu,
     verdict,
 )
 from bench.bench_core import build_large_store
@@ -92,6 +102,20 @@ def _scrapes(url: str, n: int) -> tuple[float, float]:
     return statistics.median(metrics), statistics.median(health)
 
 
+def _read_cost(db: Path, n: int = 7) -> float:
+    """Median seconds of ``Store.figures()``, read in this process (no reuse of a slow read)."""
+    from logbook.store import Store
+
+    with Store(db, readonly=True) as store:
+        store.figures()
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            store.figures()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def scrape_cost(root: Path, entries: int, n: int) -> None:
     home, folder = root / "scrape-home", root / "scrape-empty"
     home.mkdir()
@@ -116,6 +140,7 @@ def scrape_cost(root: Path, entries: int, n: int) -> None:
         if change:
             with sqlite3.connect(db, isolation_level=None) as conn:
                 conn.execute(change)
+        read = _read_cost(db)
         proc, url = _watcher(home, folder)
         try:
             took, health = _scrapes(url, n)
@@ -123,8 +148,8 @@ def scrape_cost(root: Path, entries: int, n: int) -> None:
             proc.terminate()
             proc.wait(30)
         line = (
-            f"    {label}: /metrics {took * 1000:6.1f} ms, /healthz {health * 1000:5.1f} ms"
-            f" (the store's part: {max(0.0, took - health) * 1000:.1f} ms)"
+            f"    {label}: /metrics {took * 1000:6.1f} ms, /healthz {health * 1000:5.1f} ms;"
+            f" Store.figures() alone {read * 1000:.1f} ms"
         )
         if targeted:
             ok = took <= SCRAPE_TARGET_S
@@ -174,8 +199,12 @@ def _metrics_args(on: bool) -> tuple[list[str], str]:
     return ["--metrics", f"127.0.0.1:{port}"], f"http://127.0.0.1:{port}"
 
 
-def intake(emu: EmulatorProcess, root: Path, jobs: list[list[dict[str, Any]]], on: bool) -> float:
-    """Lab syncs into a relay that forwards meanwhile: jobs committed per second."""
+Run = tuple[float, float]  # jobs/s, the relay's CPU microseconds per job
+
+
+def intake(emu: EmulatorProcess, root: Path, jobs: list[list[dict[str, Any]]], on: bool) -> Run:
+    """Lab syncs into a relay that forwards meanwhile: jobs committed per second, and the
+    relay's CPU per job until all are forwarded."""
     total = sum(len(j) for j in jobs)
     emu.reset()
     relay_home = Path(root, f"relay-{'on' if on else 'off'}-{time.monotonic_ns()}")
@@ -187,20 +216,22 @@ def intake(emu: EmulatorProcess, root: Path, jobs: list[list[dict[str, Any]]], o
     try:
         keys = relay.add_keys([f"lab-{i:02d}" for i in range(len(homes))])
         relay.start()
+        cpu0 = tree_cpu(relay.pid)
         with Scraper(url) if on else _Nothing() as scraper:
             wall, _, _ = _labs(relay.url, homes, list(keys.values()))
             _drain(emu, relay, total, "intake")
             scraped = getattr(scraper, "done", 0)
+        cpu = tree_cpu(relay.pid) - cpu0
         relay.stop()
     finally:
         relay.close()
         _rm([*homes, relay_home])
     if on and scraped == 0 and wall > 2:
         raise RuntimeError("the scraper never got /metrics")
-    return total / wall
+    return total / wall, cpu / total * 1e6
 
 
-def forward(emu: EmulatorProcess, root: Path, jobs: list[dict[str, Any]], on: bool) -> float:
+def forward(emu: EmulatorProcess, root: Path, jobs: list[dict[str, Any]], on: bool) -> Run:
     """A relay forwards a backlog at 50 ms latency: jobs per second until all are upstream."""
     n = len(jobs)
     emu.reset()
@@ -210,11 +241,13 @@ def forward(emu: EmulatorProcess, root: Path, jobs: list[dict[str, Any]], on: bo
     relay = RelayProcess(home, emu.url, KEY, args=args)
     try:
         relay.start()
+        cpu0 = tree_cpu(relay.pid)
         with Scraper(url) if on else _Nothing():
             ok = poll_until(
                 lambda: emu.stats()["jobs_created"] >= n, time.monotonic() + 300, interval=0.02
             )
             seconds = time.perf_counter() - relay.started
+            cpu = tree_cpu(relay.pid) - cpu0
         if not ok:
             raise RuntimeError(f"forwarding: {emu.stats()['jobs_created']} of {n} upstream")
         poll_until(lambda: store_states(relay.db).get("synced", 0) == n, time.monotonic() + 60)
@@ -223,7 +256,7 @@ def forward(emu: EmulatorProcess, root: Path, jobs: list[dict[str, Any]], on: bo
     finally:
         relay.close()
         _rm([home])
-    return n / seconds
+    return n / seconds, cpu / n * 1e6
 
 
 class _Nothing:
@@ -237,7 +270,7 @@ class _Nothing:
 def scraped_relay(root: Path, machines: int, entries: int, backlog: int, repeats: int) -> None:
     lab_jobs = [make_jobs(entries, tag=f"mlab{i:02d}") for i in range(machines)]
     fwd_jobs = make_jobs(backlog, tag="mforward")
-    runs: dict[tuple[str, bool], list[float]] = {}
+    runs: dict[tuple[str, bool], list[Run]] = {}
     with EmulatorProcess(KEY, progress_seconds=0) as emu:
         for rep in range(repeats):
             order = [False, True] if rep % 2 == 0 else [True, False]
@@ -245,24 +278,31 @@ def scraped_relay(root: Path, machines: int, entries: int, backlog: int, repeats
                 for on in order:
                     emu.clear_faults()
                     data: Any = lab_jobs if what == "intake" else fwd_jobs
-                    rate = step(emu, root, data, on)
-                    runs.setdefault((what, on), []).append(rate)
+                    rate, us = step(emu, root, data, on)
+                    runs.setdefault((what, on), []).append((rate, us))
                     log(f"  run {rep + 1} {what}, metrics {'on, scraped' if on else 'off'}:"
-                        f" {rate:,.0f} jobs/s")  # fmt: skip
+                        f" {rate:,.0f} jobs/s, relay {us:.0f} us CPU per job")  # fmt: skip
     print(f"\n  (b) a relay scraped every second (best of {repeats}, interleaved; all runs listed)")
     for what, detail in (
         ("intake", f"{machines} lab syncs x {entries:,} entries, forwarding meanwhile"),
         ("forwarding", f"a {backlog:,}-job backlog at {FORWARD_LATENCY_MS} ms latency"),
     ):
         off, on = runs[(what, False)], runs[(what, True)]
-        ratio = max(on) / max(off)
-        ok = ratio >= RATIO_TARGET
+        cpu_off = statistics.median(us for _, us in off)
+        cpu_on = statistics.median(us for _, us in on)
+        cost = cpu_on / cpu_off
+        ok = cost <= 1 / RATIO_TARGET
         FAILURES.extend([] if ok else [what])
+        best_off, best_on = max(r for r, _ in off), max(r for r, _ in on)
         print(
-            f"    {what} ({detail}): without --metrics {max(off):,.0f} jobs/s"
-            f" [{' '.join(f'{r:,.0f}' for r in off)}], scraped every second {max(on):,.0f}"
-            f" [{' '.join(f'{r:,.0f}' for r in on)}]: {ratio:.3f}x;"
-            f" target >= {RATIO_TARGET}: {verdict(ok)}"
+            f"    {what} ({detail}):\n"
+            f"      relay CPU per job: without --metrics {cpu_off:.0f} us"
+            f" [{' '.join(f'{us:.0f}' for _, us in off)}], scraped every second {cpu_on:.0f} us"
+            f" [{' '.join(f'{us:.0f}' for _, us in on)}]: {cost:.3f}x;"
+            f" target <= {1 / RATIO_TARGET:.3f}x (at most 5% slower): {verdict(ok)}\n"
+            f"      throughput: without {best_off:,.0f} jobs/s"
+            f" [{' '.join(f'{r:,.0f}' for r, _ in off)}], scraped {best_on:,.0f}"
+            f" [{' '.join(f'{r:,.0f}' for r, _ in on)}]: {best_on / best_off:.3f}x"
         )
 
 

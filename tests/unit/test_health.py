@@ -12,6 +12,7 @@ import html
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -224,3 +225,45 @@ def test_a_scraper_that_asks_for_openmetrics_gets_it() -> None:
     assert content_type.startswith("application/openmetrics-text")
     assert body.decode().endswith("# EOF\n")
     assert "logbook_relay_requests_total" in body.decode()
+
+
+class SlowStore:
+    """A store whose figures take ``cost`` seconds of the monitor's clock to read."""
+
+    def __init__(self, cost: float, clock: list[float]) -> None:
+        self.cost, self.clock, self.reads = cost, clock, 0
+        self.store = self
+
+    def figures(self) -> Figures:
+        self.reads += 1
+        self.clock[0] += self.cost
+        return Figures()
+
+    async def run(self, fn: Any) -> Any:
+        return fn()
+
+
+@pytest.mark.parametrize("cost, reads", [(0.001, 4), (0.2, 1)])
+def test_a_slow_read_of_the_figures_is_reused_for_a_while(
+    monkeypatch: pytest.MonkeyPatch, cost: float, reads: int
+) -> None:
+    """Scraped every second, a monitor whose figures take 200 ms to read (a great many
+    unconfirmed entries) reuses them for 20 times that (4 s), not a fast read."""
+    import asyncio
+
+    from logbook import monitor
+    from logbook.config import load_config
+    from logbook.notify import Notifier
+
+    clock = [1000.0]
+    monkeypatch.setattr(monitor.time, "monotonic", lambda: clock[0])
+    m = monitor.Monitor(load_config(), role="watch", version="x", notifier=Notifier())
+    m._db = SlowStore(cost, clock)  # type: ignore[assignment]
+
+    async def scrapes() -> None:
+        for _ in range(4):  # 0, 1, 2, 3 s: within the 4 s a slow read is kept
+            await m.snapshot()
+            clock[0] += 1.0
+
+    asyncio.run(scrapes())
+    assert m._db.reads == reads  # type: ignore[union-attr]
