@@ -149,7 +149,7 @@ def scrape_cost(root: Path, entries: int, n: int) -> None:
             proc.wait(30)
         line = (
             f"    {label}: /metrics {took * 1000:6.1f} ms, /healthz {health * 1000:5.1f} ms;"
-            f" Store.figures() alone {read * 1000:.1f} ms"
+            f" Store.figures() alone {read * 1000:.2f} ms"
         )
         if targeted:
             ok = took <= SCRAPE_TARGET_S
@@ -282,7 +282,10 @@ def scraped_relay(root: Path, machines: int, entries: int, backlog: int, repeats
                     runs.setdefault((what, on), []).append((rate, us))
                     log(f"  run {rep + 1} {what}, metrics {'on, scraped' if on else 'off'}:"
                         f" {rate:,.0f} jobs/s, relay {us:.0f} us CPU per job")  # fmt: skip
-    print(f"\n  (b) a relay scraped every second (best of {repeats}, interleaved; all runs listed)")
+    print(
+        f"\n  (b) a relay scraped every second ({repeats} runs each way, interleaved; CPU per"
+        " job: the median, throughput: the best; all runs listed)"
+    )
     for what, detail in (
         ("intake", f"{machines} lab syncs x {entries:,} entries, forwarding meanwhile"),
         ("forwarding", f"a {backlog:,}-job backlog at {FORWARD_LATENCY_MS} ms latency"),
