@@ -377,8 +377,10 @@ class RelayProcess:
     """
 
     def __init__(
-        self, home: Path, upstream: str, upstream_key: str, refresh: float = 0, port: int = 0
-    ) -> None:
+        self, home: Path, upstream: str, upstream_key: str, refresh: float = 0, port: int = 0,
+        args: Sequence[str] = (),
+    ) -> None:  # fmt: skip
+        self.args = list(args)  # more options (``--metrics HOST:PORT``, ...)
         self.home = home
         self.port = port
         self.db = home / "logbook.db"
@@ -407,7 +409,7 @@ class RelayProcess:
             sys.executable, "-m", "logbook", "relay", "--listen", f"127.0.0.1:{self.port}",
             "--upstream", self.upstream, "--refresh", str(self.refresh),
             # Every simulated lab machine connects from 127.0.0.1: one address, many machines.
-            "--max-connections", "4096", "--max-connections-per-client", "4096",
+            "--max-connections", "4096", "--max-connections-per-client", "4096", *self.args,
         ]  # fmt: skip
         self._err = tempfile.TemporaryFile()
         self.started = time.perf_counter()

@@ -38,8 +38,11 @@ NO_KEY = 'no API key: set HAIQU_API_KEY, or put api_key = "..." in config.toml (
 SETTINGS: dict[str, type] = {
     "db": str, "endpoint": str, "api_key": str, "auth": str, "concurrency": int,
     "max_file_bytes": int, "settle": float, "experiment": str, "request_timeout": float,
-    "max_time": float, "proxy": str, "ca_bundle": str,
+    "max_time": float, "proxy": str, "ca_bundle": str, "max_lag": float,
+    "metrics_textfile": str, "heartbeat_url": str,
 }  # fmt: skip
+#: ``--max-lag``: readiness fails once the oldest undelivered entry is older (seconds).
+DEFAULT_MAX_LAG = 3600.0
 
 
 def home_dir() -> Path:
@@ -79,6 +82,10 @@ class Config:
     max_time: float | None = DEFAULT_MAX_TIME
     proxy: str | None = field(default=None, repr=False)
     ca_bundle: str | None = None
+    max_lag: float = DEFAULT_MAX_LAG
+    #: After ``logbook sync``: node_exporter's textfile, and a URL to GET after a clean run.
+    metrics_textfile: str | None = None
+    heartbeat_url: str | None = field(default=None, repr=False)
     config_file: Path | None = None
     #: Where each setting came from: "default", "--flag", "ENV_VAR" or the config file's path.
     sources: dict[str, str] = field(default_factory=dict)
@@ -110,10 +117,21 @@ class Config:
                 text = mask(value)
             elif name == "proxy" and value:
                 text = show_url(value)
+            elif name == "heartbeat_url" and value:
+                text = hidden_url(value)
             else:
                 text = "(not set)" if value is None else str(value)
             rows.append((name, text, self.sources.get(name, "default")))
         return rows
+
+
+def hidden_url(url: str) -> str:
+    """A URL that is a secret as a whole (a heartbeat's): its scheme and host alone."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname or '?'}/..."
+    except ValueError:
+        return "(an invalid URL)"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -301,7 +319,9 @@ def load_config(
     cfg.auth = pick("auth", auth) or "query"
     if cfg.auth not in AUTH_MODES:
         raise ConfigError(f"auth must be one of {', '.join(AUTH_MODES)}, not {cfg.auth!r}")
-    for name in ("concurrency", "max_file_bytes", "settle", "experiment", "request_timeout"):
+    names = ("concurrency", "max_file_bytes", "settle", "experiment", "request_timeout",
+             "max_lag", "metrics_textfile", "heartbeat_url")  # fmt: skip
+    for name in names:
         value = pick(name)
         if value is not None:
             setattr(cfg, name, value)
@@ -324,5 +344,8 @@ def _validate(cfg: Config, where: str) -> None:
     _positive("request_timeout", cfg.request_timeout, where)
     _positive("settle", cfg.settle, where, zero_ok=True)
     _positive("max_time", cfg.max_time, where, zero_ok=True)
+    _positive("max_lag", cfg.max_lag, where)
+    if cfg.heartbeat_url and not cfg.heartbeat_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: heartbeat_url must start with http:// or https://")
     if cfg.ca_bundle and not os.path.exists(cfg.ca_bundle):
         raise ConfigError(f"{where}: ca_bundle {cfg.ca_bundle} does not exist")

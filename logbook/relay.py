@@ -55,6 +55,7 @@ from .server import (
     serve,
 )
 from .server.listen import RESERVED_FDS, Every, Limits
+from .server.metrics import ClientRequests, count_requests
 from .store import Entry
 from .store.relay import Held, RelayKeys
 from .store.worker import StoreWorker
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     import ssl
 
     from .config import Config
+    from .monitor import Monitor
 
 log = logging.getLogger("logbook.relay")
 
@@ -281,6 +283,8 @@ class Relay:
         self.taken = 0
         self.counts_at_start: dict[str, int] = {}
         self.counts_at_end: dict[str, int] = {}
+        #: systemd and ``--metrics`` (set by the command line before ``run``), if wanted.
+        self.monitor: Monitor | None = None
 
     def authorize(self, request: web.Request) -> str | None:
         """The client's name for a live relay key, else None (401); once per request."""
@@ -363,9 +367,16 @@ class Relay:
             self.forwarder.start()
             ready(url)
 
+        app = self.api.app()
+        await self._monitored(app)
+
+        async def stopped() -> None:
+            await self.backend.drain()  # commits in flight finish before the relay exits
+            if self.monitor is not None:
+                await self.monitor.stop()
+
         await serve(
-            self.api.app(), self.o.host, self.o.port, tls=self.o.tls, ready=listening,
-            on_stop=self.backend.drain,  # commits in flight finish before the relay exits
+            app, self.o.host, self.o.port, tls=self.o.tls, ready=listening, on_stop=stopped,
             limits=self.o.limits, reserve_fds=RESERVED_FDS + self.upstream_cfg.concurrency,
         )  # fmt: skip
         loop = asyncio.get_running_loop()
@@ -375,6 +386,21 @@ class Relay:
     def _stop_forwarding(self) -> None:
         if self.forwarder.thread.is_alive() and not self.forwarder.stop():
             log.warning("a forwarding run was still in flight; the next start looks its jobs up")
+
+    async def _monitored(self, app: web.Application) -> None:
+        """Count requests by client, feed systemd's watchdog from this loop, serve --metrics,
+        and say STOPPING=1 as soon as SIGTERM stops the accepting."""
+        monitor = self.monitor
+        if monitor is None:
+            return
+        monitor.clients = ClientRequests()
+        app.middlewares.insert(0, count_requests(monitor.clients, self.authorize))
+
+        async def stopping(_app: web.Application) -> None:
+            monitor.stopping()
+
+        app.on_shutdown.append(stopping)
+        await monitor.start(beat=True)
 
     def close(self) -> None:
         self._stop_forwarding()

@@ -12,6 +12,7 @@ import click
 from ..jobs import DEFAULT_JOB_TYPE, DEFAULT_STATUS
 from ..vocab import STATES
 from .context import Ctx, EntryId, LogbookCommand, pass_ctx
+from .monitoring import max_lag_option, verdict_line
 from .output import echo, print_json, printable, redacted
 
 if TYPE_CHECKING:
@@ -259,9 +260,11 @@ def show(c: Ctx, entry_id: int, as_json: bool) -> None:
 
 @click.command(cls=LogbookCommand)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@max_lag_option("Say not ready")
 @pass_ctx
-def status(c: Ctx, as_json: bool) -> None:
-    """How many entries are in each state, and when the last sync ran.
+def status(c: Ctx, as_json: bool, max_lag: float | None) -> None:
+    """How many entries are in each state, when the last sync ran, and the verdict a
+    daemon's /readyz gives.
 
     \b
     Example:
@@ -272,6 +275,7 @@ def status(c: Ctx, as_json: bool) -> None:
     cfg = c.config()
     store = c.open(readonly=True)
     data = (Status(db=str(cfg.db)) if store is None else store.status()).to_dict()
+    data["ready"], data["verdict"] = verdict_line(cfg, max_lag)
     if as_json:
         print_json(data)
         return
@@ -292,6 +296,7 @@ def status(c: Ctx, as_json: bool) -> None:
         )
     if data.get("invalid_files"):
         click.echo(f"invalid files:  {data['invalid_files']} (`logbook doctor` lists them)")
+    click.echo(data["verdict"])
 
 
 @click.command(cls=LogbookCommand)

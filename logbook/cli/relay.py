@@ -10,11 +10,21 @@ import click
 
 from ..vocab import STATES
 from .context import Ctx, LogbookGroup, auth_option, pass_ctx
+from .monitoring import (
+    daemon_monitor,
+    host_port,
+    max_lag_option,
+    metrics_option,
+    say_metrics,
+    verdict_line,
+)
 from .output import LogbookClickError, echo, print_json
 from .settings import report_checks
 from .units import unit
 
 if TYPE_CHECKING:
+    from ..config import Config
+    from ..monitor import Monitor
     from ..relay import Relay
 
 #: The defaults of the relay's limits: ``server.listen.Limits``'s and ``server.ByteBudget``'s
@@ -48,6 +58,8 @@ def _listen(value: str) -> tuple[str, int]:
                    " (0: never).")  # fmt: skip
 @click.option("--max-in-flight", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Requests in flight at most; each client key gets an equal share.")  # fmt: skip
+@metrics_option()
+@max_lag_option("/readyz answers 503")
 @click.option(
     "--max-connections",
     type=click.IntRange(min=1),
@@ -111,6 +123,7 @@ def relay(ctx: click.Context, listen: str | None, upstream: str | None, print_un
     Example:
       logbook relay key add lab-pc-3          # prints the key, once
       HAIQU_API_KEY=... logbook relay --listen 0.0.0.0:8700 --upstream https://api.haiqu.ai
+      logbook relay --listen 0.0.0.0:8700 --upstream https://api.haiqu.ai --metrics 127.0.0.1:9465
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -124,10 +137,13 @@ def relay(ctx: click.Context, listen: str | None, upstream: str | None, print_un
         return
     c.setup_logging(service=True)
     server = _relay(c, host, port, upstream, options)
+    server.monitor = _monitor(
+        c.config(auth=options["auth"]), options["metrics"], options["max_lag"]
+    )
     import asyncio
 
     try:
-        asyncio.run(server.run(ready=lambda url: click.echo(f"relay ready on {url}")))
+        asyncio.run(server.run(ready=lambda url: _ready(url, server)))
     except OSError as err:
         raise LogbookClickError(f"cannot listen on {listen}: {err.strerror or err}", 1) from None
     finally:
@@ -166,6 +182,20 @@ def _relay(c: Ctx, host: str, port: int, upstream: str, o: dict[str, Any]) -> Re
         max_in_flight=o["max_in_flight"], limits=limits, budget=budget,
     )  # fmt: skip
     return Relay(c.config(auth=o["auth"]), options)
+
+
+def _monitor(cfg: Config, metrics: str | None, max_lag: float | None) -> Monitor | None:
+    if metrics:
+        host_port(metrics, "--metrics")  # a usage error before anything starts
+    return daemon_monitor(cfg, "relay", metrics, max_lag)
+
+
+def _ready(url: str, server: Relay) -> None:
+    """It listens: say where (and where its metrics are), then tell systemd."""
+    click.echo(f"relay ready on {url}")
+    say_metrics(server.monitor)
+    if server.monitor is not None:
+        server.monitor.ready()
 
 
 @relay.group("key")
@@ -259,9 +289,11 @@ def relay_doctor(c: Ctx, upstream: str, url: str | None, auth: str | None, as_js
 
 @relay.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@max_lag_option("Say not ready")
 @pass_ctx
-def relay_status_cmd(c: Ctx, as_json: bool) -> None:
-    """Backlog, oldest unforwarded job, last upstream contact and error, per-client counts.
+def relay_status_cmd(c: Ctx, as_json: bool, max_lag: float | None) -> None:
+    """Backlog, oldest unforwarded job, last upstream contact and error, per-client counts,
+    and the verdict /readyz gives.
 
     \b
     Example:
@@ -269,7 +301,9 @@ def relay_status_cmd(c: Ctx, as_json: bool) -> None:
     """
     from ..relay import relay_status
 
-    data = relay_status(c.config())
+    cfg = c.config()
+    data = relay_status(cfg)
+    data["ready"], data["verdict"] = verdict_line(cfg, max_lag)
     if as_json:
         print_json(data)
         return
@@ -282,3 +316,4 @@ def relay_status_cmd(c: Ctx, as_json: bool) -> None:
          "last upstream error:   none")  # fmt: skip
     for client, counts in sorted(data["clients"].items()):
         echo(f"client {client}: " + ", ".join(f"{counts[s]} {s}" for s in STATES))
+    click.echo(data["verdict"])

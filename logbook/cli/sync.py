@@ -6,14 +6,27 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..config import DEFAULT_SETTLE
+from ..progress import Progress
 from .context import Ctx, LogbookCommand, auth_option, pass_ctx
+from .monitoring import (
+    after_sync,
+    daemon_monitor,
+    host_port,
+    max_lag_option,
+    metrics_option,
+    say_metrics,
+)
 from .output import echo, print_json, redacted
-from .units import flags, unit, warn_network_dirs
+from .units import flags, unit, warn_missing_dirs, warn_network_dirs
+
+if TYPE_CHECKING:
+    from ..monitor import Monitor
+    from ..watch import Watcher
 
 
 @click.command(cls=LogbookCommand)
@@ -33,10 +46,20 @@ from .units import flags, unit, warn_network_dirs
     show_default="3600, or max_time in config.toml",
 )  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option(
+    "--metrics-textfile", metavar="PATH", show_default="metrics_textfile in config.toml",
+    help="Write the figures there afterwards (Prometheus text, atomically) for"
+    " node_exporter's textfile collector.",
+)  # fmt: skip
+@click.option(
+    "--heartbeat-url", metavar="URL", show_default="heartbeat_url in config.toml",
+    help="GET this URL after a run that left nothing to send (healthchecks.io style).",
+)  # fmt: skip
 @pass_ctx
 def sync(
     c: Ctx, endpoint: str | None, auth: str | None, concurrency: int | None, limit: int | None,
     dry_run: bool, no_refresh: bool, max_time: float | None, as_json: bool,
+    metrics_textfile: str | None, heartbeat_url: str | None,
 ) -> None:  # fmt: skip
     """Send the entries that are due to the Haiqu Jobs API, exactly once.
 
@@ -49,10 +72,10 @@ def sync(
     Example:
       export HAIQU_API_KEY=...
       logbook sync --concurrency 32
+      logbook sync -q --metrics-textfile /var/lib/node_exporter/textfile/logbook.prom
     """
     from ..engine import run_sync
     from ..errors import Interrupted
-    from ..progress import Progress
 
     cfg = c.config(endpoint=endpoint, auth=auth)
     if dry_run:
@@ -67,6 +90,7 @@ def sync(
             click.echo(f"{len(due)} entries would be sent to {cfg.endpoint}")
         return
     progress = Progress()
+    report = None
     try:
         with c.progress(progress, "jobs", as_json=as_json):
             report = run_sync(
@@ -77,6 +101,9 @@ def sync(
         if as_json and err.report is not None:
             print_json(err.report.to_dict())  # type: ignore[attr-defined]
         raise
+    finally:
+        textfile = metrics_textfile or cfg.metrics_textfile
+        after_sync(cfg, report, textfile, heartbeat_url or cfg.heartbeat_url)
     if as_json:
         print_json(report.to_dict())
     elif not c.quiet:
@@ -103,6 +130,8 @@ def sync(
               metavar="S",
               help="With --sync: seconds between refreshes of unfinished server statuses"
                    " (0: never).")  # fmt: skip
+@metrics_option()
+@max_lag_option("/readyz answers 503")
 @click.option(
     "--print-unit", is_flag=True, help="Print a systemd user unit for this command and exit."
 )
@@ -110,7 +139,8 @@ def sync(
 def watch(
     c: Ctx, dirs: tuple[str, ...], experiment: str | None, patterns: tuple[str, ...],
     do_sync: bool, endpoint: str | None, auth: str | None, polling: bool, settle: float | None,
-    rescan: float | None, refresh: float, print_unit: bool,
+    rescan: float | None, refresh: float, metrics: str | None, max_lag: float | None,
+    print_unit: bool,
 ) -> None:  # fmt: skip
     """Watch directories and record each new result file, until SIGINT/SIGTERM (exit 0).
 
@@ -120,6 +150,7 @@ def watch(
     \b
     Example:
       logbook watch ~/results -e bell --sync
+      logbook watch ~/results -e bell --sync --metrics 127.0.0.1:9464
       logbook watch ~/results -e bell --sync --print-unit > ~/.config/systemd/user/logbook-watch.service
     """  # noqa: E501 - the help shows this example line as is
     from ..engine import BackgroundSyncer, require
@@ -130,15 +161,19 @@ def watch(
         given: dict[str, Any] = {
             "--experiment": experiment, "--endpoint": endpoint, "--auth": auth,
             "--settle": settle, "--rescan": rescan, "--refresh": refresh,
+            "--metrics": metrics, "--max-lag": max_lag,
         }  # fmt: skip
         args = ["watch", *roots, *flags(given)]
         args += [a for p in patterns for a in ("--pattern", p)]
         args += ["--sync"] * do_sync + ["--polling"] * polling
+        warn_missing_dirs(roots)
         click.echo(unit(c.db_option, args))
         return
     c.setup_logging(service=True)
     check_dirs(roots)
     cfg = c.config(endpoint=endpoint, auth=auth)
+    if metrics:
+        host_port(metrics, "--metrics")  # a bad value is a usage error before anything starts
     syncer = None
     if do_sync:
         require(cfg)
@@ -151,19 +186,34 @@ def watch(
     log = logging.getLogger("logbook.watch")
     if not polling:
         warn_network_dirs(roots, log)
-    from ..progress import Progress
-
     progress = Progress()
     watcher = Watcher(cfg, options, syncer=syncer, progress=progress)
+    _run_watcher(c, watcher, daemon_monitor(cfg, "watch", metrics, max_lag), log)
 
-    stop_on = (signal.SIGINT, signal.SIGTERM)
-    old = [(s, signal.signal(s, lambda *_: watcher.request_stop())) for s in stop_on]
+
+def _run_watcher(c: Ctx, watcher: Watcher, monitor: Monitor | None, log: logging.Logger) -> None:
+    """Until SIGINT/SIGTERM; with a monitor: systemd's READY=1, watchdog and STOPPING=1, and
+    ``--metrics``."""
+    if monitor is not None:
+        monitor.start_thread()
+        say_metrics(monitor)
+        watcher.heartbeat, watcher.on_watching = monitor.heartbeat.beat, monitor.ready
+
+    def stop(signum: int, frame: Any) -> None:
+        if monitor is not None and signum == signal.SIGTERM:
+            monitor.stopping()
+        watcher.request_stop()
+
+    old = [(s, signal.signal(s, stop)) for s in (signal.SIGINT, signal.SIGTERM)]
+    syncer = watcher.syncer
     try:
-        with c.progress(progress, "files"):
+        with c.progress(watcher.progress or Progress(), "files"):
             stats = watcher.run()
     finally:
         for s, handler in old:
             signal.signal(s, handler)
         if syncer is not None and not syncer.stop():
             log.warning("a sync run was still in flight; `logbook sync` finishes it")
+        if monitor is not None:
+            monitor.stop_thread()
     log.info("stopped: %s", stats.summary())

@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import time
+from collections import Counter
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
@@ -38,7 +39,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx2
 
-from ..config import Network
+from ..config import Network, hidden_url
 from ..errors import RequestFailed, Verdict
 from ..redact import redact, show_url
 from ..vocab import MAX_RETRY_DELAY, REOFFER_HEADER, STATUSES
@@ -47,7 +48,7 @@ from ..vocab import MAX_RETRY_DELAY, REOFFER_HEADER, STATUSES
 for _name in ("httpx2", "httpcore2", "httpx", "httpcore", "aiohttp.client"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
-__all__ = ["ApiClient", "JobRef", "parse_retry_after", "key_param"]
+__all__ = ["REQUESTS", "ApiClient", "JobRef", "parse_retry_after", "key_param", "ping"]
 
 AUTH_CODES = frozenset({401, 403})
 RETRY_CODES = frozenset({408, 429})
@@ -57,6 +58,10 @@ USER_AGENT = "logbook/0.2"
 _DELAY_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _STATUS_SET = frozenset(STATUSES)
 _CERT_FAILURE = re.compile(r"certificate verify failed|CERTIFICATE_VERIFY_FAILED", re.I)
+#: This process's requests by status code ("error": no answer), for the daemons' metrics.
+#: Only the loop that sends adds to it; readers take ``dict(REQUESTS)`` (one C call).
+REQUESTS: Counter[str] = Counter()
+_CODES = {code: str(code) for code in range(100, 600)}
 #: One encoder for every body: ``json.dumps`` with options builds a new one per call.
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -249,8 +254,13 @@ class ApiClient:
                 finally:
                     await response.aclose()
         except httpx2.TransportError as err:
+            REQUESTS["error"] += 1
             failure = type(err)(self._redact(str(err)), request=plain or self._plain(method, path))
+        except TimeoutError:
+            REQUESTS["error"] += 1
+            raise
         else:
+            REQUESTS[_CODES.get(response.status_code) or str(response.status_code)] += 1
             response.request = plain or self._plain(method, path)
             return response
         raise failure
@@ -493,3 +503,40 @@ def _proxy_secrets(network: Network) -> list[str]:
 
     urls = [network.proxy] + [v for k, v in os.environ.items() if k.lower().endswith("_proxy")]
     return [s for url in urls for s in url_secrets(url)]
+
+
+def ping(url: str, network: Network | None = None, timeout: float = 10.0) -> int:
+    """One GET to a heartbeat URL (healthchecks.io style) after a clean sync; its 2xx code.
+
+    A ping URL is a secret (whoever has it can ping): what is raised shows its
+    scheme and host alone, redacted of the whole URL.  Raises ``RequestFailed``
+    when no 2xx came back.
+    """
+    return asyncio.run(_ping(url, network or Network(), timeout))
+
+
+async def _ping(url: str, network: Network, timeout: float) -> int:
+    parts = urlsplit(url)
+    hidden = [url, parts.path.strip("/"), parts.query, *_proxy_secrets(network)]
+    shown = hidden_url(url)
+    transport = _default_transport(1, timeout, network, url.startswith("https://"))
+    try:
+        async with asyncio.timeout(timeout):
+            request = httpx2.Request("GET", url, headers={"user-agent": USER_AGENT})
+            response = await transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+    except (TimeoutError, httpx2.HTTPError, ValueError) as err:
+        failure = RequestFailed(
+            redact(f"GET {shown}: {type(err).__name__}: {err}", *hidden), Verdict.RETRY_LATER
+        )
+    else:
+        code = response.status_code
+        if 200 <= code < 300:
+            return code
+        failure = RequestFailed(f"GET {shown}: HTTP {code}", Verdict.RETRY_LATER, status=code)
+    finally:
+        await transport.aclose()
+    raise failure

@@ -26,15 +26,24 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound, StoreError
 from .connect import Database, now_iso, open_readonly, open_readwrite
 from .schema import INSERT, SCHEMA_VERSION, SELECT, STATES, Entry
 from .schema import row as job_row
 
+if TYPE_CHECKING:
+    from ..health import Figures
+
 __all__ = ["Entry", "STATES", "SCHEMA_VERSION", "Status", "Store", "now_iso"]
 
+#: Entries a relay accepted whose API id has not come back, through their partial index
+#: (without INDEXED BY, SQLite walks every synced entry by ``entries_state``: 160 ms a million).
+_UNCONFIRMED = (
+    "INDEXED BY entries_unconfirmed"
+    " WHERE state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL"
+)
 _SET_META = (
     "INSERT INTO meta (key, value) VALUES (?, ?)"
     " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
@@ -219,10 +228,7 @@ class Store(Database):
         """Entries a relay accepted whose API id has not come back: how many, and when the
         oldest was accepted (the partial index ``entries_unconfirmed``).
         """
-        row = self.read(
-            "SELECT count(*), min(synced_at) FROM entries"
-            " WHERE state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL"
-        )[0]
+        row = self.read(f"SELECT count(*), min(synced_at) FROM entries {_UNCONFIRMED}")[0]
         return int(row[0]), row[1]
 
     def missing(self) -> int:
@@ -233,12 +239,40 @@ class Store(Database):
         """When the oldest entry the API does not have yet (to logbook's knowledge) was
         recorded: pending, being sent, or accepted by a relay and not yet confirmed.
         """
-        unconfirmed = self.scalar(
-            "SELECT min(created_at) FROM entries"
-            " WHERE state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL"
-        )
-        found = [t for t in (self.oldest_pending(), unconfirmed) if t]
+        return self._oldest_undelivered(self._unconfirmed_scan()[1])
+
+    def _unconfirmed_scan(self) -> tuple[int, str | None]:
+        """How many entries are unconfirmed, and when the oldest was recorded: one pass over
+        the partial index (ids are in time order: the smallest id is the oldest).
+        """
+        count, first = self.read(f"SELECT count(*), min(id) FROM entries {_UNCONFIRMED}")[0]
+        if not count:
+            return 0, None
+        return int(count), self.scalar("SELECT created_at FROM entries WHERE id = ?", (first,))
+
+    def _oldest_undelivered(self, oldest_unconfirmed: str | None) -> str | None:
+        found = [t for t in (self.oldest_pending(), oldest_unconfirmed) if t]
         return min(found) if found else None
+
+    def figures(self) -> Figures:
+        """What the daemons' metrics, readiness and status line show: a few indexed reads."""
+        from ..health import Figures
+
+        unconfirmed, oldest_unconfirmed = self._unconfirmed_scan()
+        meta = {
+            r["key"]: r["value"]
+            for r in self.read(
+                "SELECT key, value FROM meta"
+                " WHERE key IN ('last_delivery', 'last_contact', 'last_sync')"
+            )
+        }
+        return Figures(
+            counts=self.counts(), unconfirmed=unconfirmed,
+            oldest_undelivered=self._oldest_undelivered(oldest_unconfirmed),
+            last_delivery=meta.get("last_delivery"),
+            last_contact=meta.get("last_contact"), last_sync=meta.get("last_sync"),
+            missing=self.missing(),
+        )  # fmt: skip
 
     def get_meta(self, key: str) -> str | None:
         return self.scalar("SELECT value FROM meta WHERE key = ?", (key,))  # type: ignore[no-any-return]

@@ -22,6 +22,7 @@ delivery exactly-once here:
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -169,6 +170,16 @@ _SETTLE = {
     "released": "UPDATE entries SET state = 'pending', lease_owner = NULL, lease_until = NULL"
     " WHERE id = ? AND state = 'sending' AND lease_owner = ?",
 }
+#: An entry is delivered once the API has it: synced straight to it, or through a relay that
+#: passed the API's id back.
+_DELIVERED = "state = 'synced' AND (via IS NULL OR upstream_id IS NOT NULL)"
+#: ``meta.last_delivery`` (what the daemons' metrics show, whichever process delivered): now,
+#: when one of the entries (ids as a JSON array) is delivered.
+_MARK_DELIVERY = (
+    "INSERT INTO meta (key, value) SELECT 'last_delivery', ? WHERE EXISTS (SELECT 1 FROM entries"
+    f" WHERE id IN (SELECT value FROM json_each(?)) AND {_DELIVERED})"
+    " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+)
 
 
 class Leases:
@@ -306,6 +317,9 @@ class Leases:
             for state, rows in params.items():
                 if rows:
                     written[state] = conn.executemany(_SETTLE[state], rows).rowcount
+            if written.get("synced"):
+                ids = json.dumps([row[-2] for row in params["synced"]])  # the entry ids
+                conn.execute(_MARK_DELIVERY, (stamp, ids))
         return written
 
     # --- what is due ---------------------------------------------------------------------
@@ -444,11 +458,16 @@ class Leases:
                 params["missing"].append((stamp, stamp, c.entry_id))
             else:
                 raise ValueError(f"unknown refresh kind {c.kind!r}")
+        # Entries whose API id comes back now: delivered now (not those that had it already).
+        confirming = json.dumps([c.entry_id for c in changes if c.upstream_id is not None])
         written: dict[str, int] = {}
         with self.store.write() as conn:
+            newly = confirming != "[]" and conn.execute(_CONFIRMING, (confirming,)).fetchone()
             for kind, rows in params.items():
                 if rows:
                     written[kind] = conn.executemany(_REFRESHED[kind], rows).rowcount
+            if newly:
+                conn.execute(_MARK_DELIVERY, (stamp, confirming))
         return written
 
 
@@ -456,6 +475,9 @@ class Leases:
 _CONFIRMED = "(via IS NULL OR upstream_id IS NOT NULL)"
 #: Synced through a relay, and the API's id not back yet (the partial index's condition).
 _UNCONFIRMED = "state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL"
+_CONFIRMING = (
+    f"SELECT 1 FROM entries WHERE id IN (SELECT value FROM json_each(?)) AND {_UNCONFIRMED} LIMIT 1"
+)
 _REFRESHED = {
     "status": "UPDATE entries SET remote_status = ?, upstream_id = coalesce(?, upstream_id),"
     " refreshed_at = ? WHERE id = ? AND state = 'synced'",

@@ -274,6 +274,11 @@ class Watcher:
         self.store: Store | None = None
         self.cwd = os.getcwd()
         self.reported: set[str] = set()  # what is not a file, said once per run
+        #: Called on every turn of the loop (and per file of a scan): systemd's watchdog and
+        #: /healthz follow it (``monitor.Monitor.heartbeat``).
+        self.heartbeat: Callable[[], None] = _nothing
+        #: Called once the observer runs, before the catch-up scan (READY=1 for systemd).
+        self.on_watching: Callable[[], None] = _nothing
 
     def show(self, path: str) -> str:
         """A path as the user would type it (relative below the cwd), printable whatever its
@@ -368,6 +373,7 @@ class Watcher:
         for path, st in walk(
             top, self.patterns, exclude=self.exclude, sort=False, skipped=self.skipped
         ):
+            self.heartbeat()  # a long scan is the loop at work, not a hung loop
             seen = self.store.ledger.seen(path)
             if seen is not None and seen.unchanged(FileState.of(st)):
                 continue
@@ -451,10 +457,12 @@ class Watcher:
         )  # fmt: skip
         if self.syncer is not None:
             self.syncer.start()
+        self.on_watching()
         self._catch_up()
         next_rescan = time.monotonic() + self.rescan_every
         next_health = time.monotonic() + HEALTH_INTERVAL
         while not self.stop_flag.is_set():
+            self.heartbeat()
             now = time.monotonic()
             wait = min(MAX_WAIT, next_health - now, next_rescan - now)
             due = self.settler.next_due()
@@ -491,6 +499,7 @@ class Watcher:
             # Until the files found are read; one still being written (a log appended for
             # ever) is a live file from then on, left to the loop: it never holds up the rest.
             while self.settler.backlog(scanned) and not self.stop_flag.is_set():
+                self.heartbeat()
                 self._drain(0.0)
                 self.recorder.check_due(budget=1.0)
                 due = self.settler.next_due()
@@ -517,6 +526,10 @@ class Watcher:
                 item = self.events.get_nowait()
             except queue.Empty:
                 return
+
+
+def _nothing() -> None:
+    """The default hook: no watchdog, nobody to tell."""
 
 
 def check_dirs(roots: Sequence[str]) -> None:

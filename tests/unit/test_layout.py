@@ -142,11 +142,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("cli", "logbook"),
     ("api", "watch", "relay", "doctor", "emulator"),
-    ("engine", "importer"),
+    ("engine", "importer", "monitor"),
     ("client", "store", "ingest", "server"),
-    ("models", "progress", "fsinfo"),
+    ("models", "progress", "fsinfo", "health"),
     ("jobs", "config"),
-    ("errors", "vocab", "redact"),
+    ("errors", "vocab", "redact", "notify"),
 )
 
 
