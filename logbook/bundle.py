@@ -301,9 +301,10 @@ def _records(
         if doc.get("kind") == END:
             if doc.get("sha256") != body.hexdigest():
                 raise BadInput(f"{path} is damaged: its checksum does not match; copy it again")
-            if doc.get("jobs") != n or manifest.jobs != n:
-                raise BadInput(f"{path} is damaged: it holds {n} jobs, its end line says"
-                               f" {_show(doc.get('jobs'))}; copy it again")  # fmt: skip
+            for where, said in (("end line", doc.get("jobs")), ("manifest", manifest.jobs)):
+                if said != n:
+                    raise BadInput(f"{path} is damaged: it holds {n} jobs, its {where} says"
+                                   f" {_show(said)}; copy it again")  # fmt: skip
             if next(lines, None) is not None:
                 raise BadInput(f"{path} is damaged: there is more after its end; copy it again")
             return
