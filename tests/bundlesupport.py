@@ -47,6 +47,17 @@ def write_lines(path: Path, manifest: dict[str, Any], records: list[dict[str, An
     path.write_bytes(gzip.compress(body + (json.dumps(end) + "\n").encode()))
 
 
+def replace_job(path: Path, number: int, job: dict[str, Any]) -> None:
+    """Job ``number`` (from 1) replaced, with its checksum and the end line made anew: every
+    other byte stays as it was."""
+    lines = gzip.decompress(path.read_bytes()).splitlines(keepends=True)
+    line = job_line(job)
+    lines[number] = f'{{"sha256":"{line["sha256"]}","job":{canonical(job)}}}\n'.encode()
+    body = b"".join(lines[:-1])
+    end = {"kind": "end", "jobs": len(lines) - 2, "sha256": hashlib.sha256(body).hexdigest()}
+    path.write_bytes(gzip.compress(body + (json.dumps(end) + "\n").encode()))
+
+
 def damaged_forms(data: bytes) -> Iterator[tuple[str, bytes]]:
     """Every cut (each length short of the whole) and every single-byte flip (each bit, and
     all eight bits, at each position) of ``data``.

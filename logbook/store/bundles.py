@@ -140,21 +140,20 @@ class Bundles:
     def record(
         self, jobs: Sequence[Mapping[str, Any]], source: str
     ) -> tuple[int, list[tuple[int, dict[str, Any]]]]:
-        """Insert ``jobs`` in one transaction; returns how many were new and, for each one
-        already held, ``(its index, the job the store holds)``.
+        """Insert ``jobs`` in one transaction; returns how many were new and, when some were
+        held already, ``(index, the job the store holds)`` for every one of them (ours or
+        theirs: the caller compares).
         """
         stamp = now_iso()
-        held: list[tuple[int, dict[str, Any]]] = []
-        created = 0
         with self.store.write() as conn:
-            for i, job in enumerate(jobs):
-                if conn.execute(_INSERT, job_row(job, stamp, source)).rowcount == 1:
-                    created += 1
-                    continue
-                found = conn.execute(
-                    f"SELECT {_JOB_LIST}{_BY_KEY}", (job["experiment_id"], job["hash"])
-                ).fetchone()
-                held.append((i, job_of(tuple(found))))
+            created = conn.executemany(_INSERT, [job_row(j, stamp, source) for j in jobs]).rowcount
+            if created == len(jobs):
+                return created, []
+            sql = f"SELECT {_JOB_LIST}{_BY_KEY}"
+            held = [
+                (i, job_of(tuple(conn.execute(sql, (j["experiment_id"], j["hash"])).fetchone())))
+                for i, j in enumerate(jobs)
+            ]
         return created, held
 
     def apply(self, outcomes: Sequence[Outcome]) -> list[str]:

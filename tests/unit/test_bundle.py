@@ -22,6 +22,7 @@ from bundlesupport import (
     job_line,
     read_lines,
     receipt_lines,
+    replace_job,
     write_lines,
 )
 from support import prepared_job
@@ -33,6 +34,7 @@ from logbook.bundle import (
     export_bundle,
     import_bundle,
     make_receipt,
+    verify_bundle,
 )
 from logbook.errors import BadInput
 from logbook.store import Store
@@ -270,6 +272,22 @@ def test_an_edited_job_is_refused_by_its_checksum_even_recompressed(
     with pytest.raises(BadInput, match="holds 2 jobs"):
         import_bundle(b, str(tmp_path / "edited.bundle"))
     assert jobs_of(b) == {}
+
+
+def test_a_bundle_that_changes_between_verifying_and_recording_stops_where_it_changed(
+    a: Store, b: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is recorded is what was verified: batches up to the change, each job as exported."""
+    monkeypatch.setattr(bundle_module, "BATCH", 2)
+    keys = record(a, *(prepared_job(i) for i in range(5)))
+    path = tmp_path / "x.bundle"
+    export_bundle(a, str(path))
+    verified = verify_bundle(str(path))
+    job = read_lines(path)[4]["job"]
+    replace_job(path, 4, {**job, "name": "swapped on the stick"})  # well-formed, not verified
+    with pytest.raises(BadInput, match="changed while being imported: 2 jobs recorded"):
+        import_bundle(b, str(path), verified=verified)
+    assert jobs_of(b) == {k: j for k, j in jobs_of(a).items() if k in keys[:2]}
 
 
 def test_every_damaged_form_of_a_bundle_is_refused_or_taken_whole(
