@@ -57,10 +57,11 @@ def export(c: Ctx, file: str, as_json: bool) -> None:
     from ..bundle import export_bundle
     from ..progress import Progress
 
-    store = _store(c)
+    db = c.config().db
+    store = c.open() if db.exists() else None  # no store: nothing to carry, and none made
     progress = Progress()
     with c.progress(progress, "jobs", as_json=as_json):
-        done = export_bundle(store, file, progress=progress)
+        done = None if store is None else export_bundle(store, file, progress=progress)
     if as_json:
         print_json(done.to_dict() if done else {"path": None, "jobs": 0})
     elif done is None:
@@ -161,7 +162,14 @@ def apply(c: Ctx, receipt_file: str, as_json: bool) -> None:
       logbook bundle apply /media/usb/lab-pc-3.receipt && logbook status
     """
     from ..bundle import apply_receipt
+    from ..errors import BadInput
 
+    db = c.config().db
+    if not db.exists():
+        raise BadInput(
+            f"no store at {db}: apply a receipt on the machine that exported its bundle"
+            " (--db or LOGBOOK_HOME naming its store)"
+        )
     done = apply_receipt(_store(c), receipt_file)
     if as_json:
         print_json(done.to_dict())

@@ -9,6 +9,7 @@ processes and the emulator is ``tests/e2e/test_bundle.py``.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator
@@ -477,3 +478,36 @@ def test_neither_file_holds_anything_but_jobs_ids_and_states(
     for d in read_lines(tmp_path / "x.receipt")[1:-1]:
         assert set(d) == {"experiment_id", "hash", "sha256", "outcome", "state", "remote_id",
                           "remote_status", "synced_at", "reason"}  # fmt: skip
+
+
+# --- the commands (in-process) ---------------------------------------------------------------
+
+
+def test_commands_create_no_store_where_there_is_none(
+    cli_runner: Any, logbook_home: Path, tmp_path: Path
+) -> None:
+    out = cli_runner("bundle", "export", tmp_path / "x.bundle")
+    assert out.exit_code == 0 and "nothing to export" in out.stdout
+    assert not (tmp_path / "x.bundle").exists() and not (logbook_home / "logbook.db").exists()
+    (tmp_path / "r").write_bytes(b"")
+    out = cli_runner("bundle", "apply", tmp_path / "r")
+    assert out.exit_code == 2 and "no store at" in out.stderr
+    assert not (logbook_home / "logbook.db").exists()
+
+
+def test_status_shows_the_last_export_and_receipt_after_its_other_keys(
+    cli_runner: Any, logbook_home: Path, tmp_path: Path
+) -> None:
+    assert cli_runner("record", "-e", "bell", "--results", '{"00": 1}').exit_code == 0
+    status = json.loads(cli_runner("status", "--json").stdout)
+    assert list(status)[-2:] == ["last_bundle_export", "last_receipt_applied"]
+    assert status["last_bundle_export"] is None and "last bundle" not in cli_runner("status").stdout
+    out = cli_runner("bundle", "export", tmp_path / "x.bundle", "--json")
+    exported = json.loads(out.stdout)
+    assert exported["jobs"] == 1 and exported["sha256"] == hashlib.sha256(
+        (tmp_path / "x.bundle").read_bytes()).hexdigest()  # fmt: skip
+    status = json.loads(cli_runner("status", "--json").stdout)
+    assert status["last_bundle_export"] == exported["created"]
+    assert status["last_receipt_applied"] is None
+    text = cli_runner("status").stdout
+    assert f"last bundle:    {exported['created']}" in text and "last receipt:   never" in text
