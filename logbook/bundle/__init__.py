@@ -298,6 +298,9 @@ def _what_became(
     if job_digest(held) != digest:
         line.update(outcome="rejected", reason=f"the store {made_in} holds another job under"
                     " this experiment_id and hash (other content)")  # fmt: skip
+    elif here["missing_at"]:
+        line.update(outcome="waiting", reason="the API no longer has it (`logbook retry"
+                    " --missing` there sends it again)")  # fmt: skip
     elif here["state"] == "synced" and (here["via"] is None or here["upstream_id"]):
         api_id = here["remote_id"] if here["via"] is None else here["upstream_id"]
         line.update(outcome="synced", remote_id=api_id, remote_status=here["remote_status"],

@@ -35,7 +35,7 @@ from .schema import row as job_row
 CARRIED = "state IN ('pending', 'sending')"
 _JOB_LIST = ", ".join(JOB_FIELDS)
 _BY_KEY = " FROM entries WHERE experiment_id = ? AND hash = ?"
-_HERE = "state, remote_id, remote_status, upstream_id, via, synced_at, last_error"
+_HERE = "state, remote_id, remote_status, upstream_id, via, synced_at, last_error, missing_at"
 _INSERT = (
     f"INSERT INTO entries ({', '.join(INSERT_COLUMNS)}, maybe_sent)"
     f" VALUES ({', '.join('?' * len(INSERT_COLUMNS))}, 1)"

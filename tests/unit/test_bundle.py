@@ -345,6 +345,8 @@ def test_a_job_counts_as_synced_only_when_the_api_has_it_and_logbook_knows_it(
     synced_on_b(b, trip[1], "relay-9", via="http://relay", upstream_id="srv-1")  # confirmed
     synced_on_b(b, trip[2], "relay-10", via="http://relay")  # the relay has it; the API?
     set_row(b, trip[3], state="rejected", last_error="HTTP 422: results must be JSON text")
+    synced_on_b(b, trip[4], "srv-4")
+    set_row(b, trip[4], missing_at="2026-01-03T00:00:00Z")  # a refresh found the API lost it
     done = make_receipt(b, str(tmp_path / "x.bundle"), str(tmp_path / "x.receipt"))
     assert done.outcomes == {"synced": 2, "rejected": 1, "waiting": 2, "absent": 0}
     lines = receipt_lines(tmp_path / "x.receipt")
