@@ -36,10 +36,24 @@ CARRIED = "state IN ('pending', 'sending')"
 _JOB_LIST = ", ".join(JOB_FIELDS)
 _BY_KEY = " FROM entries WHERE experiment_id = ? AND hash = ?"
 _HERE = "state, remote_id, remote_status, upstream_id, via, synced_at, last_error, missing_at"
-_INSERT = (
-    f"INSERT INTO entries ({', '.join(INSERT_COLUMNS)}, maybe_sent)"
-    f" VALUES ({', '.join('?' * len(INSERT_COLUMNS))}, 1)"
+_INSERT_LIST = ", ".join(INSERT_COLUMNS)
+_BATCH_TABLE = (
+    f"CREATE TEMP TABLE IF NOT EXISTS bundle_batch (seq INTEGER PRIMARY KEY, {_INSERT_LIST})"
+)
+_STAGE = (
+    f"INSERT INTO temp.bundle_batch (seq, {_INSERT_LIST})"
+    f" VALUES (?, {', '.join('?' * len(INSERT_COLUMNS))})"
+)
+#: Imported entries are flagged maybe_sent: looked up before their first post.
+_COPY = (
+    f"INSERT INTO main.entries ({_INSERT_LIST}, maybe_sent)"
+    f" SELECT {_INSERT_LIST}, 1 FROM temp.bundle_batch ORDER BY seq"
     " ON CONFLICT(experiment_id, hash) DO NOTHING"
+)
+_HELD = (
+    "SELECT b.seq, " + ", ".join(f"e.{f}" for f in JOB_FIELDS) + " FROM temp.bundle_batch b"
+    " JOIN main.entries e ON e.experiment_id = b.experiment_id AND e.hash = b.hash"
+    " ORDER BY b.seq"
 )
 _SET_META = (
     "INSERT INTO meta (key, value) VALUES (?, ?)"
@@ -93,6 +107,7 @@ class Bundles:
 
     def __init__(self, store: Database) -> None:
         self.store = store
+        self._staging = False
 
     @contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
@@ -143,18 +158,32 @@ class Bundles:
         """Insert ``jobs`` in one transaction; returns how many were new and, when some were
         held already, ``(index, the job the store holds)`` for every one of them (ours or
         theirs: the caller compares).
+
+        The batch goes through a temporary table (in memory) and ONE ``INSERT ... SELECT``:
+        an ``executemany`` is a statement per row, and with the counting triggers each
+        statement journals the pages it touches again (14 writes a row to a temporary file).
         """
         stamp = now_iso()
+        self._stage()
         with self.store.write() as conn:
-            created = conn.executemany(_INSERT, [job_row(j, stamp, source) for j in jobs]).rowcount
-            if created == len(jobs):
-                return created, []
-            sql = f"SELECT {_JOB_LIST}{_BY_KEY}"
-            held = [
-                (i, job_of(tuple(conn.execute(sql, (j["experiment_id"], j["hash"])).fetchone())))
-                for i, j in enumerate(jobs)
-            ]
+            conn.executemany(_STAGE, [(i, *job_row(j, stamp, source)) for i, j in enumerate(jobs)])
+            created = conn.execute(_COPY).rowcount
+            held: list[tuple[int, dict[str, Any]]] = []
+            if created < len(jobs):
+                held = [(r[0], job_of(tuple(r)[1:])) for r in conn.execute(_HELD)]
+            conn.execute("DELETE FROM temp.bundle_batch")
         return created, held
+
+    def _stage(self) -> None:
+        """The temporary table a batch passes through (once per connection, in memory)."""
+        if self._staging:
+            return
+        try:
+            self.store.conn.execute("PRAGMA temp_store = MEMORY")
+            self.store.conn.execute(_BATCH_TABLE)
+        except sqlite3.Error as err:
+            raise translate(err, self.store.path) from None
+        self._staging = True
 
     def apply(self, outcomes: Sequence[Outcome]) -> list[str]:
         """Write a batch of a receipt's outcomes in one transaction; returns, for each, what
