@@ -190,7 +190,7 @@ def import_bundle(
             else:
                 batch.append((n, job, digest))
             if n % BATCH == 0:
-                _same(path, records.digest(), v.marks[n // BATCH - 1])
+                _same(path, records.digest(), v.marks[min(n // BATCH, len(v.marks)) - 1])
                 _record(store, batch, source, report)
                 batch = []
             step.done = n
