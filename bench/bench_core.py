@@ -11,6 +11,11 @@
 3. ``logbook status --json`` and ``logbook list --limit 20 --json`` on a store of
    1,000,000 entries (median of 7 runs): <= 0.3 s each; ``logbook --help``:
    <= 0.15 s.  Each is also shown against a bare ``python -c pass``.
+4. ``logbook bundle export`` of 100,000 pending entries (<= 5 s) and ``logbook bundle
+   import`` of that bundle, verify + record (<= 10 s), CLI wall time, best of 3, each
+   against the same run's ``logbook export --format jsonl`` and ``logbook import`` of the
+   same jobs; memory flat: the peak RSS of both for 100,000 entries within 1.5x their
+   peak RSS for 10,000.
 
 Prints PASS/FAIL per target; exits 1 when any target is missed.
 """
@@ -163,6 +168,101 @@ def bench_import(tmp: Path, n: int) -> None:
     verdict("import vs raw executemany", ratio >= 0.5, f"ratio {ratio:.2f} (target >= 0.5)")
 
 
+# --- 4. bundles ---------------------------------------------------------------------------
+
+
+def _wall_rss(cmd: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Wall time, CPU time (user + system, its children's included) and peak RSS (MB,
+    sampled every 10 ms) of one command, stdout thrown away.
+
+    RSS sampled, not ``ru_maxrss``: Linux keeps a process's high-water mark across exec,
+    so a child would report this benchmark's own memory.  CPU time is the figure that the
+    machine's other load disturbs least.
+    """
+    import psutil
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    watch, peak = psutil.Process(proc.pid), 0
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        try:
+            peak = max(peak, watch.memory_info().rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.01)
+    took = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err.strip()}")
+    return took, usage.ru_utime + usage.ru_stime, peak / 2**20
+
+
+def _bundle_store(path: Path, jsonl: Path, n: int) -> None:
+    """A store of ``n`` pending entries and the same jobs as a JSON Lines file."""
+    from logbook.jobs import prepare
+    from logbook.store import Store
+
+    jobs = [
+        prepare({"experiment_id": "bench", "name": f"job {i}", "device_id": "sim",
+                 "results": json.dumps({"00": i % 1000, "11": 1000 - i % 1000}),
+                 "shots": "[1000]", "metrics": {"i": i}})
+        for i in range(n)
+    ]  # fmt: skip
+    with Store(path) as store:
+        store.record_many(jobs)
+    with jsonl.open("w") as fh:
+        fh.writelines(json.dumps(j) + "\n" for j in jobs)
+
+
+def _bundle_round(tmp: Path, n: int, runs: int) -> dict[str, tuple[float, float, float]]:
+    """Best wall time of each of the four commands, with that run's CPU time and peak RSS."""
+    src, jsonl = tmp / f"a-{n}.db", tmp / f"jobs-{n}.jsonl"
+    _bundle_store(src, jsonl, n)
+    env = _env(tmp / "home")
+    lb = [sys.executable, "-m", "logbook"]
+    best: dict[str, tuple[float, float, float]] = {}
+    for r in range(runs):  # interleaved, so the machine's load falls on both alike
+        bundle = tmp / f"{n}-{r}.bundle"
+        for label, cmd in (
+            ("export jsonl", [*lb, "--db", str(src), "export", "--format", "jsonl"]),
+            ("bundle export", [*lb, "--db", str(src), "bundle", "export", str(bundle)]),
+            ("import", [*lb, "--db", str(tmp / f"i-{n}-{r}.db"), "import", str(jsonl)]),
+            ("bundle import", [*lb, "--db", str(tmp / f"b-{n}-{r}.db"), "bundle", "import",
+                               str(bundle)]),
+        ):  # fmt: skip
+            got = _wall_rss(cmd, env)
+            best[label] = min(best.get(label, got), got)
+    with sqlite3.connect(tmp / f"b-{n}-0.db") as conn:
+        if conn.execute("SELECT count(*) FROM entries").fetchone()[0] != n:
+            raise RuntimeError("the bundle import did not record every job")
+    return best
+
+
+def bench_bundle(tmp: Path, n: int, runs: int = 3) -> None:
+    print(f"logbook bundle export / import of {n:,} entries (CLI wall time, best of {runs})")
+    big = _bundle_round(tmp, n, runs)
+    small = _bundle_round(tmp, n // 10, 1)
+    for ours, ref, target in (
+        ("bundle export", "export jsonl", 5.0), ("bundle import", "import", 10.0)
+    ):  # fmt: skip
+        took, cpu, rss = big[ours]
+        ref_took, ref_cpu, _ = big[ref]
+        print(f"  {ref}: {ref_took:.2f} s ({n / ref_took:,.0f}/s, CPU {ref_cpu:.2f} s)   {ours}:"
+              f" {took:.2f} s ({n / took:,.0f}/s, CPU {cpu:.2f} s): {took / ref_took:.2f}x its"
+              f" time, {cpu / ref_cpu:.2f}x its CPU")  # fmt: skip
+        verdict(f"{ours} of {n:,}", took <= target, f"{took:.2f} s (target <= {target:.0f} s)")
+        growth = rss / small[ours][2]
+        verdict(
+            f"{ours} memory", growth <= 1.5,
+            f"peak RSS {rss:.0f} MB for {n:,}, {small[ours][2]:.0f} MB for {n // 10:,}:"
+            f" {growth:.2f}x (target <= 1.5x)",
+        )  # fmt: skip
+
+
 # --- 3. commands on a large store -----------------------------------------------------------
 
 
@@ -243,14 +343,15 @@ def bench_commands(tmp: Path, n: int, runs: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--quick", action="store_true", help="Smaller sizes, for a smoke run.")
-    p.add_argument("--only", choices=("log", "import", "commands"), action="append")
+    p.add_argument("--only", choices=("log", "import", "commands", "bundle"), action="append")
     args = p.parse_args(argv)
     scale = 10 if args.quick else 1
-    only = set(args.only or ("log", "import", "commands"))
+    only = set(args.only or ("log", "import", "commands", "bundle"))
     steps: dict[str, Callable[[Path], None]] = {
         "log": lambda tmp: bench_log(tmp, 5_000 // scale),
         "import": lambda tmp: bench_import(tmp, 100_000 // scale),
         "commands": lambda tmp: bench_commands(tmp, 1_000_000 // scale, 7),
+        "bundle": lambda tmp: bench_bundle(tmp, 100_000 // scale),
     }
     with tempfile.TemporaryDirectory(prefix="logbook-bench-") as tmp:
         for name, step in steps.items():

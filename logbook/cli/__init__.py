@@ -9,6 +9,7 @@ This package is the only code that prints or exits.  Its rooms:
 - ``entries.py``: record, import, list, show, status, export, retry;
 - ``sync.py``: sync and watch;
 - ``relay.py``: the relay group (serve, keys, doctor, status);
+- ``bundle.py``: the bundle group (export, import, receipt, apply: air-gapped machines);
 - ``settings.py``: config, path, completion, doctor;
 - ``units.py``: the systemd units ``--print-unit`` prints.
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import click
 
-from . import entries, relay, settings, sync
+from . import bundle, entries, relay, settings, sync
 from .context import Ctx, RootGroup, global_options
 from .output import Terminated
 
@@ -57,7 +58,7 @@ cli.params[:0] = global_options()
 for command in (
     entries.record, entries.import_, entries.list_, entries.show, entries.status,
     entries.export, settings.path, settings.config_, settings.completion, entries.retry,
-    sync.sync, sync.watch, relay.relay, settings.doctor,
+    sync.sync, sync.watch, relay.relay, bundle.bundle, settings.doctor,
 ):  # fmt: skip
     cli.add_command(command)
 

@@ -296,6 +296,9 @@ def status(c: Ctx, as_json: bool, max_lag: float | None) -> None:
         )
     if data.get("invalid_files"):
         click.echo(f"invalid files:  {data['invalid_files']} (`logbook doctor` lists them)")
+    if data["last_bundle_export"] or data["last_receipt_applied"]:  # an air-gapped machine
+        click.echo(f"last bundle:    {data['last_bundle_export'] or 'never'} (exported)")
+        click.echo(f"last receipt:   {data['last_receipt_applied'] or 'never'} (applied)")
     click.echo(data["verdict"])
 
 

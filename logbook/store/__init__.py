@@ -16,8 +16,9 @@ Rules it keeps:
 - The file is created with mode 0600 (it holds lab results).
 
 ``Store`` holds the connection and the entries; ``store.leases`` (the sync
-protocol, ``leases.py``) and ``store.ledger`` (the watcher's files,
-``ledger.py``) work on the same connection.  One ``Store`` per thread: a
+protocol, ``leases.py``), ``store.ledger`` (the watcher's files,
+``ledger.py``) and ``store.bundles`` (bundles and receipts, ``bundles.py``)
+work on the same connection.  One ``Store`` per thread: a
 sqlite3 connection is bound to the thread that made it.
 """
 
@@ -65,13 +66,17 @@ class Status:
     oldest_unconfirmed: str | None = None
     #: Direct to the API: synced entries the API answered 404 for.
     missing: int = 0
+    #: An air-gapped machine: when the last bundle was exported, the last receipt applied.
+    last_bundle_export: str | None = None
+    last_receipt_applied: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "db": self.db, "counts": self.counts, "oldest_pending": self.oldest_pending,
             "last_sync": self.last_sync, "invalid_files": self.invalid_files,
             "unconfirmed": self.unconfirmed, "oldest_unconfirmed": self.oldest_unconfirmed,
-            "missing": self.missing,
+            "missing": self.missing, "last_bundle_export": self.last_bundle_export,
+            "last_receipt_applied": self.last_receipt_applied,
         }  # fmt: skip
 
 
@@ -87,6 +92,7 @@ class Store(Database):
     def __init__(
         self, path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False
     ) -> None:
+        from .bundles import Bundles
         from .leases import Leases
         from .ledger import Ledger
         from .relay import RelayJobs, RelayKeys
@@ -112,6 +118,7 @@ class Store(Database):
         self.ledger = Ledger(self)
         self.keys = RelayKeys(self)
         self.relay = RelayJobs(self)
+        self.bundles = Bundles(self)
 
     def __enter__(self) -> Store:
         return self
@@ -308,6 +315,8 @@ class Store(Database):
             unconfirmed=unconfirmed,
             oldest_unconfirmed=oldest_unconfirmed,
             missing=self.missing(),
+            last_bundle_export=self.get_meta("last_bundle_export"),
+            last_receipt_applied=self.get_meta("last_receipt_applied"),
         )
 
     def integrity(self) -> str:

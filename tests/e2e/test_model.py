@@ -52,6 +52,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from adversary import closed_port
+from bundlesupport import bundle_jobs, read_lines
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
@@ -234,7 +236,153 @@ def checked(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class LogbookMachine(RuleBasedStateMachine):
+# --- bundles: an air-gapped machine ----------------------------------------------------------
+#
+# A second home, A, never online (no key; its endpoint a closed port), records jobs of its own
+# (some also recorded on the main machine, B).  Its bundles are imported into B (any bundle,
+# again and again, in any order), B makes receipts for them, and A applies them (any
+# receipt, in any order, older ones too).  The invariant: one job per key upstream, and an
+# applied receipt never contradicts the server (every entry A holds as synced carries the id
+# of the server's job for its key).  The files never hold the key.
+
+
+class BundleRules(RuleBasedStateMachine):
+    """The bundle rules, mixed into ``LogbookMachine`` (they use its helpers and its model)."""
+
+    # What LogbookMachine gives these rules.
+    tmp: Path
+    db: Path
+    key: str
+    emu: EmulatorProcess
+    model: set[Identity]
+    docs: list[dict[str, Any]]
+
+    def gap(self) -> Path:
+        """A's home, made on first use."""
+        home = self.tmp / "gap"
+        if not hasattr(self, "gap_docs"):
+            home.mkdir()
+            self.gap_docs: dict[Identity, dict[str, Any]] = {}
+            self.bundles: list[Path] = []
+            self.receipts: list[Path] = []
+            self.gap_env = {"HAIQU_EDGE_URI": f"http://127.0.0.1:{closed_port()}"}
+        return home
+
+    def gap_run(self, *args: str | Path) -> Run:
+        res = cli(self.gap(), *args, env=self.gap_env)
+        self.keep(f"A: logbook {' '.join(map(str, args[:2]))}", res.out, res.err)
+        assert_no_traceback(res.err)
+        return res
+
+    def gap_rows(self) -> list[sqlite3.Row]:
+        db = self.gap() / "logbook.db"
+        if not db.exists():
+            return []
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            return conn.execute(
+                "SELECT experiment_id, hash, state, remote_id FROM entries ORDER BY id"
+            ).fetchall()
+        finally:
+            conn.close()
+
+    def gap_record(self, docs: list[dict[str, Any]], dups: list[int]) -> None:
+        """A records jobs (``logbook import``), some of them ones B recorded too."""
+        docs = docs + [self.docs[p % len(self.docs)] for p in dups if self.docs]
+        if not docs:
+            return
+        path = self.gap().parent / f"gap-{self.next_serial()}.jsonl"
+        path.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+        res = self.gap_run("import", path)
+        assert res.code == 0, res
+        for d in docs:
+            self.gap_docs[identity(d)] = d
+
+    @rule(docs=st.lists(job_docs(), max_size=3), dups=st.lists(st.integers(0, 10**6), max_size=2))
+    @tracked
+    def bundle_export(self, docs: list[dict[str, Any]], dups: list[int]) -> None:
+        """A records a few jobs (or none), then exports every entry not yet synced."""
+        if docs or dups:
+            self.gap_record(docs, dups)
+        path = self.gap().parent / f"b-{self.next_serial()}.bundle"
+        res = self.gap_run("bundle", "export", path, "--json")
+        assert res.code == 0, res
+        left = {(r["experiment_id"], r["hash"]) for r in self.gap_rows()
+                if r["state"] in ("pending", "sending")}  # fmt: skip
+        assert set(bundle_jobs(path)) == left if left else not path.exists(), res
+        if left:
+            self.bundles.append(path)
+            STATS["events"]["bundle-exported"] += 1
+
+    @precondition(lambda self: getattr(self, "bundles", None))
+    @rule(pick=st.integers(0, 10**6))
+    @tracked
+    def bundle_import(self, pick: int) -> None:
+        """B imports one of A's bundles (an old one, or one imported before, is harmless)."""
+        path = self.bundles[pick % len(self.bundles)]
+        res = self.run("bundle", "import", str(path), "--json")
+        assert res.code == 0, res
+        carried = bundle_jobs(path)
+        assert res.json()["new"] == len(set(carried) - self.model), res
+        for ident in carried:
+            self.recorded(self.gap_docs[ident])
+
+    @precondition(lambda self: getattr(self, "bundles", None) and self.db.exists())
+    @rule(pick=st.integers(0, 10**6), older=st.booleans())
+    @tracked
+    def bundle_apply(self, pick: int, older: bool) -> None:
+        """B makes a receipt for one of the bundles; A applies it (or an earlier receipt)."""
+        bundle = self.bundles[pick % len(self.bundles)]
+        receipt = bundle.with_suffix(f".{self.next_serial()}.receipt")
+        res = self.run("bundle", "receipt", str(bundle), "-o", str(receipt))
+        assert res.code == 0, res
+        self.receipts.append(receipt)
+        if older and len(self.receipts) > 1:
+            receipt = self.receipts[pick % len(self.receipts)]
+            STATS["events"]["receipt-older"] += 1
+        res = self.gap_run("bundle", "apply", receipt, "--json")
+        assert res.code == 0, res
+
+    @invariant()
+    @checked
+    def a_receipt_never_contradicts_the_server(self) -> None:
+        if not hasattr(self, "gap_docs"):
+            return
+        server = {(j["experiment_id"], j["hash"]): j["id"] for j in self.emu.jobs()}
+        rows = self.gap_rows()
+        held = Counter((r["experiment_id"], r["hash"]) for r in rows)
+        assert held == Counter(list(self.gap_docs)), held
+        for r in rows:
+            if r["state"] == "synced":
+                assert r["remote_id"] == server.get((r["experiment_id"], r["hash"])), dict(r)
+        for path in self.bundles + self.receipts:
+            assert_no_key(json.dumps(read_lines(path)), self.key, str(path))
+
+    def bundle_final_checks(self) -> None:
+        """After the final sync: A's last bundle goes through B, and its receipt makes every
+        entry of A synced with the server's id, one job per key upstream."""
+        if not hasattr(self, "gap_docs"):
+            return
+        assert self.gap_run("retry", "--all").code == 0
+        self.bundle_export([], [])
+        if self.gap_rows() and any(r["state"] != "synced" for r in self.gap_rows()):
+            self.bundle_import(len(self.bundles) - 1)
+            for _ in range(8):
+                res = self.run("--stats", "0", "sync", "--json", timeout=SYNC_TIMEOUT)
+                assert res.code in (0, 1), res
+                if res.code == 0:
+                    break
+            self.bundle_apply(len(self.bundles) - 1, False)
+        server = {(j["experiment_id"], j["hash"]): j["id"] for j in self.emu.jobs()}
+        stats = self.emu.stats()
+        assert stats["duplicates"] == 0, stats["duplicate_keys"]
+        for r in self.gap_rows():
+            assert r["state"] == "synced", dict(r)
+            assert r["remote_id"] == server[(r["experiment_id"], r["hash"])], dict(r)
+
+
+class LogbookMachine(BundleRules, RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         STATS["examples"] += 1
@@ -915,6 +1063,7 @@ class LogbookMachine(RuleBasedStateMachine):
             assert r["remote_id"] == server[(r["experiment_id"], r["hash"])], dict(r)
         for text in [*self.emulator_logs, self.emulator_stderr()]:
             assert_no_key(text, self.key, "the emulator's stderr")
+        self.bundle_final_checks()
 
     def final_lab2(self) -> None:
         """The lab behind the relay: every entry confirmed, each job upstream once."""

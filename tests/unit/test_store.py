@@ -134,7 +134,14 @@ def test_counts_and_status(store: Store, owner: str) -> None:
     d = store.status().to_dict()
     # the contract's keys first, in its order; more may follow
     assert list(d)[:4] == ["db", "counts", "oldest_pending", "last_sync"]
-    assert list(d)[4:] == ["invalid_files", "unconfirmed", "oldest_unconfirmed", "missing"]
+    assert list(d)[4:] == [
+        "invalid_files",
+        "unconfirmed",
+        "oldest_unconfirmed",
+        "missing",
+        "last_bundle_export",
+        "last_receipt_applied",
+    ]
     assert d["counts"] == store.counts() and d["last_sync"] == "2025-01-02T00:00:00Z"
 
 
