@@ -348,6 +348,12 @@ class Leases:
         )
         return int(due) + len(self._stale(now))
 
+    def any_due(self, now: float | None = None) -> bool:
+        """Whether any entry is due now (one index probe, whatever the backlog)."""
+        now = time.time() if now is None else now
+        row = self.store.read(f"SELECT 1 FROM entries WHERE {_DUE} LIMIT 1", _due_at(now, False))
+        return bool(row)
+
     def count_left(self, now: float | None = None) -> int:
         """Entries still to be sent: pending ones and those a gone run left ``sending``."""
         now = time.time() if now is None else now

@@ -305,7 +305,8 @@ def test_into_a_running_relays_store_the_relay_forwards_and_its_receipt_has_the_
     a = tmp_path / "a"
     record(a, 40)
     ok(cli(a, "bundle", "export", tmp_path / "a.bundle"))
-    relay = RelayProcess(tmp_path / "relay", upstream.url, UP_KEY)
+    # --refresh 0: no periodic run; only the relay noticing its backlog grew forwards them
+    relay = RelayProcess(tmp_path / "relay", upstream.url, UP_KEY, extra=("--refresh", "0"))
     try:
         relay.start()
         ok(cli(relay.home, "bundle", "import", tmp_path / "a.bundle"))
