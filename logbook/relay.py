@@ -75,6 +75,8 @@ _STATUSES = frozenset(STATUSES)
 MAX_IN_FLIGHT = 1024
 #: At most this many jobs are committed in one transaction.
 COMMIT_BATCH = 512
+#: How often the relay looks for jobs other processes put in its store.
+BACKLOG_POLL = 2.0
 #: The most requests a relay keeps in flight upstream.
 MAX_FORWARD_CONCURRENCY = 512
 
@@ -369,8 +371,10 @@ class Relay:
 
         app = self.api.app()
         await self._monitored(app)
+        poll = asyncio.create_task(self._poll_backlog())
 
         async def stopped() -> None:
+            poll.cancel()
             await self.backend.drain()  # commits in flight finish before the relay exits
             if self.monitor is not None:
                 await self.monitor.stop()
@@ -382,6 +386,18 @@ class Relay:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self._stop_forwarding)
         self.counts_at_end = await self.db.run(self.db.store.counts)
+
+    async def _poll_backlog(self) -> None:
+        """Forward what other processes put in the store (``logbook bundle import`` into a
+        relay's store): its own intake kicks the forwarder, theirs is noticed here.
+        """
+        while True:
+            await asyncio.sleep(BACKLOG_POLL)
+            try:
+                if await self.db.run(self.db.store.leases.any_due):
+                    self.forwarder.kick()
+            except LogbookError as err:
+                log.debug("cannot look at the backlog: %s", err)
 
     def _stop_forwarding(self) -> None:
         if self.forwarder.thread.is_alive() and not self.forwarder.stop():
