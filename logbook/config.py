@@ -30,6 +30,8 @@ DEFAULT_CONCURRENCY = 64
 DEFAULT_SETTLE = 0.2
 #: A run's overall budget (seconds) unless --max-time or ``max_time`` says otherwise.
 DEFAULT_MAX_TIME = 3600.0
+#: Seconds an entry a relay accepted may wait for the API's id before ``doctor`` warns.
+DEFAULT_UNCONFIRMED_WARN_AFTER = 86400.0
 #: What every command that needs the key says without one (sync, watch --sync, doctor).
 NO_KEY = 'no API key: set HAIQU_API_KEY, or put api_key = "..." in config.toml (chmod 600)'
 
@@ -37,7 +39,7 @@ NO_KEY = 'no API key: set HAIQU_API_KEY, or put api_key = "..." in config.toml (
 SETTINGS: dict[str, type] = {
     "db": str, "endpoint": str, "api_key": str, "auth": str, "concurrency": int,
     "max_file_bytes": int, "settle": float, "experiment": str, "request_timeout": float,
-    "max_time": float, "proxy": str, "ca_bundle": str,
+    "max_time": float, "proxy": str, "ca_bundle": str, "unconfirmed_warn_after": float,
 }  # fmt: skip
 
 
@@ -78,6 +80,7 @@ class Config:
     max_time: float | None = DEFAULT_MAX_TIME
     proxy: str | None = field(default=None, repr=False)
     ca_bundle: str | None = None
+    unconfirmed_warn_after: float = DEFAULT_UNCONFIRMED_WARN_AFTER
     config_file: Path | None = None
     #: Where each setting came from: "default", "--flag", "ENV_VAR" or the config file's path.
     sources: dict[str, str] = field(default_factory=dict)
@@ -246,7 +249,10 @@ def load_config(
     cfg.auth = pick("auth", auth) or "query"
     if cfg.auth not in AUTH_MODES:
         raise ConfigError(f"auth must be one of {', '.join(AUTH_MODES)}, not {cfg.auth!r}")
-    for name in ("concurrency", "max_file_bytes", "settle", "experiment", "request_timeout"):
+    for name in (
+        "concurrency", "max_file_bytes", "settle", "experiment", "request_timeout",
+        "unconfirmed_warn_after",
+    ):  # fmt: skip
         value = pick(name)
         if value is not None:
             setattr(cfg, name, value)
@@ -269,5 +275,6 @@ def _validate(cfg: Config, where: str) -> None:
     _positive("request_timeout", cfg.request_timeout, where)
     _positive("settle", cfg.settle, where, zero_ok=True)
     _positive("max_time", cfg.max_time, where, zero_ok=True)
+    _positive("unconfirmed_warn_after", cfg.unconfirmed_warn_after, where)
     if cfg.ca_bundle and not os.path.exists(cfg.ca_bundle):
         raise ConfigError(f"{where}: ca_bundle {cfg.ca_bundle} does not exist")

@@ -14,6 +14,7 @@ password (see ``logbook.redact``).
     │   ├── StoreFull         the disk holding the store is full
     │   └── NotALogbookStore  another program's SQLite file: left unchanged (exit 2)
     ├── NotFound              no entry with that id (exit 1)
+    ├── Refused               the entry's state does not allow it (rm of a synced entry; exit 1)
     └── SyncError             a sync could not run at all
         ├── AuthError         the server refused the key: 401/403 (exit 3)
         ├── Unreachable       the endpoint could not be reached (exit 4)
@@ -78,6 +79,11 @@ class NotALogbookStore(StoreError):
 
 class NotFound(LogbookError):
     """No entry with the id the user gave."""
+
+
+class Refused(LogbookError):
+    """What the user asked is not allowed in the entry's state (``rm`` of a synced entry);
+    nothing was changed."""
 
 
 class SyncError(LogbookError):

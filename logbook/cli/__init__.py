@@ -56,7 +56,7 @@ cli.params[:0] = global_options()
 
 for command in (
     entries.record, entries.import_, entries.list_, entries.show, entries.status,
-    entries.export, settings.path, settings.config_, settings.completion, entries.retry,
+    entries.export, settings.path, settings.config_, settings.completion, entries.retry, entries.rm,
     sync.sync, sync.watch, relay.relay, settings.doctor,
 ):  # fmt: skip
     cli.add_command(command)

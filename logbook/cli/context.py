@@ -104,13 +104,30 @@ class Ctx:
             self._configs[key] = cfg
         return self._configs[key]
 
-    def open(self, *, readonly: bool = False) -> Store | None:
-        """The store; ``None`` when it does not exist and only reading was asked for."""
+    def open(self, *, readonly: bool = False, create: bool = True) -> Store | None:
+        """The store; ``None`` when it does not exist and only reading (``readonly``) or
+        changing what is there (``create=False``) was asked for.
+
+        A path the user gave (``--db``, ``LOGBOOK_DB``) that does not exist is an
+        error for those commands, never an empty store: a typo shows, and creates
+        nothing.  Only the default store reads as empty before its first entry.
+        """
         from ..store import Store
 
         cfg = self.config()
-        if readonly:
-            return Store(cfg.db, readonly=True) if cfg.db.exists() else None
+        if readonly or not create:
+            if not cfg.db.exists():
+                source = cfg.sources.get("db")
+                if source in ("--db", "LOGBOOK_DB"):
+                    from ..errors import NotFound
+
+                    raise NotFound(
+                        f"no store at {cfg.db} (from {source}): check the path; nothing was"
+                        " created (`logbook record` or `import` starts a store)"
+                    )
+                return None
+            if readonly:
+                return Store(cfg.db, readonly=True)
         store = Store(cfg.db)
         from ..fsinfo import network_filesystem
 

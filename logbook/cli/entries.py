@@ -1,4 +1,4 @@
-"""The commands about entries: record, import, list, show, status, export, retry."""
+"""The commands about entries: record, import, list, show, status, export, retry, rm."""
 
 from __future__ import annotations
 
@@ -330,21 +330,62 @@ def export(c: Ctx, fmt: str, state: str | None, experiment: str | None) -> None:
 @click.command(cls=LogbookCommand)
 @click.argument("ids", nargs=-1, metavar="[ID]...", type=EntryId())
 @click.option("--all", "all_", is_flag=True, help="Every rejected entry.")
+@click.option(
+    "--missing", is_flag=True,
+    help="Synced entries whose job the API no longer has (`logbook status` counts them).",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
 @pass_ctx
-def retry(c: Ctx, ids: tuple[int, ...], all_: bool, as_json: bool) -> None:
+def retry(c: Ctx, ids: tuple[int, ...], all_: bool, missing: bool, as_json: bool) -> None:
     """Put rejected entries back to pending, so the next sync sends them again.
+
+    --missing puts back synced entries whose job the API no longer has (a
+    person may have deleted it there): the next sync looks each up first,
+    then sends it again.  An id that is neither says why nothing changed.
 
     \b
     Example:
       logbook list --state rejected
       logbook retry --all
+      logbook retry --missing
     """
-    if not ids and not all_:
-        raise click.UsageError("give entry ids or --all")
-    store = c.open() if c.config().db.exists() else None
-    n = 0 if store is None else store.retry(ids, all_rejected=all_)
+    if not ids and not all_ and not missing:
+        raise click.UsageError("give entry ids, --all or --missing")
+    store = c.open(create=False)  # a store that does not exist: nothing to retry
+    n, unchanged = (0, []) if store is None else store.retry_entries(
+        ids, all_rejected=all_, missing=missing
+    )  # fmt: skip
     if as_json:
-        print_json({"retried": n})
+        print_json({"retried": n, "unchanged": [{"id": str(i), "reason": r} for i, r in unchanged]})
+        return
+    for _, reason in unchanged:
+        click.echo(redacted(printable(f"logbook: {reason}")), err=True)
+    click.echo(f"{n} entries back to pending")
+
+
+@click.command("rm", cls=LogbookCommand)
+@click.argument("ids", nargs=-1, required=True, metavar="ID...", type=EntryId())
+@click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
+@pass_ctx
+def rm(c: Ctx, ids: tuple[int, ...], as_json: bool) -> None:
+    """Remove entries not yet sent (pending or rejected).
+
+    A synced entry (or one being sent, or one a sync may have delivered) is
+    refused with the reason, exit 1, and nothing is removed.  To correct an
+    entry, remove it and record it again.
+
+    \b
+    Example:
+      logbook rm 42 43
+      logbook record -e bell --name "bell 1 (fixed)" --results '{"00": 510, "11": 514}'
+    """
+    store = c.open(create=False)
+    if store is None:
+        from ..errors import NotFound
+
+        raise NotFound(f"no entry with id {ids[0]} (the store is empty)")
+    n = store.remove(ids)
+    if as_json:
+        print_json({"removed": n})
     else:
-        click.echo(f"{n} entries back to pending")
+        click.echo(f"{n} entries removed")

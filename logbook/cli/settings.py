@@ -8,7 +8,10 @@ from typing import Any
 import click
 
 from .context import Ctx, LogbookCommand, LogbookGroup, auth_option, pass_ctx
-from .output import echo, print_json, redacted
+from .output import echo, print_json, printable, redacted
+
+#: Items of a check (invalid files) listed on a terminal; --json lists them all.
+MAX_ITEMS_SHOWN = 20
 
 
 @click.command(cls=LogbookCommand)
@@ -109,4 +112,8 @@ def report_checks(checks: list[Any], as_json: bool) -> None:
     else:
         for ch in checks:
             echo(redacted(f"{ch.level.upper():5} {ch.name}: {ch.message}"))
+            for item in ch.items[:MAX_ITEMS_SHOWN]:
+                echo(redacted(printable("        " + ": ".join(item.values()))))
+            if len(ch.items) > MAX_ITEMS_SHOWN:
+                echo(f"        ... and {len(ch.items) - MAX_ITEMS_SHOWN} more (--json lists them)")
     sys.exit(0 if all(ch.level == "ok" for ch in checks) else 1)

@@ -55,6 +55,9 @@ def sync(
     from ..progress import Progress
 
     cfg = c.config(endpoint=endpoint, auth=auth)
+    store = c.open(create=False)  # a --db path that does not exist: say so, create nothing
+    if store is not None:
+        store.close()
     if dry_run:
         from ..engine import dry_run as plan
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import NotFound, StoreError
+from ..errors import NotFound, Refused, StoreError
 from .connect import Database, now_iso, open_readonly, open_readwrite
 from .schema import INSERT, SCHEMA_VERSION, SELECT, STATES, Entry
 from .schema import row as job_row
@@ -289,28 +289,116 @@ class Store(Database):
 
     # --- the user's actions ------------------------------------------------------------
 
-    def retry(self, ids: Iterable[int | str] = (), *, all_rejected: bool = False) -> int:
-        """Put rejected entries back to pending; returns how many changed."""
+    def retry(
+        self, ids: Iterable[int | str] = (), *, all_rejected: bool = False, missing: bool = False
+    ) -> int:
+        """Put rejected entries back to pending (``missing``: also the synced entries the API
+        no longer has); returns how many changed.  An unknown id changes nothing.
+        """
+        changed, _ = self.retry_entries(ids, all_rejected=all_rejected, missing=missing)
+        return changed
+
+    def retry_entries(
+        self, ids: Iterable[int | str] = (), *, all_rejected: bool = False, missing: bool = False
+    ) -> tuple[int, list[tuple[int, str]]]:
+        """``retry``, and why each id given was left as it was: ``[(id, reason)]``.
+
+        One transaction: an unknown id (``NotFound``) changes nothing at all.
+        """
+        keys = list(dict.fromkeys(raw if isinstance(raw, int) else parse_id(raw) for raw in ids))
         with self.write() as conn:
-            if all_rejected:
-                return conn.execute(
-                    "UPDATE entries SET state = 'pending', next_attempt_at = NULL"
-                    " WHERE state = 'rejected'"
-                ).rowcount
-            changed = 0
-            for raw in ids:
-                entry_id = raw if isinstance(raw, int) else parse_id(raw)
-                if (
-                    conn.execute("SELECT 1 FROM entries WHERE id = ?", (entry_id,)).fetchone()
-                    is None
-                ):
+            given = []
+            for entry_id in keys:
+                found = conn.execute(SELECT + " WHERE id = ?", (entry_id,)).fetchone()
+                if found is None:
                     raise NotFound(f"no entry with id {entry_id}: see `logbook list`")
-                changed += conn.execute(
-                    "UPDATE entries SET state = 'pending', next_attempt_at = NULL"
-                    " WHERE id = ? AND state = 'rejected'",
-                    (entry_id,),
-                ).rowcount
-            return changed
+                given.append(Entry.from_row(found))
+            changed = 0
+            if all_rejected:
+                changed += conn.execute(_TO_PENDING + " WHERE state = 'rejected'").rowcount
+            if missing:
+                changed += conn.execute(_MISSING_TO_PENDING + _MISSING).rowcount
+            unchanged = []
+            for entry in given:
+                if entry.state == "rejected":
+                    sql = _TO_PENDING + " WHERE id = ? AND state = 'rejected'"
+                elif entry.missing_at is not None:
+                    sql = _MISSING_TO_PENDING + _MISSING + " AND id = ?"
+                else:
+                    unchanged.append((entry.id, not_retried(entry)))
+                    continue
+                changed += conn.execute(sql, (entry.id,)).rowcount
+            return changed, unchanged
+
+    def remove(self, ids: Iterable[int | str]) -> int:
+        """Remove entries not yet sent (pending or rejected); returns how many went.
+
+        All or nothing, in one transaction: an unknown id (``NotFound``), or an
+        entry the server has or may have (synced, being sent, or pending after a
+        send that got no clear answer: ``Refused``, with the reason), removes
+        nothing.  Removing is how a wrong entry is corrected: ``rm``, then
+        ``record`` it again.
+        """
+        keys = list(dict.fromkeys(raw if isinstance(raw, int) else parse_id(raw) for raw in ids))
+        with self.write() as conn:
+            for entry_id in keys:
+                found = conn.execute(SELECT + " WHERE id = ?", (entry_id,)).fetchone()
+                if found is None:
+                    raise NotFound(
+                        f"no entry with id {entry_id}: see `logbook list`; nothing removed"
+                    )
+                why = not_removable(Entry.from_row(found))
+                if why:
+                    raise Refused(f"{why}; nothing removed")
+            return sum(
+                conn.execute("DELETE FROM entries WHERE id = ?", (entry_id,)).rowcount
+                for entry_id in keys
+            )
+
+
+#: Back to pending, to be sent at the next sync.
+_TO_PENDING = "UPDATE entries SET state = 'pending', next_attempt_at = NULL"
+#: A job the API no longer has goes back to be sent again, as an uncertain one: the API may
+#: have it again by then, so the next sync looks it up before it posts.
+_MISSING_TO_PENDING = (
+    "UPDATE entries SET state = 'pending', missing_at = NULL, remote_id = NULL,"
+    " remote_status = NULL, upstream_id = NULL, via = NULL, synced_at = NULL,"
+    " next_attempt_at = NULL, maybe_sent = 1"
+)
+_MISSING = " WHERE state = 'synced' AND missing_at IS NOT NULL"
+
+
+def not_retried(entry: Entry) -> str:
+    """Why ``retry`` leaves an entry as it is, in the user's words."""
+    n = entry.id
+    if entry.state == "synced":
+        if not entry.confirmed:
+            return (
+                f"entry {n} is synced, accepted by the relay at {entry.via}: nothing to retry"
+                " (`logbook sync` asks for its API id)"
+            )
+        return f"entry {n} is synced (the server's job {entry.remote_id}): nothing to retry"
+    if entry.state == "sending":
+        return f"entry {n} is being sent by a sync now: nothing to retry"
+    return f"entry {n} is already pending: the next `logbook sync` sends it"
+
+
+def not_removable(entry: Entry) -> str | None:
+    """Why ``rm`` must keep an entry (the server has it, or may), or None."""
+    n = entry.id
+    if entry.state == "synced":
+        return (
+            f"entry {n} is synced (the server's job {entry.remote_id}): it cannot be removed"
+            " here, the server keeps it"
+        )
+    if entry.state == "sending":
+        return f"entry {n} is being sent by a sync now: it cannot be removed"
+    if entry.state == "pending" and entry.maybe_sent:
+        return (
+            f"entry {n} may have reached the server (a send got no clear answer): run"
+            " `logbook sync` first, it finds out"
+        )
+    return None
 
 
 def parse_id(text: str) -> int:

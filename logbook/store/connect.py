@@ -90,6 +90,31 @@ def retry_busy(fn: Callable[[], T], deadline: float | None = None) -> T:
             delay = min(delay * 2, 0.2)
 
 
+#: The first 16 bytes of every SQLite database file (sqlite.org/fileformat.html).
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(path: str) -> None:
+    """Refuse a file that is not an SQLite database at all (``/etc/passwd``, a CSV) with a line
+    that says so: SQLite's own "file is not a database" reads like a damaged store.
+
+    An empty file is a store not yet set up.  A file that starts like SQLite
+    but does not open is damaged, and SQLite's errors say that.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except (FileNotFoundError, IsADirectoryError):
+        return  # created, or refused as a directory, further on
+    except OSError:
+        return  # unreadable: SQLite's own error names it
+    if head and head != SQLITE_HEADER:
+        raise NotALogbookStore(
+            f"{path} is not a logbook store (not an SQLite database at all): give --db the"
+            " path of a logbook store; it was left unchanged"
+        )
+
+
 def _connect(path: str, target: str, uri: bool = False) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=uri)
@@ -106,6 +131,7 @@ def open_readwrite(path: str) -> sqlite3.Connection:
         raise StoreError(f"the store {path} is a directory: give the path of a store file")
     if p.exists() and not p.is_file():
         raise StoreError(f"the store {path} is not a regular file")
+    check_sqlite_file(path)
     try:
         if not p.exists():
             p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -127,6 +153,7 @@ def open_readonly(path: str) -> sqlite3.Connection:
     """A connection that writes nothing, even in a directory it cannot write."""
     if os.path.isdir(path):
         raise StoreError(f"the store {path} is a directory: give the path of a store file")
+    check_sqlite_file(path)
     uri = Path(path).resolve().as_uri()
     conn = _connect(path, f"{uri}?mode=ro", uri=True)
     try:

@@ -396,17 +396,45 @@ def test_status_on_a_store_that_does_not_exist(run_cli: RunCli, db_path: Path) -
     assert not db_path.exists()
 
 
-@pytest.mark.parametrize(
-    "command", [["status"], ["list"], ["show", "1"], ["export"], ["record", "-e", "e"]]
-)
-def test_corrupt_store_is_one_line_exit_1(
+READING = [["status"], ["status", "--json"], ["list"], ["show", "1"], ["export"],
+           ["retry", "--all"], ["rm", "1"], ["sync", "--dry-run"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [*READING, ["record", "-e", "e"]])
+def test_a_file_that_is_no_sqlite_database_is_not_a_store_and_no_backup_is_advised(
+    run_cli: RunCli, tmp_path: Path, command: list[str]
+) -> None:
+    """``--db /etc/passwd``: not a damaged store (no "restore a backup"), someone else's file."""
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n" * 40)
+    before = text.read_bytes()
+    res = run_cli("--db", text, *command)
+    assert_error(res, 2, str(text), "not a logbook store", "not an SQLite database")
+    assert "backup" not in res.err
+    assert text.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["passwd"]
+
+
+@pytest.mark.parametrize("command", [*READING, ["record", "-e", "e"]])
+def test_a_damaged_store_is_one_line_exit_1(
     run_cli: RunCli, tmp_path: Path, command: list[str]
 ) -> None:
     bad = tmp_path / "corrupt.db"
-    bad.write_bytes(b"definitely not sqlite " * 200)
+    bad.write_bytes(b"SQLite format 3\x00" + b"definitely not sqlite " * 200)
     res = run_cli("--db", bad, *command)
     assert_error(res, 1, str(bad), "damaged")
-    assert bad.read_bytes() == b"definitely not sqlite " * 200
+    assert bad.read_bytes() == b"SQLite format 3\x00" + b"definitely not sqlite " * 200
+
+
+@pytest.mark.parametrize("command", READING)
+def test_a_store_path_given_that_does_not_exist_is_exit_1_and_creates_nothing(
+    run_cli: RunCli, tmp_path: Path, command: list[str]
+) -> None:
+    typo = tmp_path / "typo" / "x.db"
+    assert_error(run_cli("--db", typo, *command), 1, f"no store at {typo} (from --db)")
+    res = run_cli(*command, env={"LOGBOOK_DB": str(typo)})
+    assert_error(res, 1, "from LOGBOOK_DB")
+    assert not typo.parent.exists()
 
 
 @pytest.mark.parametrize(

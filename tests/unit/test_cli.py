@@ -262,7 +262,7 @@ def test_retry(cli_runner: Invoke, db_path: Path) -> None:
     ids = [record_json(cli_runner, "-e", "e", "--name", f"{i}")["id"] for i in range(3)]
     claim_and_settle(db_path, 3, [("rejected", {"error": "422"})] * 3)
     res = cli_runner("retry", ids[0], "--json")
-    assert res.exit_code == 0 and json.loads(res.stdout) == {"retried": 1}
+    assert res.exit_code == 0 and json.loads(res.stdout) == {"retried": 1, "unchanged": []}
     assert cli_runner("retry", "--all").stdout.strip() == "2 entries back to pending"
     states = {e["state"] for e in json.loads(cli_runner("list", "--json").stdout)}
     assert states == {"pending"}

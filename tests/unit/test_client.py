@@ -387,6 +387,7 @@ def test_an_undecodable_body_is_a_classified_failure(call_args: tuple[Any, ...])
 def test_a_deeply_nested_json_body_is_a_classified_failure(status: int) -> None:
     err = failure(answer(status, b"[" * 5000))
     assert err.status == status
-    assert err.verdict is {
-        200: Verdict.MAYBE_SENT, 422: Verdict.REJECTED, 500: Verdict.MAYBE_SENT
-    }[status]
+    assert (
+        err.verdict
+        is {200: Verdict.MAYBE_SENT, 422: Verdict.REJECTED, 500: Verdict.MAYBE_SENT}[status]
+    )
