@@ -151,8 +151,12 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 def _one_line(err: click.UsageError) -> LogbookClickError:
     """A usage error as one line (click's own display takes three), exit 2."""
+    message = err.format_message()
+    # One hint: a message that names where to look already (an id: `logbook list`) keeps it.
     hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-    return LogbookClickError(redacted(err.format_message()) + hint, 2)
+    if "(see " in message:
+        hint = ""
+    return LogbookClickError(redacted(message) + hint, 2)
 
 
 class _TakesGlobals(click.Command):
@@ -202,6 +206,22 @@ class LogbookGroup(_TakesGlobals, click.Group):
             raise  # bare `logbook`: the help text, as click prints it
         except click.UsageError as err:
             raise _one_line(err) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with its whole first sentence, never cut with "..." (a description
+        that does not fit wraps on the next line)."""
+        rows = [
+            (name, cmd.get_short_help_str(limit=10_000))
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+#: Wide enough for a command's whole one-line description (click's default is 80).
+HELP_WIDTH = 100
 
 
 class RootGroup(LogbookGroup):

@@ -128,7 +128,7 @@ def import_(
     max_file_bytes: int | None,
     as_json: bool,
 ) -> None:
-    """Record result files and directories (job JSON, Qiskit results, JSON Lines).
+    """Record result files and directories (JSON, Qiskit, JSON Lines).
 
     Directories are read recursively; each file is reported once as recorded,
     already known or invalid (with its reason).  Exit 1 if any was invalid.
@@ -337,7 +337,7 @@ def export(c: Ctx, fmt: str, state: str | None, experiment: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
 @pass_ctx
 def retry(c: Ctx, ids: tuple[int, ...], all_: bool, missing: bool, as_json: bool) -> None:
-    """Put rejected entries back to pending, so the next sync sends them again.
+    """Put rejected entries back to pending, for the next sync to send.
 
     --missing puts back synced entries whose job the API no longer has (a
     person may have deleted it there): the next sync looks each up first,

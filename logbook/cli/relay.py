@@ -48,7 +48,7 @@ def relay(
     tls_cert: str | None, tls_key: str | None, refresh: float, max_in_flight: int,
     print_unit: bool,
 ) -> None:  # fmt: skip
-    """Serve the Jobs API on a lab network and forward every job upstream, exactly once.
+    """Serve the Jobs API on a lab network; forward jobs upstream once.
 
     Lab machines set HAIQU_EDGE_URI to the relay and HAIQU_API_KEY to a relay
     key; only the relay holds the upstream HAIQU_API_KEY.  Jobs are committed

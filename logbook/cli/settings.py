@@ -1,4 +1,4 @@
-"""The commands about logbook itself: config, path, completion, doctor."""
+"""The commands about logbook itself: config, path, completion, doctor, help."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def path(c: Ctx) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
 @click.pass_context
 def config_(ctx: click.Context, as_json: bool) -> None:
-    """Show every effective setting and where it came from (the key masked).
+    """Show each setting in effect and where it came from (key masked).
 
     \b
     Example:
@@ -82,6 +82,32 @@ def completion(shell: str) -> None:
     click.echo(cls(root, {}, "logbook", "_LOGBOOK_COMPLETE").source())
 
 
+@click.command("help")
+@click.argument("command", nargs=-1, metavar="[COMMAND]...")
+@click.pass_context
+def help_(ctx: click.Context, command: tuple[str, ...]) -> None:
+    """Show a command's help, as `logbook COMMAND --help` does.
+
+    `logbook help sync` is `logbook sync --help`.
+
+    \b
+    Example:
+      logbook help
+      logbook help relay key add
+    """
+    sub = ctx.find_root()
+    for name in command:
+        group = sub.command
+        found = group.get_command(sub, name) if isinstance(group, click.Group) else None
+        if found is None:
+            where = " ".join(["logbook", *command[: command.index(name)]])
+            from ..errors import BadInput
+
+            raise BadInput(f"no such command: {where} {name} (see `{where} --help`)")
+        sub = click.Context(found, info_name=name, parent=sub)
+    click.echo(sub.get_help())
+
+
 # --- doctor -------------------------------------------------------------------------------
 
 
@@ -91,7 +117,9 @@ def completion(shell: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @pass_ctx
 def doctor(c: Ctx, endpoint: str | None, auth: str | None, as_json: bool) -> None:
-    """Check the store, the configuration, the network and the endpoint; say what to fix.
+    """Check the store, configuration and endpoint; say what to fix.
+
+    It checks the network too (proxy, CAs) and whether the API takes the key.
 
     Exit 0 when all is well, 1 when something needs you.
 

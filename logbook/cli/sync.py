@@ -38,7 +38,7 @@ def sync(
     c: Ctx, endpoint: str | None, auth: str | None, concurrency: int | None, limit: int | None,
     dry_run: bool, no_refresh: bool, max_time: float | None, as_json: bool,
 ) -> None:  # fmt: skip
-    """Send the entries that are due to the Haiqu Jobs API, exactly once.
+    """Send the due entries to the Haiqu Jobs API, each exactly once.
 
     Then refresh the status of synced entries the server has not finished.
     Exit 0: nothing left to send; 1: some pending or rejected; 2: bad
@@ -115,10 +115,10 @@ def watch(
     do_sync: bool, endpoint: str | None, auth: str | None, polling: bool, settle: float | None,
     rescan: float | None, refresh: float, print_unit: bool,
 ) -> None:  # fmt: skip
-    """Watch directories and record each new result file, until SIGINT/SIGTERM (exit 0).
+    """Record each new result file in directories, as it appears.
 
-    Files written while it was not running are recorded at start; with
-    --sync, new entries are uploaded as they are recorded.
+    Until SIGINT or SIGTERM (exit 0).  Files written while it was not running
+    are recorded at start; --sync uploads new entries as they are recorded.
 
     \b
     Example:

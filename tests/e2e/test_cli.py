@@ -71,6 +71,53 @@ def test_help_and_python_dash_m(run_cli: RunCli) -> None:
     assert sub.code == 0 and "--results-file" in sub.out
 
 
+def test_help_command_is_the_commands_own_help(run_cli: RunCli) -> None:
+    for path in (["sync"], ["relay", "key", "add"], ["emulator"], []):
+        res = run_cli("help", *path)
+        assert res.code == 0 and res.err == "", res.err
+        assert res.out == run_cli(*path, "--help").out, path
+    for path in (["nope"], ["relay", "nope"], ["status", "x"]):
+        res = run_cli("help", *path)
+        assert_error(res, 2, "no such command", f"logbook {' '.join(path)}")
+
+
+def test_top_level_help_shows_whole_one_line_descriptions(run_cli: RunCli) -> None:
+    from logbook.cli import cli as root
+
+    text = run_cli("--help").out
+    listed = text[text.index("Commands:") :].splitlines()[1:]
+    assert not any(line.rstrip().endswith("...") for line in listed), text
+    for name, command in root.commands.items():
+        first = command.get_short_help_str(limit=10_000)
+        [row] = [line for line in listed if line.split()[:1] == [name]]
+        assert row.split(None, 1)[1] == first, (row, first)  # whole, on its one line
+        assert len(row) <= 80, row
+
+
+def test_a_bad_id_gets_one_hint(run_cli: RunCli) -> None:
+    res = run_cli("show", "abc")
+    assert_error(res, 2, "not an entry id", "`logbook list`")
+    assert res.err.count("(see ") == 1, res.err
+
+
+def test_demo_lines_can_be_pasted_back(tmp_path: Path) -> None:
+    """What scripts/demo shows after `$ ` runs as the same command (quoted arguments)."""
+    args = ["record", "--name", "bell, hand-typed", "--results", '{"00": 510, "11": 514}',
+            "--metric", "note=it's", "--shots", "[1024]", "plain-arg_1.json", ""]  # fmt: skip
+    shown = subprocess.run(
+        ["bash", "-c", 'source scripts/_shown.sh && shown logbook "$@"', "-", *args],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    line = shown.stdout
+    assert line.startswith("logbook record --name 'bell, hand-typed' --results '{")
+    assert "plain-arg_1.json" in line and "'plain-arg_1.json'" not in line  # quoted only if needed
+    echo = 'logbook() { python3 -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@"; }'
+    back = subprocess.run(["bash", "-c", f"{echo}; {line}"], capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+    assert json.loads(back.stdout) == args, (line, back.stderr)
+
+
 def test_record_list_show_status_in_real_processes(run_cli: RunCli, db_path: Path) -> None:
     first = run_cli("record", "-e", "bell", "--name", "run 1", "--results", '{"00": 3}')
     assert first.code == 0, first.err
