@@ -190,20 +190,55 @@ def check_config(cfg: Config) -> list[Check]:
             Check("config", "ok", f"no config file (it would be read from {config_path()})")
         )
     if cfg.api_key:
-        checks.append(Check("key", "ok", f"{mask(cfg.api_key)} (from {cfg.key_source})"))
+        checks.append(Check("key", "ok", f"{mask(cfg.api_key)} (from {key_source(cfg)})"))
     else:
         checks.append(Check("key", "fail", NO_KEY))
     why = cfg.sources.get("endpoint")
     source = f"from {why}" if why else "the Haiqu SDK's default; set HAIQU_EDGE_URI to change it"
     checks.append(Check("endpoint", "ok", f"{cfg.endpoint} ({source}; key sent in the {cfg.auth})"))
-    proxy = _proxy_for(cfg)
-    if proxy:
-        checks.append(Check("proxy", "ok", f"{show_url(proxy[0])} (from {proxy[1]})"))
-    ca = cfg.ca_bundle or os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
-    if ca:
-        where = "ca_bundle" if cfg.ca_bundle else "SSL_CERT_FILE/SSL_CERT_DIR"
-        checks.append(Check("trust", "ok", f"the system's CAs and {ca} (from {where})"))
+    proxy, where = proxy_in_effect(cfg)
+    if where != "default":
+        checks.append(Check("proxy", "ok", f"{proxy} (from {where})"))
+    cas, where = cas_in_effect(cfg)
+    if where != "default":
+        checks.append(Check("trust", "ok", f"{cas} (from {where})"))
     return checks
+
+
+def key_source(cfg: Config) -> str:
+    """Where the key in effect was set, as a user would look for it."""
+    source = cfg.key_source or ""
+    if source == "HAIQU_API_KEY":
+        return "the environment, HAIQU_API_KEY"
+    return f"api_key in {source}" if source.endswith(".toml") else source
+
+
+def proxy_in_effect(cfg: Config) -> tuple[str, str]:
+    """The proxy the endpoint is reached through (its password masked), and where it was set:
+    what ``config`` and ``doctor`` both show."""
+    found = _proxy_for(cfg)
+    if found:
+        url, where = found
+        return show_url(url), (f"proxy in {config_path()}" if where.startswith("proxy") else where)
+    from .client.network import proxy_bypassed
+
+    if cfg.endpoint and proxy_bypassed(cfg.proxy, cfg.endpoint):
+        return "(none: NO_PROXY covers the endpoint)", "NO_PROXY"
+    return "(none: direct)", "default"
+
+
+def cas_in_effect(cfg: Config) -> tuple[str, str]:
+    """The CAs trusted (the system's, plus any added), and where the added ones were set."""
+    added = [
+        (cfg.ca_bundle, f"ca_bundle in {cfg.sources.get('ca_bundle', config_path())}"),
+        (os.environ.get("SSL_CERT_FILE"), "SSL_CERT_FILE"),
+        (os.environ.get("SSL_CERT_DIR"), "SSL_CERT_DIR"),
+    ]
+    found = [(path, where) for path, where in added if path]
+    if not found:
+        return "the system's CAs", "default"
+    paths = ", ".join(str(p) for p, _ in found)
+    return f"the system's CAs and {paths}", ", ".join(w for _, w in found)
 
 
 def _proxy_for(cfg: Config) -> tuple[str, str] | None:

@@ -151,7 +151,7 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 def _one_line(err: click.UsageError) -> LogbookClickError:
     """A usage error as one line (click's own display takes three), exit 2."""
-    message = err.format_message()
+    message = " ".join(err.format_message().split())  # click's choices come one a line
     # One hint: a message that names where to look already (an id: `logbook list`) keeps it.
     hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
     if "(see " in message:

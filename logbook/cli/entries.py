@@ -52,7 +52,10 @@ def _read_results_file(path: str, max_bytes: int) -> str:
 
 
 @click.command(cls=LogbookCommand)
-@click.option("--experiment", "-e", "experiment", required=True, help="Experiment id.")
+@click.option(
+    "--experiment", "-e", "experiment", help="Experiment id.",
+    show_default="experiment in config.toml",
+)  # fmt: skip
 @click.option("--name", help="Job name (at most 200 characters).")
 @click.option("--device", help="Device id (at most 200 characters).")
 @click.option("--shots", help='Shots as JSON text, e.g. "[1024]".')
@@ -71,7 +74,7 @@ def _read_results_file(path: str, max_bytes: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @pass_ctx
 def record(
-    c: Ctx, experiment: str, name: str | None, device: str | None, shots: str | None,
+    c: Ctx, experiment: str | None, name: str | None, device: str | None, shots: str | None,
     status: str, job_type: str, results: str | None, results_file: str | None,
     metrics: tuple[str, ...], hash_: str | None, circuit_hash: str | None, as_json: bool,
 ) -> None:  # fmt: skip
@@ -86,6 +89,11 @@ def record(
     """
     from ..jobs import prepare
 
+    experiment = experiment or c.config().experiment
+    if not experiment:
+        raise click.UsageError(
+            "Missing option '--experiment' / '-e' (or set experiment in config.toml)"
+        )
     if results is not None and results_file is not None:
         raise click.UsageError("give --results or --results-file, not both")
     if results_file is not None:
@@ -160,9 +168,9 @@ def import_(
     else:
         for path, reason in report.invalid:
             click.echo(redacted(f"logbook: invalid: {path}: {reason}"), err=True)
-        click.echo(
-            f"{report.recorded} recorded, {report.known} already known,"
-            f" {len(report.invalid)} invalid ({report.files} files)"
+        click.echo(  # jobs and files apart: one file may hold many jobs
+            f"{report.recorded} jobs recorded, {report.known} already known;"
+            f" {report.files} files read, {len(report.invalid)} invalid"
         )
     sys.exit(1 if report.invalid else 0)
 
@@ -231,10 +239,16 @@ def list_(c: Ctx, state: str | None, experiment: str | None, limit: int, as_json
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @pass_ctx
 def show(c: Ctx, entry_id: int, as_json: bool) -> None:
-    """Show one entry.
+    """Show one entry, and where its job is: the server's id, and the API's.
+
+    "recorded status" is the job's status as recorded; "server status" is
+    the server's.  Synced through a relay, a job is confirmed once the API's
+    id comes back ("API id").  --json adds upstream_id and confirmed after
+    the entry's keys.
 
     \b
     Example:
+      logbook show 42
       logbook show 42 --json
     """
     from ..errors import NotFound
@@ -244,14 +258,41 @@ def show(c: Ctx, entry_id: int, as_json: bool) -> None:
         raise NotFound(f"no entry with id {entry_id} (the store is empty)")
     entry = store.get(entry_id)
     if as_json:
-        print_json(entry.to_dict())
+        print_json({**entry.to_dict(), "upstream_id": entry.upstream_id,
+                    "confirmed": entry.confirmed})  # fmt: skip
         return
     for key, value in entry.to_dict().items():
         if isinstance(value, dict):
             value = json.dumps(value, ensure_ascii=False)
-        echo(f"{key + ':':16}{'' if value is None else printable(str(value))}")
-    if entry.upstream_id:  # synced through a relay: the job's id beyond it
-        echo(f"{'upstream_id:':16}{entry.upstream_id}")
+        label = SHOW_LABELS.get(key, key)
+        echo(f"{label + ':':18}{'' if value is None else printable(str(value))}")
+    if entry.via:
+        echo(f"{'relay:':18}{printable(entry.via)}")
+    echo(f"{'API id:':18}{printable(api_id(entry))}")
+
+
+#: ``show``'s words for fields a user could not tell apart by their JSON names.
+SHOW_LABELS = {
+    "status": "recorded status", "remote_status": "server status", "remote_id": "server id",
+}  # fmt: skip
+
+
+def api_id(entry: Entry) -> str:
+    """The job's id at the API, or why it is not known (``show``)."""
+    if entry.state != "synced":
+        return "- (the API does not have it yet)"
+    if entry.upstream_id:  # synced through a relay, and the API's id came back
+        return entry.upstream_id
+    if entry.via:
+        return (
+            f"not confirmed yet (accepted by the relay at {entry.via}; `logbook sync` asks again)"
+        )
+    if entry.missing_at:
+        return (
+            f"{entry.remote_id} (the API no longer has it, since {entry.missing_at}:"
+            " `logbook retry --missing` sends it again)"
+        )
+    return f"{entry.remote_id} (the server id: synced straight to the API)"
 
 
 @click.command(cls=LogbookCommand)
@@ -286,6 +327,14 @@ def status(c: Ctx, as_json: bool) -> None:
         click.echo(
             f"missing:        {data['missing']} synced jobs the API no longer has"
             " (`logbook retry --missing` sends them again)"
+        )
+    stuck = (
+        counts["sending"] and store is not None and counts["sending"] - store.leases.count_held()
+    )
+    if stuck:
+        click.echo(
+            f"left sending:   {stuck} left 'sending' by a sync that is gone (killed?): the next"
+            " `logbook sync` looks each up on the server before it sends it again"
         )
     if data.get("invalid_files"):
         click.echo(f"invalid files:  {data['invalid_files']} (`logbook doctor` lists them)")

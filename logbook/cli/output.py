@@ -34,12 +34,13 @@ class Terminated(BaseException):
 class LogbookClickError(click.ClickException):
     """One line on stderr with the library's exit code."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    def __init__(self, message: str, exit_code: int = 1, *, label: str = "error: ") -> None:
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]
+        self.label = label
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"logbook: error: {self.format_message()}", err=True)
+        click.echo(f"logbook: {self.label}{self.format_message()}", err=True)
 
 
 def secrets() -> list[str]:
@@ -73,16 +74,21 @@ def error_line(err: BaseException) -> BaseException:
     The only mapping from errors to what the user sees: the group's ``invoke``
     calls it for every command.
     """
-    from ..errors import LogbookError
+    from ..errors import Interrupted, LogbookError
 
     if isinstance(err, (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit)):
         return err
+    if isinstance(err, Interrupted):  # the user stopped it: no error, what was done
+        report = getattr(err.report, "summary", None)
+        done = f": {report()}" if callable(report) else ""
+        word = "interrupted" if err.exit_code == 130 else "interrupted by SIGTERM"
+        return LogbookClickError(redacted(word + done), err.exit_code, label="")
     if isinstance(err, LogbookError):
         return LogbookClickError(redacted(str(err)), err.exit_code)
     if isinstance(err, KeyboardInterrupt):
-        return LogbookClickError("interrupted", 130)
+        return LogbookClickError("interrupted", 130, label="")
     if isinstance(err, Terminated):
-        return LogbookClickError("terminated", 143)
+        return LogbookClickError("terminated", 143, label="")
     if isinstance(err, BrokenPipeError):
         sys.stderr.close()
         return SystemExit(0)

@@ -39,8 +39,15 @@ def config_(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    from ..doctor import cas_in_effect, proxy_in_effect
+
     cfg = ctx.find_object(Ctx).config()  # type: ignore[union-attr]
-    rows = cfg.shown()
+    # The proxy and CAs in effect (the environment's too), as for every other setting.
+    effective = {"proxy": proxy_in_effect(cfg), "ca_bundle": cas_in_effect(cfg)}
+    rows = [
+        (name, *effective[name]) if name in effective else (name, value, source)
+        for name, value, source in cfg.shown()
+    ]
     if as_json:
         print_json({name: {"value": value, "source": source} for name, value, source in rows})
         return

@@ -68,6 +68,10 @@ def sync(
             for e in due:
                 echo(f"would send {e.id}  {e.experiment_id}  {e.hash[:16]}  {e.name}")
             click.echo(f"{len(due)} entries would be sent to {cfg.endpoint}")
+        if not cfg.api_key and not c.quiet:
+            from ..config import NO_KEY
+
+            click.echo(f"logbook: a real sync would stop here: {NO_KEY}", err=True)
         return
     progress = Progress()
     try:

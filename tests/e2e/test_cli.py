@@ -269,6 +269,44 @@ def test_path_prints_the_store_path(run_cli: RunCli, db_path: Path, tmp_path: Pa
     assert not db_path.exists() and not env_db.exists()
 
 
+def test_config_shows_the_proxy_and_cas_in_effect_and_where_they_come_from(
+    run_cli: RunCli, logbook_home: Path, tmp_path: Path
+) -> None:
+    """As doctor uses them: the environment's proxy and CA too, only the password masked."""
+    ca = tmp_path / "lab-ca.pem"
+    ca.write_text("not read by config")
+    env = {"HTTPS_PROXY": "http://bob:pr0xy-s3cret@proxy.lab:3128", "SSL_CERT_FILE": str(ca)}
+    res = run_cli("config", "--json", env=env)
+    shown = res.json()
+    assert shown["proxy"] == {"value": "http://bob:****@proxy.lab:3128", "source": "HTTPS_PROXY"}
+    assert shown["ca_bundle"] == {"value": f"the system's CAs and {ca}", "source": "SSL_CERT_FILE"}
+    assert "pr0xy-s3cret" not in res.out + res.err
+    bypassed = run_cli("config", "--json", env={**env, "NO_PROXY": "api.haiqu.ai"}).json()
+    assert bypassed["proxy"]["source"] == "NO_PROXY" and "none" in bypassed["proxy"]["value"]
+    write_config(logbook_home, ['proxy = "http://proxy.lab:3128"'])
+    from_file = run_cli("config", "--json").json()["proxy"]
+    assert from_file == {"value": "http://proxy.lab:3128",
+                         "source": f"proxy in {logbook_home / 'config.toml'}"}  # fmt: skip
+    assert run_cli("config", "--json", env={"HTTP_PROXY": "x"}).json()["ca_bundle"] == {
+        "value": "the system's CAs",
+        "source": "default",
+    }
+    doctor = run_cli("doctor", "--json", env=env).json()
+    checks = {c["check"]: c["message"] for c in doctor}
+    assert checks["proxy"] == "http://bob:****@proxy.lab:3128 (from HTTPS_PROXY)"
+
+
+def test_completion_without_a_shell_is_one_line(run_cli: RunCli) -> None:
+    assert_error(run_cli("completion"), 2, "bash, zsh, fish")
+
+
+def test_dry_run_without_a_key_says_a_real_sync_would_stop_there(run_cli: RunCli) -> None:
+    assert run_cli("record", "-e", "x", "--results", "{}").code == 0
+    res = run_cli("sync", "--dry-run")
+    assert res.code == 0 and "1 entries would be sent" in res.out
+    assert "a real sync would stop here: no API key: set HAIQU_API_KEY" in res.err
+
+
 def test_config_shows_settings_and_sources_with_the_key_masked(
     run_cli: RunCli, logbook_home: Path
 ) -> None:
@@ -388,7 +426,7 @@ def test_import_counts_and_exit_codes(run_cli: RunCli, tmp_path: Path) -> None:
     (d / "partial.json.part").write_text("garbage")
     res = run_cli("import", d, "--experiment", "imp")
     assert res.code == 0, res.err
-    assert "4 recorded, 0 already known, 0 invalid" in res.out
+    assert res.out.strip() == "4 jobs recorded, 0 already known; 2 files read, 0 invalid"
     again = run_cli("import", d, "--experiment", "imp", "--json")
     assert again.code == 0
     report = again.json()
@@ -406,7 +444,7 @@ def test_import_invalid_files_are_reported_and_exit_1(run_cli: RunCli, tmp_path:
     res = run_cli("import", good, bad, junk)
     assert res.code == 1
     assert_no_traceback(res.out, res.err)
-    assert "1 recorded, 0 already known, 2 invalid" in res.out
+    assert res.out.strip() == "1 jobs recorded, 0 already known; 3 files read, 2 invalid"
     lines = res.err.strip().splitlines()
     assert len(lines) == 2
     assert any("bad.json" in ln and "status" in ln for ln in lines)

@@ -5,10 +5,12 @@ and what ``show`` says about where a job is.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from support import Run, assert_one_line_error, entries, set_row, states
+from support import Run, assert_one_line_error, base_env, entries, set_row, states
 
 from logbook.emulator.testing import EmulatorProcess
 
@@ -143,3 +145,90 @@ def _json(run: Run) -> dict[str, object]:
     assert run.code == 0, run.err
     data: dict[str, object] = json.loads(run.out)
     return data
+
+
+def test_show_tells_the_two_statuses_apart_and_names_the_api_id(
+    run_cli: RunCli, db_path: Path
+) -> None:
+    a = _record(run_cli, 1)
+    text = run_cli("show", a).out
+    assert "recorded status:  Done" in text and "server status:" in text
+    assert "\nstatus:" not in text and "remote_status:" not in text
+    assert "API id:           - (the API does not have it yet)" in text
+    # Straight to the API: the server's id is the API's.
+    set_row(db_path, a, state="synced", remote_id="api-1", remote_status="Submitted",
+            synced_at="2026-01-01T00:00:00Z")  # fmt: skip
+    text = run_cli("show", a).out
+    assert "server status:    Submitted" in text and "server id:        api-1" in text
+    assert "API id:           api-1 (the server id: synced straight to the API)" in text
+    shown = _json(run_cli("show", a, "--json"))
+    assert list(shown)[-2:] == ["upstream_id", "confirmed"]
+    assert shown["upstream_id"] is None and shown["confirmed"] is True
+    # Through a relay: unconfirmed until the API's id comes back, and it says so.
+    relay = "http://gateway.lab:8700"
+    set_row(db_path, a, remote_id="relay-1", via=relay)
+    text = run_cli("show", a).out
+    assert f"relay:            {relay}" in text
+    assert f"API id:           not confirmed yet (accepted by the relay at {relay};" in text
+    assert _json(run_cli("show", a, "--json"))["confirmed"] is False
+    set_row(db_path, a, upstream_id="api-77")
+    assert "API id:           api-77\n" in run_cli("show", a).out
+    shown = _json(run_cli("show", a, "--json"))
+    assert shown["upstream_id"] == "api-77" and shown["confirmed"] is True
+    listed = _json_list(run_cli("list", "--json"))
+    assert "upstream_id" not in listed[0] and "confirmed" not in listed[0]  # the contract's keys
+
+
+def _json_list(run: Run) -> list[dict[str, object]]:
+    assert run.code == 0, run.err
+    data: list[dict[str, object]] = json.loads(run.out)
+    return data
+
+
+def test_record_takes_the_experiment_from_config_toml(run_cli: RunCli, logbook_home: Path) -> None:
+    from support import write_config
+
+    missing = run_cli("record", "--results", "{}")
+    assert missing.code == 2 and "--experiment" in missing.err and "config.toml" in missing.err
+    assert_one_line_error(missing.err)
+    write_config(logbook_home, ['experiment = "bell-lab"'])
+    made = run_cli("record", "--results", "{}", "--json")
+    assert made.code == 0, made.err
+    assert made.json()["experiment_id"] == "bell-lab"
+    given = run_cli("record", "-e", "other", "--results", "{}", "--json")
+    assert given.json()["experiment_id"] == "other"  # the option wins
+    logged = subprocess.run(
+        [sys.executable, "-c", "import logbook; print(logbook.log({'00': 3}).experiment_id)"],
+        env=base_env(logbook_home), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert logged.stdout.strip() == "bell-lab", logged.stderr
+
+
+def test_status_says_what_a_killed_sync_left_sending_will_become(
+    run_cli: RunCli, logbook_home: Path
+) -> None:
+    for i in range(3):
+        _record(run_cli, i)
+    claim = (  # a sync (another process) that claimed two entries, then died (kill -9)
+        "import sys; from logbook.store import Store; from logbook.store.leases import new_owner\n"
+        "with Store(sys.argv[1]) as s: s.leases.claim(new_owner(), 2, lease_seconds=3600)"
+    )
+    subprocess.run([sys.executable, "-c", claim, str(logbook_home / "logbook.db")], check=True,
+                   env=base_env(logbook_home), timeout=60)  # fmt: skip
+    text = run_cli("status").out
+    assert "2 sending" in text
+    assert "left sending:   2 left 'sending' by a sync that is gone" in text
+    assert "the next `logbook sync` looks each up on the server" in text
+
+
+def test_doctor_names_where_the_key_came_from(run_cli: RunCli, logbook_home: Path) -> None:
+    from support import write_config
+
+    write_config(logbook_home, [f'api_key = "{"k" * 20}"'])
+    (logbook_home / "config.toml").chmod(0o600)
+    res = run_cli("doctor", "--json")
+    key = next(c for c in json.loads(res.out) if c["check"] == "key")
+    assert key["message"].endswith(f"(from api_key in {logbook_home / 'config.toml'})")
+    res = run_cli("doctor", "--json", env={"HAIQU_API_KEY": "e" * 20})
+    key = next(c for c in json.loads(res.out) if c["check"] == "key")
+    assert key["message"].endswith("(from the environment, HAIQU_API_KEY)")
