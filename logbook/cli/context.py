@@ -40,7 +40,9 @@ def global_options() -> list[click.Option]:
             help="Store file (default: $LOGBOOK_DB or $LOGBOOK_HOME/logbook.db).",
         ),
         click.Option(
-            ["-v", "--verbose"], count=True, help="More log output on stderr (-vv: debug)."
+            ["-v", "--verbose"], count=True,
+            help="More log output on stderr (-vv: debug, and each HTTP request with its status"
+            " and time).",
         ),
         click.Option(
             ["-q", "--quiet"], is_flag=True, help="Only errors on stderr: no progress, no notes."
