@@ -191,9 +191,8 @@ class ApiClient:
         self._jobs_url = httpx2.URL(self.endpoint + "/jobs" + self._param)
         self._jobs_plain = httpx2.Request("POST", self.endpoint + "/jobs")
         self._host = urlsplit(self.endpoint).netloc
-        # -vv logs each request; decided once, so a run without it pays one attribute read.
-        self._trace = wire.isEnabledFor(logging.DEBUG)
-        self._shown_endpoint = show_url(self.endpoint)
+        # -vv logs each request: decided once, a run without it pays an attribute read.
+        self._trace, self._shown = wire.isEnabledFor(logging.DEBUG), show_url(self.endpoint)
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -247,24 +246,19 @@ class ApiClient:
         """One request under an overall deadline (socket timeouts bound each read, not the
         whole); with ``-vv``, one log line each (method, route, status, time).
         """
-        started = time.monotonic() if self._trace else 0.0
+        started, outcome = (time.monotonic() if self._trace else 0.0), "?"
         try:
             response = await self.send(method, path, body)
-        except (TimeoutError, httpx2.HTTPError) as err:
-            failure = self._classify(method, shown, err)
-            if self._trace:
-                self._traced(method, path, type(err).__name__, started)
-        else:
-            if self._trace:
-                self._traced(method, path, str(response.status_code), started)
+            outcome = str(response.status_code)
             return response
+        except (TimeoutError, httpx2.HTTPError) as err:
+            outcome = type(err).__name__
+            failure = self._classify(method, shown, err)
+        finally:
+            if self._trace:  # `POST https://host/jobs -> 200 in 41 ms`: the path, no query
+                ms = (time.monotonic() - started) * 1000
+                wire.debug("%s %s%s -> %s in %.0f ms", method, self._shown, path, outcome, ms)
         raise failure  # outside the except block: no chain back to a key-bearing error
-
-    def _traced(self, method: str, path: str, outcome: str, started: float) -> None:
-        """``POST https://api.haiqu.ai/jobs -> 200 in 41 ms``: the path, never the key (the
-        query that may carry it is not in ``path``)."""
-        ms = (time.monotonic() - started) * 1000
-        wire.debug("%s %s%s -> %s in %.0f ms", method, self._shown_endpoint, path, outcome, ms)
 
     def _classify(self, method: str, shown: str, err: BaseException) -> RequestFailed:
         """A transport failure as the sync engine needs it: was anything sent?"""
