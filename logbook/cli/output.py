@@ -188,7 +188,16 @@ def stats_line(p: Progress) -> str:
     )
     if p.retries or p.throttled:
         line += f", retries {p.retries}, throttled {p.throttled}"
-    return line
+    paused = pause_text(p)
+    return f"{line}, {paused}" if paused else line
+
+
+def pause_text(p: Progress) -> str:
+    """Why nothing moves: ``paused 1 s: Retry-After, 412 s in all`` (or how long it paused)."""
+    left = p.pausing()
+    if left > 0:
+        return f"paused {left:.0f} s: {p.pause_reason}, {p.paused_total:.0f} s in all"
+    return f"paused {p.paused_total:.0f} s in all" if p.paused_total >= 0.5 else ""
 
 
 @contextmanager
@@ -240,9 +249,12 @@ def _bar(progress: Progress, unit: str, stop: threading.Event) -> None:
             if progress.total and bar.total != progress.total:
                 bar.total = progress.total
             bar.n = progress.done
-            if progress.retries or progress.throttled:
-                bar.set_postfix_str(f"retries {progress.retries}, throttled {progress.throttled}",
-                                    refresh=False)  # fmt: skip
+            if progress.retries or progress.throttled or progress.paused_total:
+                extra = pause_text(progress)
+                bar.set_postfix_str(
+                    f"retries {progress.retries}, throttled {progress.throttled}"
+                    + (f", {extra}" if extra else ""), refresh=False,
+                )  # fmt: skip
             bar.refresh()
         if stopping:
             if bar is not None:

@@ -52,9 +52,9 @@ class SyncEngine:
         self.client = client
         self.concurrency = concurrency
         self.rng = rng or random.Random()
-        self.limit = AdaptiveLimit(concurrency, self.rng)
         self.lease_seconds = lease_seconds
         self.progress = progress or Progress()
+        self.limit = AdaptiveLimit(concurrency, self.rng, on_pause=self.progress.pause)
         self.report = SyncReport()
         self.owner = new_owner()
         #: Why the run stops early (auth, redirect, unreachable), if it does.

@@ -359,3 +359,22 @@ def test_global_options_work_before_or_after_the_command(
     assert res.exit_code == 0
     for name in ("--db", "--verbose", "--quiet", "--stats", "--log-format"):
         assert name in cli_runner("sync", "--help").stdout
+
+
+def test_the_progress_line_says_why_the_run_pauses() -> None:
+    """On the bar and the stats line alike: how long, why, and how long in all."""
+    import time
+
+    from logbook.cli.output import pause_text, stats_line
+    from logbook.progress import Progress
+
+    p = Progress()
+    p.begin("sending", 5000)
+    assert pause_text(p) == "" and "paused" not in stats_line(p)
+    p.pause(1.2, "Retry-After")
+    p.pause(0.5, "Retry-After")  # within the first: counted once
+    assert pause_text(p) == "paused 1 s: Retry-After, 1 s in all"
+    assert stats_line(p).endswith(", paused 1 s: Retry-After, 1 s in all")
+    p.paused_until = time.monotonic() - 1  # it has passed
+    p.paused_total = 412.4
+    assert pause_text(p) == "paused 412 s in all"
