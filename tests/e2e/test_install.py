@@ -92,6 +92,7 @@ def test_the_wheel_installs_in_a_clean_venv_and_the_demo_runs_on_it(tmp_path: Pa
     # Each step can be pasted back: the arguments with spaces come quoted.
     assert "$ logbook record --experiment demo --name 'bell, hand-typed'" in demo.stdout
     assert "$ logbook emulator --host 127.0.0.1 --port 0" in demo.stdout
+    assert "$ export HAIQU_EDGE_URI=http://127.0.0.1:" in demo.stdout
     # The store is kept, synced, and the last lines say how to look at it.
     [home] = [
         ln.split("=", 1)[1] for ln in demo.stdout.splitlines() if "export LOGBOOK_HOME=" in ln
