@@ -239,7 +239,7 @@ def list_(c: Ctx, state: str | None, experiment: str | None, limit: int, as_json
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @pass_ctx
 def show(c: Ctx, entry_id: int, as_json: bool) -> None:
-    """Show one entry, and where its job is: the server's id, and the API's.
+    """Show one entry, with its server's id and the API's.
 
     "recorded status" is the job's status as recorded; "server status" is
     the server's.  Synced through a relay, a job is confirmed once the API's

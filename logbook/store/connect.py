@@ -56,6 +56,11 @@ def translate(err: sqlite3.Error, path: str) -> StoreError:
             f"the disk holding the store {path} {why}: free some space and try again"
             " (nothing recorded was lost; what was not written was not recorded)"
         )
+    if isinstance(err, sqlite3.DatabaseError) and "not a database" in msg and not_sqlite(path):
+        return NotALogbookStore(
+            f"{path} is not a logbook store (not an SQLite database at all): give --db the"
+            " path of a logbook store; it was left unchanged"
+        )
     if isinstance(err, sqlite3.DatabaseError) and (
         "not a database" in msg or "malformed" in msg or "corrupt" in msg
     ):
@@ -94,25 +99,21 @@ def retry_busy(fn: Callable[[], T], deadline: float | None = None) -> T:
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def check_sqlite_file(path: str) -> None:
-    """Refuse a file that is not an SQLite database at all (``/etc/passwd``, a CSV) with a line
-    that says so: SQLite's own "file is not a database" reads like a damaged store.
+def not_sqlite(path: str) -> bool:
+    """True for a file that is no SQLite database at all (``/etc/passwd``, a CSV): its first
+    bytes are not SQLite's.  An empty file is a store not yet set up.
 
-    An empty file is a store not yet set up.  A file that starts like SQLite
-    but does not open is damaged, and SQLite's errors say that.
+    Only asked once SQLite has refused the file ("file is not a database"): opening and
+    closing a descriptor on a database file drops the POSIX locks every connection of
+    this process holds on it (sqlite.org/howtocorrupt.html, 2.2), so a file that may be
+    a live store is never opened outside SQLite.
     """
     try:
         with open(path, "rb") as f:
             head = f.read(len(SQLITE_HEADER))
-    except (FileNotFoundError, IsADirectoryError):
-        return  # created, or refused as a directory, further on
     except OSError:
-        return  # unreadable: SQLite's own error names it
-    if head and head != SQLITE_HEADER:
-        raise NotALogbookStore(
-            f"{path} is not a logbook store (not an SQLite database at all): give --db the"
-            " path of a logbook store; it was left unchanged"
-        )
+        return False
+    return bool(head) and head != SQLITE_HEADER
 
 
 def _connect(path: str, target: str, uri: bool = False) -> sqlite3.Connection:
@@ -131,7 +132,6 @@ def open_readwrite(path: str) -> sqlite3.Connection:
         raise StoreError(f"the store {path} is a directory: give the path of a store file")
     if p.exists() and not p.is_file():
         raise StoreError(f"the store {path} is not a regular file")
-    check_sqlite_file(path)
     try:
         if not p.exists():
             p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -153,7 +153,6 @@ def open_readonly(path: str) -> sqlite3.Connection:
     """A connection that writes nothing, even in a directory it cannot write."""
     if os.path.isdir(path):
         raise StoreError(f"the store {path} is a directory: give the path of a store file")
-    check_sqlite_file(path)
     uri = Path(path).resolve().as_uri()
     conn = _connect(path, f"{uri}?mode=ro", uri=True)
     try:
