@@ -13,13 +13,14 @@ exactly once (``duplicates == 0`` and ``jobs_created == N * entries``, and
 with a relay, every job ``synced`` in its store); and whether the machines
 cooperate:
 
-- each backoff (a concurrency cut, "server overloaded" in the machine's
-  ``-v`` log) costs at most the requests already in flight: 429s per
-  backoff <= 64, so the 429s stay a modest multiple of N, not thousands a
-  second;
+- each backoff ("server overloaded" in the machine's ``-v`` log: a
+  concurrency cut, or, when most recent answers are 429s, a pause of every
+  request until the Retry-After) costs at most the requests already in
+  flight: 429s per backoff <= 64, so the 429s stay a modest multiple of N,
+  not thousands a second;
 - they do not come back in lockstep: when a 429 reaches them all at once,
   their resumes (each machine's first job the emulator accepted after its
-  cut, from the emulator's own timestamps) spread over >= 0.1 s.
+  pause, from the emulator's own timestamps) spread over >= 0.1 s.
 
 When the fleet never reaches R (no 429 at all: on a small shared machine the
 CPU may be the limit first), the cooperation checks are skipped and a note
@@ -69,6 +70,8 @@ from bench._lab import (
 )
 from logbook.emulator.testing import EmulatorProcess
 
+#: What a machine's log says when it pauses every request (not just fewer in flight).
+PAUSE_LINE = "pausing every request"
 #: A 429's Retry-After is at least 1 s here: a machine's first job accepted this long after it
 #: cut its concurrency is where it resumed (requests in flight at the cut are answered sooner).
 RESUME_AFTER = 0.5
@@ -93,7 +96,8 @@ class Machine:
     runs: list[SyncResult] = field(default_factory=list)
     error: str | None = None
     finished: float | None = None  # wall clock (time.time()) of its last sync's exit
-    cuts: list[float] = field(default_factory=list)  # wall clock of each concurrency cut
+    cuts: list[float] = field(default_factory=list)  # wall clock of each backoff (cut or pause)
+    pauses: list[float] = field(default_factory=list)  # ... of each pause of every request
 
     @property
     def name(self) -> str:
@@ -114,6 +118,7 @@ def _run_machine(m: Machine, endpoint: str, deadline: float) -> None:
             return
         m.runs.append(result)
         m.cuts += _cut_times(result.stderr)
+        m.pauses += _cut_times(result.stderr, PAUSE_LINE)
         pending = result.report.get("pending")
         if result.code == 0:
             m.finished = result.ended + offset
@@ -127,11 +132,12 @@ def _run_machine(m: Machine, endpoint: str, deadline: float) -> None:
         time.sleep(RERUN_DELAY)
 
 
-def _cut_times(stderr: str) -> list[float]:
-    """When the sync halved its requests in flight ("server overloaded"), from its JSON log."""
+def _cut_times(stderr: str, what: str = "server overloaded") -> list[float]:
+    """When the sync backed off ("server overloaded": it halved its requests in flight, or
+    paused them all), from its JSON log; ``what``: only the lines holding that."""
     out = []
     for line in stderr.splitlines():
-        if "server overloaded" not in line:
+        if "server overloaded" not in line or what not in line:
             continue
         try:
             rec = json.loads(line)
@@ -332,12 +338,14 @@ def _fleet_run(
     if relay is None:
         # Each backoff: when the machine cut its concurrency (its log), when its jobs came
         # back (the emulator's timestamps).
-        backoffs = {m.name: _resumes(m.cuts, lines.get(m.name, [])) for m in fleet}
+        # Resumes follow pauses of every request (a cut alone does not stop the machine).
+        backoffs = {m.name: _resumes(m.pauses, lines.get(m.name, [])) for m in fleet}
         cuts = sum(len(m.cuts) for m in fleet)
         first_cuts = [m.cuts[0] - start for m in fleet if m.cuts]
         first = {n: b[0] for n, b in backoffs.items() if b}
         result.update(
             cuts=cuts,
+            pauses=sum(len(m.pauses) for m in fleet),
             cuts_per_machine={m.name: len(m.cuts) for m in fleet},
             refused_per_cut=round(refused / cuts, 1) if cuts else None,
             first_cut=_spread(first_cuts),
@@ -447,7 +455,11 @@ def show(r: dict[str, Any]) -> None:
     cuts = r["relay_cuts"] if r["relay"] else r["cuts"]
     if r["refused"]:
         per_cut = f"{r['refused_per_cut']:.1f}" if r["refused_per_cut"] is not None else "-"
-        print(f"  backoffs (concurrency cuts in {who}): {cuts}; 429s per backoff: {per_cut}")
+        pauses = "" if r["relay"] else f", {r['pauses']} of them pauses of every request"
+        print(
+            f"  backoffs (concurrency cuts and pauses in {who}): {cuts}{pauses};"
+            f" 429s per backoff: {per_cut}"
+        )
     c = r["cpu_us"]
     print(
         f"  CPU per job: lab syncs {c['labs']} us, emulator {c['emulator']} us"

@@ -108,9 +108,12 @@ def log(
     (Qiskit 2), a mapping of job fields, or a counts dict.  ``circuit``: the
     circuit it ran, for the Haiqu SDK's ``circuit_hash``.  ``fields``: any job
     field (``name``, ``device_id``, ``metrics={...}``, ``hash=`` to tell two runs
-    with identical counts apart).  Never touches the network: ``sync()`` sends
-    it later.
+    with identical counts apart).  ``experiment_id`` defaults to ``experiment``
+    in config.toml.  Never touches the network: ``sync()`` sends it later.
     """
+    if experiment_id is None and not (isinstance(obj, Mapping) and obj.get("experiment_id")):
+        # config.toml's experiment, as `record` and `import` use it
+        experiment_id = load_config(db=str(db) if db is not None else None).experiment
     job = job_from_object(obj, experiment_id, circuit=circuit, **fields)
     entry, _created = open_store(db).record(job, source="python")
     return entry

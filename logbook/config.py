@@ -31,6 +31,8 @@ DEFAULT_CONCURRENCY = 64
 DEFAULT_SETTLE = 0.2
 #: A run's overall budget (seconds) unless --max-time or ``max_time`` says otherwise.
 DEFAULT_MAX_TIME = 3600.0
+#: Seconds an entry a relay accepted may wait for the API's id before ``doctor`` warns.
+DEFAULT_UNCONFIRMED_WARN_AFTER = 86400.0
 #: What every command that needs the key says without one (sync, watch --sync, doctor).
 NO_KEY = 'no API key: set HAIQU_API_KEY, or put api_key = "..." in config.toml (chmod 600)'
 
@@ -39,7 +41,7 @@ SETTINGS: dict[str, type] = {
     "db": str, "endpoint": str, "api_key": str, "auth": str, "concurrency": int,
     "max_file_bytes": int, "settle": float, "experiment": str, "request_timeout": float,
     "max_time": float, "proxy": str, "ca_bundle": str, "max_lag": float,
-    "metrics_textfile": str, "heartbeat_url": str,
+    "metrics_textfile": str, "heartbeat_url": str, "unconfirmed_warn_after": float,
 }  # fmt: skip
 #: ``--max-lag``: readiness fails once the oldest undelivered entry is older (seconds).
 DEFAULT_MAX_LAG = 3600.0
@@ -86,6 +88,7 @@ class Config:
     #: After ``logbook sync``: node_exporter's textfile, and a URL to GET after a clean run.
     metrics_textfile: str | None = None
     heartbeat_url: str | None = field(default=None, repr=False)
+    unconfirmed_warn_after: float = DEFAULT_UNCONFIRMED_WARN_AFTER
     config_file: Path | None = None
     #: Where each setting came from: "default", "--flag", "ENV_VAR" or the config file's path.
     sources: dict[str, str] = field(default_factory=dict)
@@ -320,7 +323,7 @@ def load_config(
     if cfg.auth not in AUTH_MODES:
         raise ConfigError(f"auth must be one of {', '.join(AUTH_MODES)}, not {cfg.auth!r}")
     names = ("concurrency", "max_file_bytes", "settle", "experiment", "request_timeout",
-             "max_lag", "metrics_textfile", "heartbeat_url")  # fmt: skip
+             "max_lag", "metrics_textfile", "heartbeat_url", "unconfirmed_warn_after")  # fmt: skip
     for name in names:
         value = pick(name)
         if value is not None:
@@ -347,5 +350,6 @@ def _validate(cfg: Config, where: str) -> None:
     _positive("max_lag", cfg.max_lag, where)
     if cfg.heartbeat_url and not cfg.heartbeat_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: heartbeat_url must start with http:// or https://")
+    _positive("unconfirmed_warn_after", cfg.unconfirmed_warn_after, where)
     if cfg.ca_bundle and not os.path.exists(cfg.ca_bundle):
         raise ConfigError(f"{where}: ca_bundle {cfg.ca_bundle} does not exist")

@@ -6,8 +6,8 @@ import asyncio
 import os
 import stat
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .config import NO_KEY, config_path
 from .errors import ConfigError, LogbookError, RequestFailed
@@ -18,14 +18,23 @@ if TYPE_CHECKING:
     from .config import Config
 
 
+#: At most this many invalid files are listed (newest first).
+MAX_FILES = 1000
+
+
 @dataclass
 class Check:
     name: str
     level: str  # ok | warn | fail
     message: str
+    #: What the check is about, one by one (the invalid files, with their reasons).
+    items: list[dict[str, str]] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, str]:
-        return {"check": self.name, "level": self.level, "message": self.message}
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"check": self.name, "level": self.level, "message": self.message}
+        if self.items:
+            d["items"] = self.items
+        return d
 
 
 def check_store(cfg: Config) -> list[Check]:
@@ -43,31 +52,36 @@ def check_store(cfg: Config) -> list[Check]:
     else:
         checks.append(Check("filesystem", "ok", f"local ({filesystem_type(path) or 'unknown'})"))
     if not path.exists():
-        checks.append(Check("store", "ok", f"no store yet at {path} (created on first record)"))
+        source = cfg.sources.get("db")
+        if source in ("--db", "LOGBOOK_DB"):
+            checks.append(Check(
+                "store", "warn", f"no store at {path} (from {source}): check the path"
+                " (`logbook record` or `import` would start one there)",
+            ))  # fmt: skip
+        else:
+            checks.append(Check("store", "ok", f"no store yet at {path} (created on first record)"))
         return checks
-    if path.is_file():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            checks.append(
-                Check(
-                    "permissions",
-                    "warn",
-                    f"{path} is readable by others (mode {mode:o}): chmod 600",
-                )
-            )
     try:
         with Store(path, readonly=True) as store:
             integrity = store.integrity()
             version = store.schema_version()
             journal = store.journal_mode()
-            counts = store.counts()
-            oldest = store.oldest_pending()
-            stuck = store.leases.count_left() - counts["pending"]
-            last = store.get_meta("last_sync")
-            invalid = store.ledger.invalid_count()
+            figures = Figures(
+                counts=store.counts(), oldest=store.oldest_pending(),
+                last=store.get_meta("last_sync"), invalid=store.ledger.invalid(MAX_FILES),
+                n_invalid=store.ledger.invalid_count(), unconfirmed=store.unconfirmed(),
+                missing=store.missing(),
+            )  # fmt: skip
+            figures.stuck = store.leases.count_left() - figures.counts["pending"]
     except LogbookError as err:
         checks.append(Check("store", "fail", str(err)))
         return checks
+    if path.is_file():  # a store's own: another file's mode is not ours to advise on
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            checks.append(Check(
+                "permissions", "warn", f"{path} is readable by others (mode {mode:o}): chmod 600"
+            ))  # fmt: skip
     upgrade = " (upgraded on the next write)" if version < SCHEMA_VERSION else ""
     checks.append(Check(
         "store", "ok" if integrity == "ok" else "fail",
@@ -75,32 +89,90 @@ def check_store(cfg: Config) -> list[Check]:
         + ("" if integrity == "ok" else "; move it aside and restore a copy"),
     ))  # fmt: skip
     checks.append(Check("journal", "ok" if journal == "wal" else "warn", f"journal mode {journal}"))
-    return checks + _backlog(counts, oldest, stuck, last, invalid)
+    return checks + _backlog(figures) + _delivery(figures, cfg.unconfirmed_warn_after)
 
 
-def _backlog(
-    counts: dict[str, int], oldest: str | None, stuck: int, last: str | None, invalid: int
-) -> list[Check]:
+@dataclass
+class Figures:
+    """What doctor reads from the store in one go."""
+
+    counts: dict[str, int]
+    oldest: str | None
+    last: str | None
+    invalid: list[tuple[str, str]]
+    n_invalid: int
+    unconfirmed: tuple[int, str | None]
+    missing: int
+    stuck: int = 0
+
+
+def _backlog(f: Figures) -> list[Check]:
     """What is waiting, what is stuck, when it last synced, and files that need the user."""
     checks = []
-    backlog = f"{counts['pending']} pending, {counts['rejected']} rejected"
-    if oldest:
-        backlog += f", oldest pending since {oldest}"
-    level = "warn" if counts["rejected"] else "ok"
+    backlog = f"{f.counts['pending']} pending, {f.counts['rejected']} rejected"
+    if f.oldest:
+        backlog += f", oldest pending since {f.oldest}"
+    level = "warn" if f.counts["rejected"] else "ok"
     hint = " (see `logbook list --state rejected`, then `logbook retry`)" if level == "warn" else ""
     checks.append(Check("backlog", level, backlog + hint))
-    if stuck:
+    if f.stuck:
         checks.append(Check(
             "sending", "warn",
-            f"{stuck} entries were left 'sending' by a sync that is gone: run `logbook sync`"
+            f"{f.stuck} entries were left 'sending' by a sync that is gone: run `logbook sync`"
             " (it looks them up on the server before sending them again)",
         ))  # fmt: skip
-    checks.append(Check("last sync", "ok", last or "never"))
-    if invalid:
+    checks.append(Check("last sync", "ok", f.last or "never"))
+    if f.n_invalid:
+        more = f"; the {MAX_FILES} newest listed" if f.n_invalid > MAX_FILES else ""
         checks.append(Check(
-            "files", "warn", f"{invalid} invalid result files (fix them and they are read again)"
+            "files", "warn",
+            f"{f.n_invalid} invalid result files: fix each and it is read again (the watcher"
+            f" at once; `logbook import FILE` otherwise){more}",
+            [{"path": path, "reason": reason} for path, reason in f.invalid],
         ))  # fmt: skip
     return checks
+
+
+def _delivery(f: Figures, warn_after: float) -> list[Check]:
+    """Jobs a relay accepted that the API has not confirmed, and jobs the API lost."""
+    checks = []
+    count, since = f.unconfirmed
+    if count and since:
+        age = max(0.0, time.time() - _epoch(since))
+        text = (
+            f"{count} entries accepted by a relay have no API id yet, the oldest since {since}"
+            f" ({_ago(age)} ago)"
+        )
+        if age > warn_after:
+            checks.append(Check(
+                "unconfirmed", "warn",
+                f"{text}: check that the relay forwards (`logbook relay status` on its machine;"
+                " `logbook show ID` names it), then `logbook sync` asks again (warned after"
+                f" {_ago(warn_after)}: unconfirmed_warn_after in config.toml)",
+            ))  # fmt: skip
+        else:
+            checks.append(Check("unconfirmed", "ok", f"{text}; `logbook sync` asks again"))
+    if f.missing:
+        checks.append(Check(
+            "missing", "warn",
+            f"{f.missing} jobs the API no longer has (synced, then gone from the API: a person"
+            " may have deleted them): `logbook retry --missing` sends them again",
+        ))  # fmt: skip
+    return checks
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def _ago(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min"
 
 
 def check_config(cfg: Config) -> list[Check]:
@@ -118,24 +190,59 @@ def check_config(cfg: Config) -> list[Check]:
             Check("config", "ok", f"no config file (it would be read from {config_path()})")
         )
     if cfg.api_key:
-        checks.append(Check("key", "ok", f"{mask(cfg.api_key)} (from {cfg.key_source})"))
+        checks.append(Check("key", "ok", f"{mask(cfg.api_key)} (from {key_source(cfg)})"))
     else:
         checks.append(Check("key", "fail", NO_KEY))
     why = cfg.sources.get("endpoint")
     source = f"from {why}" if why else "the Haiqu SDK's default; set HAIQU_EDGE_URI to change it"
     checks.append(Check("endpoint", "ok", f"{cfg.endpoint} ({source}; key sent in the {cfg.auth})"))
     try:
-        proxy = _proxy_for(cfg)
+        proxy, where = proxy_in_effect(cfg)
     except ConfigError as err:  # a malformed proxy in the environment
         checks.append(Check("proxy", "fail", str(err)))
     else:
-        if proxy:
-            checks.append(Check("proxy", "ok", f"{show_url(proxy[0])} (from {proxy[1]})"))
-    ca = cfg.ca_bundle or os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR")
-    if ca:
-        where = "ca_bundle" if cfg.ca_bundle else "SSL_CERT_FILE/SSL_CERT_DIR"
-        checks.append(Check("trust", "ok", f"the system's CAs and {ca} (from {where})"))
+        if where != "default":
+            checks.append(Check("proxy", "ok", f"{proxy} (from {where})"))
+    cas, where = cas_in_effect(cfg)
+    if where != "default":
+        checks.append(Check("trust", "ok", f"{cas} (from {where})"))
     return checks
+
+
+def key_source(cfg: Config) -> str:
+    """Where the key in effect was set, as a user would look for it."""
+    source = cfg.key_source or ""
+    if source == "HAIQU_API_KEY":
+        return "the environment, HAIQU_API_KEY"
+    return f"api_key in {source}" if source.endswith(".toml") else source
+
+
+def proxy_in_effect(cfg: Config) -> tuple[str, str]:
+    """The proxy the endpoint is reached through (its password masked), and where it was set:
+    what ``config`` and ``doctor`` both show."""
+    found = _proxy_for(cfg)
+    if found:
+        url, where = found
+        return show_url(url), (f"proxy in {config_path()}" if where.startswith("proxy") else where)
+    from .client.network import proxy_bypassed
+
+    if cfg.endpoint and proxy_bypassed(cfg.proxy, cfg.endpoint):
+        return "(none: NO_PROXY covers the endpoint)", "NO_PROXY"
+    return "(none: direct)", "default"
+
+
+def cas_in_effect(cfg: Config) -> tuple[str, str]:
+    """The CAs trusted (the system's, plus any added), and where the added ones were set."""
+    added = [
+        (cfg.ca_bundle, f"ca_bundle in {cfg.sources.get('ca_bundle', config_path())}"),
+        (os.environ.get("SSL_CERT_FILE"), "SSL_CERT_FILE"),
+        (os.environ.get("SSL_CERT_DIR"), "SSL_CERT_DIR"),
+    ]
+    found = [(path, where) for path, where in added if path]
+    if not found:
+        return "the system's CAs", "default"
+    paths = ", ".join(str(p) for p, _ in found)
+    return f"the system's CAs and {paths}", ", ".join(w for _, w in found)
 
 
 def _proxy_for(cfg: Config) -> tuple[str, str] | None:

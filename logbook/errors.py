@@ -15,6 +15,7 @@ password (see ``logbook.redact``).
     │   └── NotALogbookStore  another program's SQLite file: left unchanged (exit 2)
     ├── NotFound              no entry with that id (exit 1)
     ├── Conflict              one identity, other content (a relay answers 409)
+    ├── Refused               the entry's state does not allow it (rm of a synced entry; exit 1)
     └── SyncError             a sync could not run at all
         ├── AuthError         the server refused the key: 401/403 (exit 3)
         ├── Unreachable       the endpoint could not be reached (exit 4)
@@ -83,6 +84,11 @@ class NotFound(LogbookError):
 
 class Conflict(LogbookError):
     """A job whose ``(experiment_id, hash)`` is held with other content: never linked to it."""
+
+
+class Refused(LogbookError):
+    """What the user asked is not allowed in the entry's state (``rm`` of a synced entry);
+    nothing was changed."""
 
 
 class SyncError(LogbookError):

@@ -91,6 +91,9 @@ def ingest_file(
     its jobs are stored (only for single-threaded callers: it forks).
     """
     abspath = os.path.abspath(path)
+    # The ledger's key as the watcher makes it (its directories' real paths), so a file
+    # imported through a symlinked directory is not read again by a watcher of it.
+    abspath = os.path.join(os.path.realpath(os.path.dirname(abspath)), os.path.basename(abspath))
     stamp = now_iso()
     source = shown(abspath)
     with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:

@@ -179,6 +179,8 @@ def _json_text_problem(value: str) -> str | None:
     except (ValueError, RecursionError):
         try:
             decoded = _json_text.decode(value)
+        except json.JSONDecodeError as err:  # where it broke, as the user can find it
+            return f"must be JSON text ({err.msg} at line {err.lineno} column {err.colno})"
         except (ValueError, RecursionError):
             return "must be JSON text"
     if _SURROGATE_ESCAPE.search(value):

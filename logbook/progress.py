@@ -24,6 +24,25 @@ class Progress:
     #: Where each phase that ended got to, so its bar can end there and not at its
     #: last tick (a bar samples; a short phase may begin and end between two samples).
     ended: dict[str, int] = field(default_factory=dict)
+    #: The run is waiting (nothing is sent) until this ``time.monotonic()``, and why
+    #: ("Retry-After", "back-off"); how long it has waited so in all.
+    paused_until: float = 0.0
+    pause_reason: str = ""
+    paused_total: float = 0.0
+
+    def pause(self, seconds: float, reason: str) -> None:
+        """The run waits ``seconds`` from now (a server's Retry-After, a back-off); overlapping
+        pauses count once in ``paused_total``."""
+        now = time.monotonic()
+        until = now + max(0.0, seconds)
+        if until > self.paused_until:
+            self.paused_total += until - max(now, self.paused_until)
+            self.paused_until = until
+        self.pause_reason = reason
+
+    def pausing(self) -> float:
+        """Seconds left of the current pause (0: not paused)."""
+        return max(0.0, self.paused_until - time.monotonic())
 
     def begin(self, phase: str, total: int) -> None:
         self.ended[self.phase] = self.done

@@ -33,16 +33,37 @@ _venv_stamp() {  # what the environment was built from
         | sha256sum | cut -d' ' -f1
 }
 
+venv_requirements() {  # what pyproject.toml asks for (the runtime, and EXTRAS), one line
+    local extras="$1"
+    "${PYTHON:-python3}" - "$REPO_ROOT/pyproject.toml" "$extras" <<'PY'
+import re, sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    project = tomllib.load(f)["project"]
+wanted = list(project["dependencies"])
+for extra in filter(None, sys.argv[2].split(",")):
+    wanted += project["optional-dependencies"][extra]
+names = dict.fromkeys(re.split(r"[\s<>=!~;\[]", w, maxsplit=1)[0] for w in wanted)
+print(", ".join(names))
+PY
+}
+
 venv_create() {
-    local dir="$1" extras="$2"
+    local dir="$1" extras="$2" started=$SECONDS
     _venv_check_python
-    echo "scripts: building a fresh virtual environment in ${dir#"$REPO_ROOT"/}" >&2
+    local shown_dir="${dir#"$REPO_ROOT"/}" what="haiqu-logbook${extras:+[$extras]}"
+    echo "scripts: building a fresh virtual environment in $shown_dir ($("${PYTHON:-python3}" -V 2>&1))" >&2
     rm -rf "$dir"
     "${PYTHON:-python3}" -m venv "$dir"
     local target="$REPO_ROOT"
     [ -n "$extras" ] && target="$REPO_ROOT[$extras]"
+    echo "scripts: installing $what from this checkout, with: $(venv_requirements "$extras")" >&2
+    [ -n "$extras" ] && echo "scripts: (the first time takes minutes: qiskit and its kin are most of it)" >&2
     "$dir/bin/python" -m pip install -qq -e "$target"
     _venv_stamp "$extras" > "$dir/.logbook-stamp"
+    local count size
+    count=$("$dir/bin/python" -m pip list --format freeze 2>/dev/null | wc -l)
+    size=$(du -sh "$dir" 2>/dev/null | cut -f1)
+    echo "scripts: $shown_dir ready: $count packages, $size, in $((SECONDS - started)) s" >&2
     VENV_PY="$dir/bin/python"
 }
 

@@ -11,7 +11,8 @@ This package is the only code that prints or exits.  Its rooms:
 - ``relay.py``: the relay group (serve, keys, doctor, status);
 - ``bundle.py``: the bundle group (export, import, receipt, apply: air-gapped machines);
 - ``settings.py``: config, path, completion, doctor;
-- ``units.py``: the systemd units ``--print-unit`` prints.
+- ``units.py``: the systemd units ``--print-unit`` prints;
+- ``emulator.py``: the bundled Jobs API emulator as ``logbook emulator``.
 
 Library modules are imported inside the commands so that ``logbook --help``
 is fast.
@@ -25,14 +26,17 @@ from typing import Any
 
 import click
 
-from . import bundle, entries, relay, settings, sync
-from .context import Ctx, RootGroup, global_options
+from . import bundle, emulator, entries, relay, settings, sync
+from .context import HELP_WIDTH, Ctx, RootGroup, global_options
 from .output import Terminated
 
 __all__ = ["cli", "main"]
 
 
-@click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=RootGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": HELP_WIDTH},
+)
 @click.version_option(package_name="haiqu-logbook")
 @click.pass_context
 def cli(
@@ -48,6 +52,7 @@ def cli(
       logbook record -e bell --results '{"00": 510, "11": 514}' --shots '[1024]'
       export HAIQU_API_KEY=...
       logbook sync
+      logbook help sync      # a command's help (the same as: logbook sync --help)
     """
     ctx.obj = Ctx(db, verbose, quiet, stats, log_format)
     ctx.obj.setup_logging()
@@ -57,8 +62,9 @@ cli.params[:0] = global_options()
 
 for command in (
     entries.record, entries.import_, entries.list_, entries.show, entries.status,
-    entries.export, settings.path, settings.config_, settings.completion, entries.retry,
-    sync.sync, sync.watch, relay.relay, bundle.bundle, settings.doctor,
+    entries.export, settings.path, settings.config_, settings.completion, entries.retry, entries.rm,
+    sync.sync, sync.watch, relay.relay, bundle.bundle, settings.doctor, emulator.emulator,
+    settings.help_,
 ):  # fmt: skip
     cli.add_command(command)
 

@@ -40,7 +40,9 @@ def global_options() -> list[click.Option]:
             help="Store file (default: $LOGBOOK_DB or $LOGBOOK_HOME/logbook.db).",
         ),
         click.Option(
-            ["-v", "--verbose"], count=True, help="More log output on stderr (-vv: debug)."
+            ["-v", "--verbose"], count=True,
+            help="More log output on stderr (-vv: debug, and each HTTP request with its status"
+            " and time).",
         ),
         click.Option(
             ["-q", "--quiet"], is_flag=True, help="Only errors on stderr: no progress, no notes."
@@ -104,13 +106,30 @@ class Ctx:
             self._configs[key] = cfg
         return self._configs[key]
 
-    def open(self, *, readonly: bool = False) -> Store | None:
-        """The store; ``None`` when it does not exist and only reading was asked for."""
+    def open(self, *, readonly: bool = False, create: bool = True) -> Store | None:
+        """The store; ``None`` when it does not exist and only reading (``readonly``) or
+        changing what is there (``create=False``) was asked for.
+
+        A path the user gave (``--db``, ``LOGBOOK_DB``) that does not exist is an
+        error for those commands, never an empty store: a typo shows, and creates
+        nothing.  Only the default store reads as empty before its first entry.
+        """
         from ..store import Store
 
         cfg = self.config()
-        if readonly:
-            return Store(cfg.db, readonly=True) if cfg.db.exists() else None
+        if readonly or not create:
+            if not cfg.db.exists():
+                source = cfg.sources.get("db")
+                if source in ("--db", "LOGBOOK_DB"):
+                    from ..errors import NotFound
+
+                    raise NotFound(
+                        f"no store at {cfg.db} (from {source}): check the path; nothing was"
+                        " created (`logbook record` or `import` starts a store)"
+                    )
+                return None
+            if readonly:
+                return Store(cfg.db, readonly=True)
         store = Store(cfg.db)
         from ..fsinfo import network_filesystem
 
@@ -134,8 +153,12 @@ pass_ctx = click.make_pass_decorator(Ctx)
 
 def _one_line(err: click.UsageError) -> LogbookClickError:
     """A usage error as one line (click's own display takes three), exit 2."""
+    message = " ".join(err.format_message().split())  # click's choices come one a line
+    # One hint: a message that names where to look already (an id: `logbook list`) keeps it.
     hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-    return LogbookClickError(redacted(err.format_message()) + hint, 2)
+    if "(see " in message:
+        hint = ""
+    return LogbookClickError(redacted(message) + hint, 2)
 
 
 class _TakesGlobals(click.Command):
@@ -185,6 +208,22 @@ class LogbookGroup(_TakesGlobals, click.Group):
             raise  # bare `logbook`: the help text, as click prints it
         except click.UsageError as err:
             raise _one_line(err) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with its whole first sentence, never cut with "..." (a description
+        that does not fit wraps on the next line)."""
+        rows = [
+            (name, cmd.get_short_help_str(limit=10_000))
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+#: Wide enough for a command's whole one-line description (click's default is 80).
+HELP_WIDTH = 100
 
 
 class RootGroup(LogbookGroup):

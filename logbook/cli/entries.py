@@ -1,4 +1,4 @@
-"""The commands about entries: record, import, list, show, status, export, retry."""
+"""The commands about entries: record, import, list, show, status, export, retry, rm."""
 
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ def _read_results_file(path: str, max_bytes: int) -> str:
 
 
 @click.command(cls=LogbookCommand)
-@click.option("--experiment", "-e", "experiment", required=True, help="Experiment id.")
+@click.option(
+    "--experiment", "-e", "experiment", help="Experiment id.",
+    show_default="experiment in config.toml",
+)  # fmt: skip
 @click.option("--name", help="Job name (at most 200 characters).")
 @click.option("--device", help="Device id (at most 200 characters).")
 @click.option("--shots", help='Shots as JSON text, e.g. "[1024]".')
@@ -75,7 +78,7 @@ def _read_results_file(path: str, max_bytes: int) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @pass_ctx
 def record(
-    c: Ctx, experiment: str, name: str | None, device: str | None, shots: str | None,
+    c: Ctx, experiment: str | None, name: str | None, device: str | None, shots: str | None,
     status: str, job_type: str, results: str | None, results_file: str | None,
     metrics: tuple[str, ...], hash_: str | None, circuit_hash: str | None, as_json: bool,
 ) -> None:  # fmt: skip
@@ -90,6 +93,11 @@ def record(
     """
     from ..jobs import prepare
 
+    experiment = experiment or c.config().experiment
+    if not experiment:
+        raise click.UsageError(
+            "Missing option '--experiment' / '-e' (or set experiment in config.toml)"
+        )
     if results is not None and results_file is not None:
         raise click.UsageError("give --results or --results-file, not both")
     if results_file is not None:
@@ -132,7 +140,7 @@ def import_(
     max_file_bytes: int | None,
     as_json: bool,
 ) -> None:
-    """Record result files and directories (job JSON, Qiskit results, JSON Lines).
+    """Record result files and directories (JSON, Qiskit, JSON Lines).
 
     Directories are read recursively; each file is reported once as recorded,
     already known or invalid (with its reason).  Exit 1 if any was invalid.
@@ -164,9 +172,9 @@ def import_(
     else:
         for path, reason in report.invalid:
             click.echo(redacted(f"logbook: invalid: {path}: {reason}"), err=True)
-        click.echo(
-            f"{report.recorded} recorded, {report.known} already known,"
-            f" {len(report.invalid)} invalid ({report.files} files)"
+        click.echo(  # jobs and files apart: one file may hold many jobs
+            f"{report.recorded} jobs recorded, {report.known} already known;"
+            f" {report.files} files read, {len(report.invalid)} invalid"
         )
     sys.exit(1 if report.invalid else 0)
 
@@ -235,10 +243,16 @@ def list_(c: Ctx, state: str | None, experiment: str | None, limit: int, as_json
 @click.option("--json", "as_json", is_flag=True, help="Print the entry as JSON.")
 @pass_ctx
 def show(c: Ctx, entry_id: int, as_json: bool) -> None:
-    """Show one entry.
+    """Show one entry, with its server's id and the API's.
+
+    "recorded status" is the job's status as recorded; "server status" is
+    the server's.  Synced through a relay, a job is confirmed once the API's
+    id comes back ("API id").  --json adds upstream_id and confirmed after
+    the entry's keys.
 
     \b
     Example:
+      logbook show 42
       logbook show 42 --json
     """
     from ..errors import NotFound
@@ -248,14 +262,41 @@ def show(c: Ctx, entry_id: int, as_json: bool) -> None:
         raise NotFound(f"no entry with id {entry_id} (the store is empty)")
     entry = store.get(entry_id)
     if as_json:
-        print_json(entry.to_dict())
+        print_json({**entry.to_dict(), "upstream_id": entry.upstream_id,
+                    "confirmed": entry.confirmed})  # fmt: skip
         return
     for key, value in entry.to_dict().items():
         if isinstance(value, dict):
             value = json.dumps(value, ensure_ascii=False)
-        echo(f"{key + ':':16}{'' if value is None else printable(str(value))}")
-    if entry.upstream_id:  # synced through a relay: the job's id beyond it
-        echo(f"{'upstream_id:':16}{entry.upstream_id}")
+        label = SHOW_LABELS.get(key, key)
+        echo(f"{label + ':':18}{'' if value is None else printable(str(value))}")
+    if entry.via:
+        echo(f"{'relay:':18}{printable(entry.via)}")
+    echo(f"{'API id:':18}{printable(api_id(entry))}")
+
+
+#: ``show``'s words for fields a user could not tell apart by their JSON names.
+SHOW_LABELS = {
+    "status": "recorded status", "remote_status": "server status", "remote_id": "server id",
+}  # fmt: skip
+
+
+def api_id(entry: Entry) -> str:
+    """The job's id at the API, or why it is not known (``show``)."""
+    if entry.state != "synced":
+        return "- (the API does not have it yet)"
+    if entry.upstream_id:  # synced through a relay, and the API's id came back
+        return entry.upstream_id
+    if entry.via:
+        return (
+            f"not confirmed yet (accepted by the relay at {entry.via}; `logbook sync` asks again)"
+        )
+    if entry.missing_at:
+        return (
+            f"{entry.remote_id} (the API no longer has it, since {entry.missing_at}:"
+            " `logbook retry --missing` sends it again)"
+        )
+    return f"{entry.remote_id} (the server id: synced straight to the API)"
 
 
 @click.command(cls=LogbookCommand)
@@ -293,6 +334,14 @@ def status(c: Ctx, as_json: bool, max_lag: float | None) -> None:
         click.echo(
             f"missing:        {data['missing']} synced jobs the API no longer has"
             " (`logbook retry --missing` sends them again)"
+        )
+    stuck = (
+        counts["sending"] and store is not None and counts["sending"] - store.leases.count_held()
+    )
+    if stuck:
+        click.echo(
+            f"left sending:   {stuck} left 'sending' by a sync that is gone (killed?): the next"
+            " `logbook sync` looks each up on the server before it sends it again"
         )
     if data.get("invalid_files"):
         click.echo(f"invalid files:  {data['invalid_files']} (`logbook doctor` lists them)")
@@ -341,21 +390,62 @@ def export(c: Ctx, fmt: str, state: str | None, experiment: str | None) -> None:
 @click.command(cls=LogbookCommand)
 @click.argument("ids", nargs=-1, metavar="[ID]...", type=EntryId())
 @click.option("--all", "all_", is_flag=True, help="Every rejected entry.")
+@click.option(
+    "--missing", is_flag=True,
+    help="Synced entries whose job the API no longer has (`logbook status` counts them).",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
 @pass_ctx
-def retry(c: Ctx, ids: tuple[int, ...], all_: bool, as_json: bool) -> None:
-    """Put rejected entries back to pending, so the next sync sends them again.
+def retry(c: Ctx, ids: tuple[int, ...], all_: bool, missing: bool, as_json: bool) -> None:
+    """Put rejected entries back to pending, for the next sync to send.
+
+    --missing puts back synced entries whose job the API no longer has (a
+    person may have deleted it there): the next sync looks each up first,
+    then sends it again.  An id that is neither says why nothing changed.
 
     \b
     Example:
       logbook list --state rejected
       logbook retry --all
+      logbook retry --missing
     """
-    if not ids and not all_:
-        raise click.UsageError("give entry ids or --all")
-    store = c.open() if c.config().db.exists() else None
-    n = 0 if store is None else store.retry(ids, all_rejected=all_)
+    if not ids and not all_ and not missing:
+        raise click.UsageError("give entry ids, --all or --missing")
+    store = c.open(create=False)  # a store that does not exist: nothing to retry
+    n, unchanged = (0, []) if store is None else store.retry_entries(
+        ids, all_rejected=all_, missing=missing
+    )  # fmt: skip
     if as_json:
-        print_json({"retried": n})
+        print_json({"retried": n, "unchanged": [{"id": str(i), "reason": r} for i, r in unchanged]})
+        return
+    for _, reason in unchanged:
+        click.echo(redacted(printable(f"logbook: {reason}")), err=True)
+    click.echo(f"{n} entries back to pending")
+
+
+@click.command("rm", cls=LogbookCommand)
+@click.argument("ids", nargs=-1, required=True, metavar="ID...", type=EntryId())
+@click.option("--json", "as_json", is_flag=True, help="Print the count as JSON.")
+@pass_ctx
+def rm(c: Ctx, ids: tuple[int, ...], as_json: bool) -> None:
+    """Remove entries not yet sent (pending or rejected).
+
+    A synced entry (or one being sent, or one a sync may have delivered) is
+    refused with the reason, exit 1, and nothing is removed.  To correct an
+    entry, remove it and record it again.
+
+    \b
+    Example:
+      logbook rm 42 43
+      logbook record -e bell --name "bell 1 (fixed)" --results '{"00": 510, "11": 514}'
+    """
+    store = c.open(create=False)
+    if store is None:
+        from ..errors import NotFound
+
+        raise NotFound(f"no entry with id {ids[0]} (the store is empty)")
+    n = store.remove(ids)
+    if as_json:
+        print_json({"removed": n})
     else:
-        click.echo(f"{n} entries back to pending")
+        click.echo(f"{n} entries removed")

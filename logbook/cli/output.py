@@ -34,12 +34,13 @@ class Terminated(BaseException):
 class LogbookClickError(click.ClickException):
     """One line on stderr with the library's exit code."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    def __init__(self, message: str, exit_code: int = 1, *, label: str = "error: ") -> None:
         super().__init__(message)
         self.exit_code = exit_code  # type: ignore[misc]
+        self.label = label
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"logbook: error: {self.format_message()}", err=True)
+        click.echo(f"logbook: {self.label}{self.format_message()}", err=True)
 
 
 def secrets() -> list[str]:
@@ -75,16 +76,21 @@ def error_line(err: BaseException) -> BaseException:
     The only mapping from errors to what the user sees: the group's ``invoke``
     calls it for every command.
     """
-    from ..errors import LogbookError
+    from ..errors import Interrupted, LogbookError
 
     if isinstance(err, (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit)):
         return err
+    if isinstance(err, Interrupted):  # the user stopped it: no error, what was done
+        report = getattr(err.report, "summary", None)
+        done = f": {report()}" if callable(report) else ""
+        word = "interrupted" if err.exit_code == 130 else "interrupted by SIGTERM"
+        return LogbookClickError(redacted(word + done), err.exit_code, label="")
     if isinstance(err, LogbookError):
         return LogbookClickError(redacted(str(err)), err.exit_code)
     if isinstance(err, KeyboardInterrupt):
-        return LogbookClickError("interrupted", 130)
+        return LogbookClickError("interrupted", 130, label="")
     if isinstance(err, Terminated):
-        return LogbookClickError("terminated", 143)
+        return LogbookClickError("terminated", 143, label="")
     if isinstance(err, BrokenPipeError):
         sys.stderr.close()
         return SystemExit(0)
@@ -213,7 +219,16 @@ def stats_line(p: Progress) -> str:
     )
     if p.retries or p.throttled:
         line += f", retries {p.retries}, throttled {p.throttled}"
-    return line
+    paused = pause_text(p)
+    return f"{line}, {paused}" if paused else line
+
+
+def pause_text(p: Progress) -> str:
+    """Why nothing moves: ``paused 1 s: Retry-After, 412 s in all`` (or how long it paused)."""
+    left = p.pausing()
+    if left > 0:
+        return f"paused {left:.0f} s: {p.pause_reason}, {p.paused_total:.0f} s in all"
+    return f"paused {p.paused_total:.0f} s in all" if p.paused_total >= 0.5 else ""
 
 
 @contextmanager
@@ -265,9 +280,12 @@ def _bar(progress: Progress, unit: str, stop: threading.Event) -> None:
             if progress.total and bar.total != progress.total:
                 bar.total = progress.total
             bar.n = progress.done
-            if progress.retries or progress.throttled:
-                bar.set_postfix_str(f"retries {progress.retries}, throttled {progress.throttled}",
-                                    refresh=False)  # fmt: skip
+            if progress.retries or progress.throttled or progress.paused_total:
+                extra = pause_text(progress)
+                bar.set_postfix_str(
+                    f"retries {progress.retries}, throttled {progress.throttled}"
+                    + (f", {extra}" if extra else ""), refresh=False,
+                )  # fmt: skip
             bar.refresh()
         if stopping:
             if bar is not None:

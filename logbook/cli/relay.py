@@ -112,7 +112,7 @@ def _listen(value: str) -> tuple[str, int]:
 @click.pass_context
 def relay(ctx: click.Context, listen: str | None, upstream: str | None, print_unit: bool,
           **options: Any) -> None:  # fmt: skip
-    """Serve the Jobs API on a lab network and forward every job upstream, exactly once.
+    """Serve the Jobs API on a lab network; forward jobs upstream once.
 
     Lab machines set HAIQU_EDGE_URI to the relay and HAIQU_API_KEY to a relay
     key; only the relay holds the upstream HAIQU_API_KEY.  Jobs are committed

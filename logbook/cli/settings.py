@@ -1,4 +1,4 @@
-"""The commands about logbook itself: config, path, completion, doctor."""
+"""The commands about logbook itself: config, path, completion, doctor, help."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ from typing import Any
 import click
 
 from .context import Ctx, LogbookCommand, LogbookGroup, auth_option, pass_ctx
-from .output import echo, print_json, redacted
+from .output import echo, print_json, printable, redacted
+
+#: Items of a check (invalid files) listed on a terminal; --json lists them all.
+MAX_ITEMS_SHOWN = 20
 
 
 @click.command(cls=LogbookCommand)
@@ -27,7 +30,7 @@ def path(c: Ctx) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
 @click.pass_context
 def config_(ctx: click.Context, as_json: bool) -> None:
-    """Show every effective setting and where it came from (the key masked).
+    """Show each setting in effect and where it came from (key masked).
 
     \b
     Example:
@@ -36,8 +39,15 @@ def config_(ctx: click.Context, as_json: bool) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
+    from ..doctor import cas_in_effect, proxy_in_effect
+
     cfg = ctx.find_object(Ctx).config()  # type: ignore[union-attr]
-    rows = cfg.shown()
+    # The proxy and CAs in effect (the environment's too), as for every other setting.
+    effective = {"proxy": proxy_in_effect(cfg), "ca_bundle": cas_in_effect(cfg)}
+    rows = [
+        (name, *effective[name]) if name in effective else (name, value, source)
+        for name, value, source in cfg.shown()
+    ]
     if as_json:
         print_json({name: {"value": value, "source": source} for name, value, source in rows})
         return
@@ -79,6 +89,32 @@ def completion(shell: str) -> None:
     click.echo(cls(root, {}, "logbook", "_LOGBOOK_COMPLETE").source())
 
 
+@click.command("help")
+@click.argument("command", nargs=-1, metavar="[COMMAND]...")
+@click.pass_context
+def help_(ctx: click.Context, command: tuple[str, ...]) -> None:
+    """Show a command's help, as `logbook COMMAND --help` does.
+
+    `logbook help sync` is `logbook sync --help`.
+
+    \b
+    Example:
+      logbook help
+      logbook help relay key add
+    """
+    sub = ctx.find_root()
+    for name in command:
+        group = sub.command
+        found = group.get_command(sub, name) if isinstance(group, click.Group) else None
+        if found is None:
+            where = " ".join(["logbook", *command[: command.index(name)]])
+            from ..errors import BadInput
+
+            raise BadInput(f"no such command: {where} {name} (see `{where} --help`)")
+        sub = click.Context(found, info_name=name, parent=sub)
+    click.echo(sub.get_help())
+
+
 # --- doctor -------------------------------------------------------------------------------
 
 
@@ -88,7 +124,9 @@ def completion(shell: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @pass_ctx
 def doctor(c: Ctx, endpoint: str | None, auth: str | None, as_json: bool) -> None:
-    """Check the store, the configuration, the network and the endpoint; say what to fix.
+    """Check the store, configuration and endpoint; say what to fix.
+
+    It checks the network too (proxy, CAs) and whether the API takes the key.
 
     Exit 0 when all is well, 1 when something needs you.
 
@@ -109,4 +147,8 @@ def report_checks(checks: list[Any], as_json: bool) -> None:
     else:
         for ch in checks:
             echo(redacted(f"{ch.level.upper():5} {ch.name}: {ch.message}"))
+            for item in ch.items[:MAX_ITEMS_SHOWN]:
+                echo(redacted(printable("        " + ": ".join(item.values()))))
+            if len(ch.items) > MAX_ITEMS_SHOWN:
+                echo(f"        ... and {len(ch.items) - MAX_ITEMS_SHOWN} more (--json lists them)")
     sys.exit(0 if all(ch.level == "ok" for ch in checks) else 1)

@@ -61,7 +61,7 @@ def sync(
     dry_run: bool, no_refresh: bool, max_time: float | None, as_json: bool,
     metrics_textfile: str | None, heartbeat_url: str | None,
 ) -> None:  # fmt: skip
-    """Send the entries that are due to the Haiqu Jobs API, exactly once.
+    """Send the due entries to the Haiqu Jobs API, each exactly once.
 
     Then refresh the status of synced entries the server has not finished.
     Exit 0: nothing left to send; 1: some pending or rejected; 2: bad
@@ -78,6 +78,9 @@ def sync(
     from ..errors import Interrupted
 
     cfg = c.config(endpoint=endpoint, auth=auth)
+    store = c.open(create=False)  # a --db path that does not exist: say so, create nothing
+    if store is not None:
+        store.close()
     if dry_run:
         from ..engine import dry_run as plan
 
@@ -88,6 +91,10 @@ def sync(
             for e in due:
                 echo(f"would send {e.id}  {e.experiment_id}  {e.hash[:16]}  {e.name}")
             click.echo(f"{len(due)} entries would be sent to {cfg.endpoint}")
+        if not cfg.api_key and not c.quiet:
+            from ..config import NO_KEY
+
+            click.echo(f"logbook: a real sync would stop here: {NO_KEY}", err=True)
         return
     progress = Progress()
     report = None
@@ -142,10 +149,10 @@ def watch(
     rescan: float | None, refresh: float, metrics: str | None, max_lag: float | None,
     print_unit: bool,
 ) -> None:  # fmt: skip
-    """Watch directories and record each new result file, until SIGINT/SIGTERM (exit 0).
+    """Record each new result file in directories, as it appears.
 
-    Files written while it was not running are recorded at start; with
-    --sync, new entries are uploaded as they are recorded.
+    Until SIGINT or SIGTERM (exit 0).  Files written while it was not running
+    are recorded at start; --sync uploads new entries as they are recorded.
 
     \b
     Example:

@@ -51,6 +51,13 @@ def proxy_source(config_proxy: str | None, url: str) -> tuple[str, str] | None:
     return None
 
 
+def proxy_bypassed(config_proxy: str | None, url: str) -> bool:
+    """True when a proxy is set (environment or config) but ``NO_PROXY`` sends ``url`` direct."""
+    proxies = urllib.request.getproxies_environment()
+    named = any(k != "no" for k in proxies) or bool(config_proxy)
+    return named and "no" in proxies and proxy_source(config_proxy, url) is None
+
+
 def proxy_resolver(config_proxy: str | None) -> Callable[[httpx2.URL], str | None]:
     """``proxy_for(url)``: the proxy each request goes through (one answer per origin, cached)."""
     cache: dict[tuple[str, str, int | None], str | None] = {}

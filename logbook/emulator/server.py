@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from logbook.emulator.faults import FaultError, Faults
+from logbook.emulator.options import DEFAULT_PROGRESS_SECONDS, parse_args
 from logbook.emulator.store import JobStore
 from logbook.server import (
     ROUTE_GET_BY_HASH,
@@ -39,7 +40,6 @@ from logbook.server import (
 from logbook.server.listen import Limits
 
 KEY_PARAM = "HAIQU_API_KEY"
-DEFAULT_PROGRESS_SECONDS = 3.0
 BAD_JSON = b'{"id": "truncated-by-the-emulator", "status": '
 _json = json_response
 
@@ -315,57 +315,6 @@ class Emulator:
 # command line -----------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m logbook.emulator",
-        description="An emulator of the Haiqu Jobs API, with fault injection, for tests and demos.",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (default 8000)")
-    p.add_argument(
-        "--api-key",
-        help="the key to expect (default: $HAIQU_API_KEY); prefer the environment, "
-        "a key on the command line shows in ps",
-    )
-    p.add_argument(
-        "--progress-seconds",
-        type=float,
-        default=DEFAULT_PROGRESS_SECONDS,
-        help="time from Submitted to Done (0: Done at once)",
-    )
-    p.add_argument("--seed", type=int, default=None, help="seed of the fault RNG")
-    p.add_argument("--state-file", type=Path, help="load jobs from and save them to this file")
-    p.add_argument("--save-interval", type=float, default=2.0, help="seconds between saves")
-    p.add_argument("--tls-cert", help="serve https with this PEM certificate (chain)")
-    p.add_argument("--tls-key", help="the certificate's PEM private key")
-    g = p.add_argument_group("faults (also settable at run time: POST /_admin/faults)")
-    g.add_argument("--latency-ms", type=float, default=0.0)
-    g.add_argument("--unauthorized", action="store_true", help="401 for everything")
-    g.add_argument("--error-rate", type=float, default=0.0)
-    g.add_argument("--error-status", type=int, default=500)
-    g.add_argument("--fail-next", type=int, default=0)
-    g.add_argument("--fail-status", type=int, default=503)
-    g.add_argument("--rate-limit-next", type=int, default=0)
-    g.add_argument("--rate-limit-rate", type=float, default=0.0)
-    g.add_argument(
-        "--rate-limit-per-s", type=float, default=0.0,
-        help="answer 429 with Retry-After above this many requests a second (0: no limit)",
-    )  # fmt: skip
-    g.add_argument(
-        "--retry-after", default="1", help='seconds, or "none" for no Retry-After header'
-    )
-    g.add_argument("--retry-after-format", choices=("seconds", "date"), default="seconds")
-    g.add_argument("--drop-rate", type=float, default=0.0)
-    g.add_argument("--bad-json-rate", type=float, default=0.0)
-    g.add_argument("--trickle-seconds", type=float, default=0.0)
-    g.add_argument(
-        "--fault-routes",
-        default="POST /jobs",
-        help='comma-separated routes the faults hit, or "*" (default: "POST /jobs")',
-    )
-    return p.parse_args(argv)
-
-
 def faults_from_args(args: argparse.Namespace) -> Faults:
     retry_after: float | str | None
     if args.retry_after.lower() == "none":
@@ -420,11 +369,12 @@ async def run(emulator: Emulator, args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run the emulator until SIGTERM/SIGINT; ``prog`` names the command in its help."""
+    args = parse_args(argv, prog)
     key = args.api_key or os.environ.get(KEY_PARAM)
     if not key:
-        print(f"logbook emulator: no API key: set {KEY_PARAM} or pass --api-key", file=sys.stderr)
+        print(f"logbook emulator: no API key to expect: set {KEY_PARAM}", file=sys.stderr)
         return 2
     try:
         faults = faults_from_args(args)

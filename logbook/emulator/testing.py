@@ -48,8 +48,12 @@ class EmulatorProcess:
         host: str = "127.0.0.1",
         start_timeout: float = 15.0,
         cafile: str | None = None,
+        command: Sequence[str] = ("-m", "logbook.emulator"),
     ) -> None:
         self.key = key
+        #: What follows the Python interpreter: ``("-m", "logbook", "emulator")`` runs it as
+        #: the ``logbook emulator`` command.
+        self.command = tuple(command)
         self.progress_seconds = progress_seconds
         self.extra_args = tuple(extra_args)
         self.host = host
@@ -90,8 +94,7 @@ class EmulatorProcess:
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [
             sys.executable,
-            "-m",
-            "logbook.emulator",
+            *self.command,
             "--host",
             self.host,
             "--port",

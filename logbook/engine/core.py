@@ -52,9 +52,9 @@ class SyncEngine:
         self.client = client
         self.concurrency = concurrency
         self.rng = rng or random.Random()
-        self.limit = AdaptiveLimit(concurrency, self.rng)
         self.lease_seconds = lease_seconds
         self.progress = progress or Progress()
+        self.limit = AdaptiveLimit(concurrency, self.rng, on_pause=self.progress.pause)
         self.report = SyncReport()
         self.owner = new_owner()
         #: Why the run stops early (auth, redirect, unreachable), if it does.
@@ -178,7 +178,7 @@ class SyncEngine:
         self.progress.retries += 1
         if throttles(failure):
             self.progress.throttled += 1
-            self.limit.overload(failure.retry_after)
+            self.limit.overload(failure.retry_after, rate_limited=failure.status == 429)
         delay = backoff(entry.attempts + 1, failure.retry_after, rng=self.rng)
         return Outcome(
             entry.id, "pending", error=message, next_attempt_at=time.time() + delay,

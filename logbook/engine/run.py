@@ -246,6 +246,8 @@ class _Run:
                 horizon = min(horizon, self.stop_at - time.monotonic())
             if wait > horizon:
                 break
+            recent = time.monotonic() - engine.limit.last_overload < wait + 5.0
+            engine.progress.pause(wait, "Retry-After" if recent else "back-off")
             await asyncio.sleep(wait)
 
     def _raise_if_stopped(self, engine: SyncEngine) -> None:

@@ -26,8 +26,8 @@ from .parallel import PARALLEL_MIN_LINES, ChunkedParse, Transform, can_fork
 from .walk import DEFAULT_PATTERNS, is_ignored, matches, walk, wanted
 
 __all__ = [
-    "DEFAULT_MAX_BYTES", "DEFAULT_PATTERNS", "ReadResult", "is_ignored", "iter_result_files",
-    "matches", "read_file", "walk", "wanted",
+    "DEFAULT_MAX_BYTES", "DEFAULT_PATTERNS", "NEEDS_EXPERIMENT", "ReadResult", "is_ignored",
+    "iter_result_files", "matches", "read_file", "walk", "wanted",
 ]  # fmt: skip
 
 #: Files above this are refused unread (config ``max_file_bytes``): a result
@@ -151,9 +151,14 @@ def _type_name(value: Any) -> str:
     return "a JSON number"
 
 
+#: What every reason of a file invalid for want of an experiment id holds: a watcher
+#: given one later reads such a file again.
+NEEDS_EXPERIMENT = "give --experiment"
+
+
 def _job_reason(reason: str, experiment_id: str | None) -> str:
     if reason.startswith("experiment_id") and not experiment_id:
-        return f"{reason} (give --experiment)"
+        return f"{reason} ({NEEDS_EXPERIMENT})"
     return reason
 
 
@@ -167,11 +172,11 @@ def _prepare_object(obj: Any, experiment_id: str | None) -> tuple[str, dict[str,
         except InvalidFile as err:
             raise InvalidFile(f"Qiskit primitive result: {err}") from None
         if not experiment_id:
-            raise InvalidFile("a Qiskit primitive result has no experiment: give --experiment")
+            raise InvalidFile(f"a Qiskit primitive result has no experiment: {NEEDS_EXPERIMENT}")
         return "primitive", prepare(job, experiment_id=experiment_id)
     if qiskit_results.is_result_dict(obj):
         if not experiment_id:
-            raise InvalidFile("a Qiskit result has no experiment: give --experiment")
+            raise InvalidFile(f"a Qiskit result has no experiment: {NEEDS_EXPERIMENT}")
         try:
             job = qiskit_results.job_from_result_dict(obj)
         except InvalidFile as err:

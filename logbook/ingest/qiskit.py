@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import InvalidFile
@@ -22,8 +22,10 @@ from ..errors import InvalidFile
 #: What the SDK sends for every local Qiskit result.
 SDK_STATUS = "Done"
 SDK_JOB_TYPE = "User local job"
-#: The API's limit on ``name``; the SDK's name holds the job id, which we do not control.
+#: The API's limit on ``name``.
 _MAX_NAME = 200
+#: How much of a default name the circuits' names may take (a table shows 36 characters).
+_SHORT_NAMES = 24
 
 #: Bounds on what a result may expand to: ``header.memory_slots`` pads every
 #: counts key to that many bits, so a 333-byte file could ask for gigabytes.
@@ -43,9 +45,34 @@ def sdk_hash(job_id: object) -> str:
     return str(int.from_bytes(digest, byteorder="little"))
 
 
-def sdk_name(job_id: object) -> str:
-    """The name ``get_job_name`` gives a ``Result`` (cut to the API's 200 characters)."""
-    return f"Local job {job_id} - Job result, histogram data of an experiment"[:_MAX_NAME]
+def short_name(circuits: Iterable[Any], device: Any, job_id: object) -> str:
+    """A default name a user can tell apart in ``logbook list``: the circuits' names (the
+    first few, then how many more) on the backend, e.g. ``bell +2 on ibm_kyiv``.
+
+    Not the SDK's ``get_job_name`` ("Local job <uuid> - Job result, histogram data
+    of an experiment"): cut at 36 characters in a table, every one reads the same.
+    The name is no part of a job's identity (the hash is), so the SDK and logbook
+    still see one job.
+    """
+    names = list(dict.fromkeys(str(c) for c in circuits if c not in (None, "")))
+    shown: list[str] = []
+    for name in names:
+        if shown and len(", ".join([*shown, name])) > _SHORT_NAMES:
+            break
+        shown.append(name[:_SHORT_NAMES])
+    what = ", ".join(shown) if shown else f"job {str(job_id)[:8]}" if job_id else "Qiskit result"
+    if len(names) > len(shown):
+        what += f" +{len(names) - len(shown)}"
+    on = f" on {device}" if device not in (None, "") else ""
+    return (what + on)[:_MAX_NAME]
+
+
+def _circuit_name(experiment: Any) -> Any:
+    """``results[i].header.name``: a dict in JSON and in Qiskit 2, an object in Qiskit 1."""
+    header = experiment.get("header") if isinstance(experiment, Mapping) else getattr(
+        experiment, "header", None
+    )  # fmt: skip
+    return header.get("name") if isinstance(header, Mapping) else getattr(header, "name", None)
 
 
 # --------------------------------------------------------------------------- dict route
@@ -197,7 +224,9 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _job(job_id: object, counts: Any, shots: list[Any], device: Any) -> dict[str, Any]:
+def _job(
+    job_id: object, counts: Any, shots: list[Any], device: Any, circuits: list[Any]
+) -> dict[str, Any]:
     # Without a job id the SDK's hash would be one value (of repr(None)) for every such
     # result, and the store would drop all but the first; hash the content instead.
     return {
@@ -205,7 +234,7 @@ def _job(job_id: object, counts: Any, shots: list[Any], device: Any) -> dict[str
         "results": json.dumps(counts, default=_json_default),
         "device_id": device if device is None or isinstance(device, str) else str(device),
         "shots": json.dumps(shots, default=_json_default),
-        "name": sdk_name(job_id),
+        "name": short_name(circuits, device, job_id),
         "status": SDK_STATUS,
         "job_type": SDK_JOB_TYPE,
     }
@@ -219,7 +248,8 @@ def job_from_result_dict(d: Mapping[str, Any]) -> dict[str, Any]:
     """
     counts = counts_from_result_dict(d)
     shots = [exp.get("shots") for exp in d["results"]]
-    return _job(d.get("job_id"), counts, shots, d.get("backend_name"))
+    circuits = [_circuit_name(exp) for exp in d["results"]]
+    return _job(d.get("job_id"), counts, shots, d.get("backend_name"), circuits)
 
 
 # --------------------------------------------------------------------------- live objects
@@ -255,7 +285,8 @@ def job_from_result(result: Any) -> dict[str, Any]:
         raise TypeError(f"not a Qiskit Result: {type(result).__name__}")
     counts = result.get_counts()
     shots = [exp.shots for exp in result.results]
-    return _job(result.job_id, counts, shots, result.backend_name)
+    circuits = [_circuit_name(exp) for exp in result.results]
+    return _job(result.job_id, counts, shots, result.backend_name, circuits)
 
 
 def job_from_qiskit_job(job: Any) -> dict[str, Any]:
@@ -354,7 +385,7 @@ def _primitive_job(
         ),
         "shots": json.dumps(shots),
         "device_id": "" if device is None else str(device),
-        "name": f"Local job {job_id}"[:_MAX_NAME]
+        "name": short_name((), device, job_id)
         if job_id
         else f"Primitive result ({len(outcomes)} pubs)",
         "status": SDK_STATUS,

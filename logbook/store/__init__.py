@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound, StoreError
-from .connect import Database, now_iso, open_readonly, open_readwrite
+from .actions import EntryActions, parse_id
+from .connect import now_iso, open_readonly, open_readwrite
 from .schema import INSERT, SCHEMA_VERSION, SELECT, STATES, Entry
 from .schema import row as job_row
 
@@ -80,7 +81,7 @@ class Status:
         }  # fmt: skip
 
 
-class Store(Database):
+class Store(EntryActions):
     """A logbook store in one SQLite file.
 
     ``create=False`` refuses a path where no store exists; ``readonly=True``
@@ -329,35 +330,3 @@ class Store(Database):
 
     def schema_version(self) -> int:
         return int(self.scalar("PRAGMA user_version"))
-
-    # --- the user's actions ------------------------------------------------------------
-
-    def retry(self, ids: Iterable[int | str] = (), *, all_rejected: bool = False) -> int:
-        """Put rejected entries back to pending; returns how many changed."""
-        with self.write() as conn:
-            if all_rejected:
-                return conn.execute(
-                    "UPDATE entries SET state = 'pending', next_attempt_at = NULL"
-                    " WHERE state = 'rejected'"
-                ).rowcount
-            changed = 0
-            for raw in ids:
-                entry_id = raw if isinstance(raw, int) else parse_id(raw)
-                if (
-                    conn.execute("SELECT 1 FROM entries WHERE id = ?", (entry_id,)).fetchone()
-                    is None
-                ):
-                    raise NotFound(f"no entry with id {entry_id}: see `logbook list`")
-                changed += conn.execute(
-                    "UPDATE entries SET state = 'pending', next_attempt_at = NULL"
-                    " WHERE id = ? AND state = 'rejected'",
-                    (entry_id,),
-                ).rowcount
-            return changed
-
-
-def parse_id(text: str) -> int:
-    """An entry id the user typed: ASCII digits that fit SQLite's integer, else ``NotFound``."""
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        raise NotFound(f"no entry with id {text!r}: an id is a number (see `logbook list`)")
-    return int(text)

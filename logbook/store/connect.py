@@ -56,6 +56,11 @@ def translate(err: sqlite3.Error, path: str) -> StoreError:
             f"the disk holding the store {path} {why}: free some space and try again"
             " (nothing recorded was lost; what was not written was not recorded)"
         )
+    if isinstance(err, sqlite3.DatabaseError) and "not a database" in msg and not_sqlite(path):
+        return NotALogbookStore(
+            f"{path} is not a logbook store (not an SQLite database at all): give --db the"
+            " path of a logbook store; it was left unchanged"
+        )
     if isinstance(err, sqlite3.DatabaseError) and (
         "not a database" in msg or "malformed" in msg or "corrupt" in msg
     ):
@@ -88,6 +93,27 @@ def retry_busy(fn: Callable[[], T], deadline: float | None = None) -> T:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+
+#: The first 16 bytes of every SQLite database file (sqlite.org/fileformat.html).
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def not_sqlite(path: str) -> bool:
+    """True for a file that is no SQLite database at all (``/etc/passwd``, a CSV): its first
+    bytes are not SQLite's.  An empty file is a store not yet set up.
+
+    Only asked once SQLite has refused the file ("file is not a database"): opening and
+    closing a descriptor on a database file drops the POSIX locks every connection of
+    this process holds on it (sqlite.org/howtocorrupt.html, 2.2), so a file that may be
+    a live store is never opened outside SQLite.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError:
+        return False
+    return bool(head) and head != SQLITE_HEADER
 
 
 def _connect(path: str, target: str, uri: bool = False) -> sqlite3.Connection:

@@ -83,6 +83,25 @@ class FileRead:
     row_files: Callable[[int], Iterable[tuple[str, int]]] | None = None
 
 
+def _sha256_of(path: str, size: int) -> str | None:
+    """The sha256 of a file's bytes as ``read_file`` hashes them (None: unreadable, or not
+    ``size`` bytes long any more)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    seen = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                seen += len(chunk)
+                if seen > size:
+                    return None
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest() if seen == size else None
+
+
 def path_key(path: str) -> bytes:
     """A path as the ledger keys it: its bytes on disk."""
     return os.fsencode(path)
@@ -108,6 +127,37 @@ class Ledger:
         r = rows[0]
         state = FileState(r["size"], r["mtime_ns"], r["ino"], r["ctime_ns"])
         return FileRecord(state, r["sha256"], r["outcome"], r["reason"], r["read_ns"])
+
+    def unchanged(self, path: str, seen: FileRecord | None, state: FileState) -> bool:
+        """True when the file is as it was read, so it is not read again, whatever the
+        reader's options.
+
+        A racily clean record (modified within ``RACY_NS`` of its read, so a later
+        write in the same timestamp tick would not show in its stat) is settled by
+        its bytes, as git does: the same sha256 means unchanged, and the row is
+        marked read now, so the next check is a stat alone.  Without this, a file
+        read right after it was written stayed racy for ever and was parsed again
+        on every rescan and restart (under the options of that run).
+        """
+        if seen is None or seen.state != state:
+            return False
+        if seen.unchanged(state):
+            return True
+        checked_ns = time.time_ns()  # before the bytes: what they show is at least this new
+        digest = _sha256_of(path, state.size)
+        if digest is None or digest != seen.sha256:
+            return False
+        try:
+            if FileState.of(os.stat(path)) != state:
+                return False  # written while it was hashed: read it
+        except OSError:
+            return False
+        with self.store.write() as conn:
+            conn.execute(
+                "UPDATE files SET read_ns = ? WHERE path_bytes = ? AND sha256 = ?",
+                (checked_ns, path_key(path), digest),
+            )
+        return True
 
     def record(self, files: Sequence[FileRead]) -> list[tuple[int, int]]:
         """Record each file's jobs with its ledger row; ``(created, known)`` per file, in order.

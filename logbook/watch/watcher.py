@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from ..config import DEFAULT_MAX_FILE_BYTES, DEFAULT_SETTLE
 from ..errors import LogbookError, StoreError
 from ..importer import store_files
-from ..ingest import DEFAULT_PATTERNS, ReadResult, read_file, walk, wanted
+from ..ingest import DEFAULT_PATTERNS, NEEDS_EXPERIMENT, ReadResult, read_file, walk, wanted
 from ..ingest.walk import Excluded, not_a_file, unstattable
 from ..progress import Progress
 from ..store import Store
@@ -174,7 +174,7 @@ class Recorder:
         if not self.settler.ready(path, key):
             return None
         seen = self.store.ledger.seen(path)
-        if seen is not None and seen.unchanged(FileState.of(st)):
+        if self._as_read(path, seen, FileState.of(st)):
             self.settler.forget(path)  # already handled, as it is now
             return None
         res = read_file(
@@ -187,6 +187,28 @@ class Recorder:
             return None  # maybe a writer paused half-way: give it the grace period
         return _Ready(path, res, seen, key)
 
+    def _reason(self, r: _Ready) -> str | None:
+        """Why the file is invalid; one that was recorded before and is invalid now only for
+        want of --experiment says so (a watcher restarted without it)."""
+        reason = "; ".join(r.res.errors) or None
+        if reason and NEEDS_EXPERIMENT in reason and r.seen is not None:
+            if r.seen.outcome == "recorded" and not self.options.experiment_id:
+                reason += (
+                    "; it was recorded before, by a run given --experiment (its entries are"
+                    " kept): this watcher has none"
+                )
+        return reason
+
+    def _as_read(self, path: str, seen: FileRecord | None, state: FileState) -> bool:
+        """The file is as the ledger has it, so it is not read again; except an invalid one
+        that only lacked an experiment id, when this watcher has one to give it now."""
+        assert self.store is not None
+        if not self.store.ledger.unchanged(path, seen, state):
+            return False
+        assert seen is not None
+        lacked = seen.outcome == "invalid" and NEEDS_EXPERIMENT in (seen.reason or "")
+        return not (lacked and self.options.experiment_id)
+
     def record(self, batch: list[_Ready]) -> None:
         """Commit a batch of read files (one transaction), then say what came of each."""
         assert self.store is not None
@@ -198,7 +220,7 @@ class Recorder:
                 FileState(r.res.size, r.res.mtime_ns, r.res.ino, r.res.ctime_ns),
                 r.res.sha256,
                 jobs=r.res.jobs,
-                reason="; ".join(r.res.errors) or None,
+                reason=self._reason(r),
                 read_ns=r.res.read_ns,
             )  # fmt: skip
             for r in batch
@@ -374,8 +396,7 @@ class Watcher:
             top, self.patterns, exclude=self.exclude, sort=False, skipped=self.skipped
         ):
             self.heartbeat()  # a long scan is the loop at work, not a hung loop
-            seen = self.store.ledger.seen(path)
-            if seen is not None and seen.unchanged(FileState.of(st)):
+            if self.recorder._as_read(path, self.store.ledger.seen(path), FileState.of(st)):
                 continue
             found += 1
             self.touch(path, st)

@@ -71,6 +71,53 @@ def test_help_and_python_dash_m(run_cli: RunCli) -> None:
     assert sub.code == 0 and "--results-file" in sub.out
 
 
+def test_help_command_is_the_commands_own_help(run_cli: RunCli) -> None:
+    for path in (["sync"], ["relay", "key", "add"], ["emulator"], []):
+        res = run_cli("help", *path)
+        assert res.code == 0 and res.err == "", res.err
+        assert res.out == run_cli(*path, "--help").out, path
+    for path in (["nope"], ["relay", "nope"], ["status", "x"]):
+        res = run_cli("help", *path)
+        assert_error(res, 2, "no such command", f"logbook {' '.join(path)}")
+
+
+def test_top_level_help_shows_whole_one_line_descriptions(run_cli: RunCli) -> None:
+    from logbook.cli import cli as root
+
+    text = run_cli("--help").out
+    listed = text[text.index("Commands:") :].splitlines()[1:]
+    assert not any(line.rstrip().endswith("...") for line in listed), text
+    for name, command in root.commands.items():
+        first = command.get_short_help_str(limit=10_000)
+        [row] = [line for line in listed if line.split()[:1] == [name]]
+        assert row.split(None, 1)[1] == first, (row, first)  # whole, on its one line
+        assert len(row) <= 80, row
+
+
+def test_a_bad_id_gets_one_hint(run_cli: RunCli) -> None:
+    res = run_cli("show", "abc")
+    assert_error(res, 2, "not an entry id", "`logbook list`")
+    assert res.err.count("(see ") == 1, res.err
+
+
+def test_demo_lines_can_be_pasted_back(tmp_path: Path) -> None:
+    """What scripts/demo shows after `$ ` runs as the same command (quoted arguments)."""
+    args = ["record", "--name", "bell, hand-typed", "--results", '{"00": 510, "11": 514}',
+            "--metric", "note=it's", "--shots", "[1024]", "plain-arg_1.json", ""]  # fmt: skip
+    shown = subprocess.run(
+        ["bash", "-c", 'source scripts/_shown.sh && shown logbook "$@"', "-", *args],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    line = shown.stdout
+    assert line.startswith("logbook record --name 'bell, hand-typed' --results '{")
+    assert "plain-arg_1.json" in line and "'plain-arg_1.json'" not in line  # quoted only if needed
+    echo = 'logbook() { python3 -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@"; }'
+    back = subprocess.run(["bash", "-c", f"{echo}; {line}"], capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+    assert json.loads(back.stdout) == args, (line, back.stderr)
+
+
 def test_record_list_show_status_in_real_processes(run_cli: RunCli, db_path: Path) -> None:
     first = run_cli("record", "-e", "bell", "--name", "run 1", "--results", '{"00": 3}')
     assert first.code == 0, first.err
@@ -222,6 +269,44 @@ def test_path_prints_the_store_path(run_cli: RunCli, db_path: Path, tmp_path: Pa
     assert not db_path.exists() and not env_db.exists()
 
 
+def test_config_shows_the_proxy_and_cas_in_effect_and_where_they_come_from(
+    run_cli: RunCli, logbook_home: Path, tmp_path: Path
+) -> None:
+    """As doctor uses them: the environment's proxy and CA too, only the password masked."""
+    ca = tmp_path / "lab-ca.pem"
+    ca.write_text("not read by config")
+    env = {"HTTPS_PROXY": "http://bob:pr0xy-s3cret@proxy.lab:3128", "SSL_CERT_FILE": str(ca)}
+    res = run_cli("config", "--json", env=env)
+    shown = res.json()
+    assert shown["proxy"] == {"value": "http://bob:****@proxy.lab:3128", "source": "HTTPS_PROXY"}
+    assert shown["ca_bundle"] == {"value": f"the system's CAs and {ca}", "source": "SSL_CERT_FILE"}
+    assert "pr0xy-s3cret" not in res.out + res.err
+    bypassed = run_cli("config", "--json", env={**env, "NO_PROXY": "api.haiqu.ai"}).json()
+    assert bypassed["proxy"]["source"] == "NO_PROXY" and "none" in bypassed["proxy"]["value"]
+    write_config(logbook_home, ['proxy = "http://proxy.lab:3128"'])
+    from_file = run_cli("config", "--json").json()["proxy"]
+    assert from_file == {"value": "http://proxy.lab:3128",
+                         "source": f"proxy in {logbook_home / 'config.toml'}"}  # fmt: skip
+    assert run_cli("config", "--json", env={"HTTP_PROXY": "x"}).json()["ca_bundle"] == {
+        "value": "the system's CAs",
+        "source": "default",
+    }
+    doctor = run_cli("doctor", "--json", env=env).json()
+    checks = {c["check"]: c["message"] for c in doctor}
+    assert checks["proxy"] == "http://bob:****@proxy.lab:3128 (from HTTPS_PROXY)"
+
+
+def test_completion_without_a_shell_is_one_line(run_cli: RunCli) -> None:
+    assert_error(run_cli("completion"), 2, "bash, zsh, fish")
+
+
+def test_dry_run_without_a_key_says_a_real_sync_would_stop_there(run_cli: RunCli) -> None:
+    assert run_cli("record", "-e", "x", "--results", "{}").code == 0
+    res = run_cli("sync", "--dry-run")
+    assert res.code == 0 and "1 entries would be sent" in res.out
+    assert "a real sync would stop here: no API key: set HAIQU_API_KEY" in res.err
+
+
 def test_config_shows_settings_and_sources_with_the_key_masked(
     run_cli: RunCli, logbook_home: Path
 ) -> None:
@@ -341,7 +426,7 @@ def test_import_counts_and_exit_codes(run_cli: RunCli, tmp_path: Path) -> None:
     (d / "partial.json.part").write_text("garbage")
     res = run_cli("import", d, "--experiment", "imp")
     assert res.code == 0, res.err
-    assert "4 recorded, 0 already known, 0 invalid" in res.out
+    assert res.out.strip() == "4 jobs recorded, 0 already known; 2 files read, 0 invalid"
     again = run_cli("import", d, "--experiment", "imp", "--json")
     assert again.code == 0
     report = again.json()
@@ -359,7 +444,7 @@ def test_import_invalid_files_are_reported_and_exit_1(run_cli: RunCli, tmp_path:
     res = run_cli("import", good, bad, junk)
     assert res.code == 1
     assert_no_traceback(res.out, res.err)
-    assert "1 recorded, 0 already known, 2 invalid" in res.out
+    assert res.out.strip() == "1 jobs recorded, 0 already known; 3 files read, 2 invalid"
     lines = res.err.strip().splitlines()
     assert len(lines) == 2
     assert any("bad.json" in ln and "status" in ln for ln in lines)
@@ -396,17 +481,45 @@ def test_status_on_a_store_that_does_not_exist(run_cli: RunCli, db_path: Path) -
     assert not db_path.exists()
 
 
-@pytest.mark.parametrize(
-    "command", [["status"], ["list"], ["show", "1"], ["export"], ["record", "-e", "e"]]
-)
-def test_corrupt_store_is_one_line_exit_1(
+READING = [["status"], ["status", "--json"], ["list"], ["show", "1"], ["export"],
+           ["retry", "--all"], ["rm", "1"], ["sync", "--dry-run"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [*READING, ["record", "-e", "e"]])
+def test_a_file_that_is_no_sqlite_database_is_not_a_store_and_no_backup_is_advised(
+    run_cli: RunCli, tmp_path: Path, command: list[str]
+) -> None:
+    """``--db /etc/passwd``: not a damaged store (no "restore a backup"), someone else's file."""
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n" * 40)
+    before = text.read_bytes()
+    res = run_cli("--db", text, *command)
+    assert_error(res, 2, str(text), "not a logbook store", "not an SQLite database")
+    assert "backup" not in res.err
+    assert text.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["passwd"]
+
+
+@pytest.mark.parametrize("command", [*READING, ["record", "-e", "e"]])
+def test_a_damaged_store_is_one_line_exit_1(
     run_cli: RunCli, tmp_path: Path, command: list[str]
 ) -> None:
     bad = tmp_path / "corrupt.db"
-    bad.write_bytes(b"definitely not sqlite " * 200)
+    bad.write_bytes(b"SQLite format 3\x00" + b"definitely not sqlite " * 200)
     res = run_cli("--db", bad, *command)
     assert_error(res, 1, str(bad), "damaged")
-    assert bad.read_bytes() == b"definitely not sqlite " * 200
+    assert bad.read_bytes() == b"SQLite format 3\x00" + b"definitely not sqlite " * 200
+
+
+@pytest.mark.parametrize("command", READING)
+def test_a_store_path_given_that_does_not_exist_is_exit_1_and_creates_nothing(
+    run_cli: RunCli, tmp_path: Path, command: list[str]
+) -> None:
+    typo = tmp_path / "typo" / "x.db"
+    assert_error(run_cli("--db", typo, *command), 1, f"no store at {typo} (from --db)")
+    res = run_cli(*command, env={"LOGBOOK_DB": str(typo)})
+    assert_error(res, 1, "from LOGBOOK_DB")
+    assert not typo.parent.exists()
 
 
 @pytest.mark.parametrize(

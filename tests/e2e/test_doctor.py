@@ -77,7 +77,7 @@ def test_unreachable_endpoint(run_cli: RunCli) -> None:
     assert code == 1 and "cannot connect" in checks["server"]["message"]
 
 
-def test_corrupt_store(run_cli: RunCli, logbook_home: Path) -> None:
+def test_a_file_that_is_no_store(run_cli: RunCli, logbook_home: Path) -> None:
     (logbook_home / "logbook.db").write_bytes(b"this is not sqlite" * 100)
     code, checks, _ = _doctor(run_cli, {})
     assert code == 1 and checks["store"]["level"] == "fail"
@@ -137,3 +137,53 @@ def test_the_backlog_stuck_entries_schema_and_last_sync(
     assert code == 0, text
     assert checks["backlog"]["message"] == "0 pending, 0 rejected" and "sending" not in checks
     assert checks["last sync"]["message"].startswith("20")  # a timestamp
+
+
+def test_invalid_files_are_listed_with_their_reasons(run_cli: RunCli, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "broken.json").write_text("{not json")
+    (results / "other.json").write_text('{"temperature": 4}')
+    (results / "good.json").write_text('{"experiment_id": "x", "results": "{}"}')
+    assert run_cli("import", results).code == 1
+    assert "`logbook doctor` lists them" in run_cli("status").out
+    code, checks, _ = _doctor(run_cli, {})
+    assert code == 1 and checks["files"]["level"] == "warn"
+    assert checks["files"]["message"].startswith("2 invalid result files")
+    listed = {Path(i["path"]).name: i["reason"] for i in checks["files"]["items"]}
+    assert set(listed) == {"broken.json", "other.json"}
+    assert listed["broken.json"].startswith("not JSON")
+    assert "neither a job document" in listed["other.json"]
+    text = run_cli("doctor").out
+    assert f"        {results / 'broken.json'}: not JSON" in text, text
+
+
+def test_unconfirmed_entries_warn_past_the_threshold_and_missing_jobs_name_the_fix(
+    run_cli: RunCli, logbook_home: Path
+) -> None:
+    from support import set_row
+
+    for name in ("a", "b", "c"):
+        assert run_cli("record", "-e", "x", "--name", name).code == 0
+    db = logbook_home / "logbook.db"
+    relay = "http://gateway.lab:8700"
+    set_row(db, 1, state="synced", remote_id="r1", via=relay, synced_at="2026-01-01T00:00:00Z")
+    code, checks, text = _doctor(run_cli, {})
+    assert checks["unconfirmed"]["level"] == "warn", text  # accepted long ago, no API id
+    message = checks["unconfirmed"]["message"]
+    assert "1 entries accepted by a relay have no API id yet" in message
+    assert "2026-01-01T00:00:00Z" in message and "unconfirmed_warn_after" in message
+    assert "logbook sync" in message
+    write_config(logbook_home, ["unconfirmed_warn_after = 1e12"])  # a threshold not yet passed
+    _, checks, _ = _doctor(run_cli, {})
+    assert checks["unconfirmed"]["level"] == "ok"
+    shown = json.loads(run_cli("config", "--json").out)["unconfirmed_warn_after"]
+    assert shown == {"value": "1000000000000.0", "source": str(logbook_home / "config.toml")}
+    set_row(db, 1, upstream_id="api-1")  # confirmed: nothing to say
+    set_row(db, 2, state="synced", remote_id="r2", synced_at="2026-01-01T00:00:00Z",
+            missing_at="2026-02-01T00:00:00Z")  # fmt: skip
+    code, checks, _ = _doctor(run_cli, {})
+    assert "unconfirmed" not in checks
+    assert checks["missing"]["level"] == "warn"
+    assert "1 jobs the API no longer has" in checks["missing"]["message"]
+    assert "`logbook retry --missing`" in checks["missing"]["message"]

@@ -423,3 +423,65 @@ def test_redirect_fault_stores_nothing(emulator: EmulatorProcess) -> None:
     assert resp.status_code == 308
     assert resp.headers["location"] == "http://127.0.0.1:9/elsewhere"
     assert emulator.stats()["jobs_created"] == 0
+
+
+# --- `logbook emulator`: the same emulator, as a command of the installed tool ---------------
+
+
+def test_logbook_emulator_command_takes_the_same_options_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """After a pipx or uv install ``python -m logbook.emulator`` is out of reach; the
+    ``logbook emulator`` command runs it with the same fault options."""
+    import sys
+
+    from support import base_env, cli
+
+    state = tmp_path / "state.json"
+    args = ("--state-file", str(state), "--fail-next", "1", "--retry-after", "none",
+            "--seed", "7", "--unauthorized")  # fmt: skip
+    emu = EmulatorProcess("cmd+key", progress_seconds=0, extra_args=args,
+                          command=("-m", "logbook", "emulator"))  # fmt: skip
+    try:
+        emu.start()
+        assert emu.proc is not None
+        assert emu.proc.args[1:4] == ["-m", "logbook", "emulator"]  # type: ignore[index]
+        faults = emu.faults()
+        assert faults["fail_next"] == 1 and faults["retry_after"] is None
+        assert faults["unauthorized"] is True
+        assert post(emu, job(1)).status_code == 401
+        emu.clear_faults()
+        assert post(emu, job(1)).status_code == 200
+        # A logbook sync against it, as README's quick start does.
+        home = tmp_path / "home"
+        assert cli(home, "record", "-e", "bell", "--results", "{}").code == 0
+        synced = cli(home, "sync", "--json", env=emu.env())
+        assert synced.code == 0 and synced.json()["synced"] == 1, synced.err
+        assert emu.stats()["jobs_created"] == 2
+        assert emu.stop() == 0  # SIGTERM: a clean exit, its state saved
+        assert len(json.loads(state.read_text())["jobs"]) == 2
+    finally:
+        emu.stop()
+    # Every flag has a help text, and the key is never a command-line option.
+    import subprocess
+
+    helped = subprocess.run(
+        [sys.executable, "-m", "logbook", "emulator", "--help"], capture_output=True, text=True,
+        env=base_env(tmp_path), timeout=60,
+    )  # fmt: skip
+    assert helped.returncode == 0 and "--api-key" not in helped.stdout
+    assert "--rate-limit-rate" in helped.stdout and "/_admin/stats" in helped.stdout
+    from click import Context
+
+    from logbook.cli.emulator import emulator
+
+    for param in emulator.get_params(Context(emulator)):
+        assert param.help, param.name  # type: ignore[attr-defined]
+
+
+def test_logbook_emulator_without_a_key_is_one_line(tmp_path: Path) -> None:
+    from support import cli
+
+    res = cli(tmp_path, "emulator", "--port", "0")
+    assert res.code == 2 and "HAIQU_API_KEY" in res.err, res.err
+    assert len(res.err.strip().splitlines()) == 1

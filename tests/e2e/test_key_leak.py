@@ -96,7 +96,7 @@ def test_cli_never_prints_or_stores_the_key(
         assert_no_key(run.err, key, "stderr")
     assert_no_key(listing.out, key, "list --json")
     # The failure itself must have been shown, or the test would prove nothing (a sync
-    # prints its summary, with the last error, on stdout; -vv adds no per-request lines).
+    # prints its summary, with the last error, on stdout; -vv adds a line per request).
     assert (debug.out + debug.err).strip(), "-vv printed nothing: the test would prove nothing"
     if mode not in (UNREACHABLE, "401"):
         # The summary's last error, or (a server that never finishes an answer) the

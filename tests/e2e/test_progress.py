@@ -34,7 +34,8 @@ QUIET_N = 80  # a second or two of sending: several --stats 0.2 intervals, none 
 #: ``2026-11-30T02:00:44.251Z logbook: sending 26548/100000 (26.5%), 2702.8/s, ETA 0:27, ...``
 STATS = re.compile(
     r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z logbook: (sending|refreshing) (\d+)/(\d+)"
-    r" \(\d+\.\d%\), \d+\.\d/s, ETA (\?|[\d:]+), elapsed [\d:]+(, retries \d+, throttled \d+)?$"
+    r" \(\d+\.\d%\), \d+\.\d/s, ETA (\?|[\d:]+), elapsed [\d:]+(, retries \d+, throttled \d+)?"
+    r"(, paused (\d+ s: (Retry-After|back-off|server overloaded), )?\d+ s in all)?$"
 )
 
 
@@ -86,6 +87,26 @@ def test_piped_stats_show_throttling_and_the_refresh_phase(
         assert match and int(match[3]) == n, line
     assert f"refreshed {n}" in second.out
     assert_no_traceback(first.err + second.err)
+
+
+def test_piped_stats_say_when_and_why_the_run_pauses(
+    logbook_home: Path, emulator: EmulatorProcess
+) -> None:
+    """A server that refuses every request for a while (a real limit): the run pauses for its
+    Retry-After, and the stats line says so ("paused 1 s: Retry-After, 2 s in all")."""
+    n = 40
+    seed_store(logbook_home, n)
+    emulator.set_faults(latency_ms=20, rate_limit_next=12, retry_after=1)
+    res = cli(logbook_home, "--stats", "0.1", "sync", "--no-refresh", "--concurrency", "2",
+              env=emulator.env())  # fmt: skip
+    assert res.code == 0, res.err
+    lines = [ln for ln in res.err.splitlines() if " logbook: sending " in ln]
+    assert lines and all(STATS.match(ln) for ln in lines), res.err
+    paused = [ln for ln in lines if ", paused 1 s: Retry-After, " in ln]
+    assert paused, res.err
+    after = lines[lines.index(paused[0]) :]
+    assert all(", paused " in ln for ln in after), after  # how long it paused, from then on
+    assert res.out.startswith(f"synced {n}, rejected 0, 0 still pending")
 
 
 def _result_files(d: Path, n: int) -> Path:

@@ -121,8 +121,8 @@ def test_two_labs_through_the_relay_with_the_upstream_down_for_a_while(
     wait_until(all_done, 60, "every lab entry to be Done")
     shown = cli(homes["lab-a"], "show", "1").out
     upstream_ids = {j["id"] for j in upstream.jobs()}
-    assert "remote_id:      relay-" in shown
-    assert any(f"upstream_id:    {uid}" in shown for uid in upstream_ids), shown
+    assert "server id:        relay-" in shown
+    assert any(f"API id:           {uid}" in shown for uid in upstream_ids), shown
     status = cli(relay.home, "relay", "status", "--json").json()
     assert status["backlog"] == 0 and status["oldest_unforwarded"] is None
     assert status["last_upstream_contact"]  # when it last reached the API

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from support import base_env, make_jobs
+from support import base_env, make_jobs, prepared_job
 
 from logbook.store import Store
 from logbook.store.leases import end_owner, new_owner
@@ -194,3 +194,23 @@ def test_modules_do_not_import_qiskit(tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
     assert json.loads(out) == []
+
+
+def test_opening_the_store_again_keeps_the_locks_other_processes_rely_on(tmp_path: Path) -> None:
+    """Nothing outside SQLite opens the store file: closing any descriptor on it drops the
+    POSIX locks of every connection of the process (sqlite.org/howtocorrupt.html 2.2).
+    Another process closing the store then took itself for the last, checkpointed and
+    deleted the write-ahead log under this one: a relay (which opens its store again from
+    several threads) failed with "disk I/O error" on its next write."""
+    db = tmp_path / "logbook.db"
+    first = Store(db)
+    first.record(prepared_job(1))
+    Store(db).close()  # this process opens it again (a relay's worker thread does)
+    Store(db, readonly=True).close()
+    other = "import sys; from logbook.store import Store; Store(sys.argv[1]).close()"
+    subprocess.run([sys.executable, "-c", other, str(db)], check=True, timeout=60,
+                   env=base_env(tmp_path))  # fmt: skip
+    assert Path(f"{db}-wal").exists()  # the other process knew this one was still there
+    first.record(prepared_job(2))
+    assert first.counts()["pending"] == 2
+    first.close()

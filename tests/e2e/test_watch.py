@@ -319,7 +319,7 @@ def test_restart_records_nothing_twice(watcher: Watch, home: Path, results: Path
 def test_restart_with_fresh_files_reports_nothing_again(
     watcher: Watch, home: Path, results: Path
 ) -> None:
-    """Files written just before: racily clean, so they are read again, but not news."""
+    """Files written just before: racily clean, so their bytes are hashed again, not read."""
     for i in range(3):
         write(results / f"r{i}.json", job(f"r{i}"))
     write(results / "bad.json", "not json at all")
@@ -333,6 +333,76 @@ def test_restart_with_fresh_files_reports_nothing_again(
     log = watcher.stderr()
     assert "r0.json" not in log and "bad.json" not in log, log
     assert entries(home) == 4 and files_recorded(home) == 5
+    assert stats(watcher.stopped_line())["files read"] == 1  # the new one alone
+
+
+def test_a_recorded_file_is_never_read_again_whatever_the_options(
+    watcher: Watch, home: Path, results: Path
+) -> None:
+    """Recorded by a watcher given -e, right after they were written (racily clean); a
+    restart without -e reads none of them (it marked them all invalid), and a file that
+    changes after that is invalid only for want of -e, and says so."""
+    watcher.start(str(results), "-e", "bell", "--settle", SETTLE)
+    docs = [json.dumps({"name": f"n{i}", "results": "{}"}) for i in range(3)]  # no experiment
+    for i, doc in enumerate(docs):
+        write(results / f"r{i}.json", doc)
+    wait_until(lambda: entries(home) == 3 and files_recorded(home) == 3)
+    assert watcher.stop() == 0
+    watcher.start(str(results), "--settle", SETTLE)  # no -e now
+    write(results / "marker.json", job("marker"))
+    wait_until(lambda: entries(home) == 4, what="the marker file")
+    assert watcher.stop() == 0
+    assert "r0.json" not in watcher.stderr(), watcher.stderr()
+    assert stats(watcher.stopped_line())["files read"] == 1  # the marker alone
+    assert logbook(home, "status", "--json")["invalid_files"] == 0
+    # Changed since (a rewrite), and read by a watcher without -e: invalid because of that.
+    watcher.start(str(results), "--settle", SETTLE)
+    write(results / "r1.json", docs[1] + "\n")
+    wait_until(lambda: watcher.lines("invalid results/r1.json"), what="r1.json read again")
+    assert watcher.stop() == 0
+    [line] = watcher.lines("invalid results/r1.json")
+    assert "(give --experiment); it was recorded before, by a run given --experiment" in line
+    assert entries(home) == 4  # its entry is kept
+    # Given -e again, the file that lacked only that is read and recorded.
+    watcher.start(str(results), "-e", "bell", "--settle", SETTLE)
+    wait_until(lambda: watcher.lines("recorded results/r1.json"), what="r1.json recorded with -e")
+    assert watcher.stop() == 0
+    assert logbook(home, "status", "--json")["invalid_files"] == 0
+
+
+def test_files_imported_through_a_symlink_are_not_read_again_by_a_watcher(
+    watcher: Watch, home: Path, results: Path, tmp_path: Path
+) -> None:
+    """One ledger key per file, whichever way it was reached: the directory's real path."""
+    for i in range(3):
+        write(results / f"r{i}.json", job(f"r{i}"))
+    link = tmp_path / "link"
+    link.symlink_to(results)
+    assert cli(home, "import", str(link)).code == 0
+    watcher.start(str(results), "--settle", SETTLE)
+    write(results / "marker.json", job("marker"))
+    wait_until(lambda: entries(home) == 4, what="the marker file")
+    assert watcher.stop() == 0
+    assert stats(watcher.stopped_line())["files read"] == 1, watcher.stderr()
+    assert files_recorded(home) == 4
+
+
+def test_the_restart_after_a_sync_run_reads_nothing_again(
+    watcher: Watch, home: Path, results: Path, emulator: EmulatorProcess
+) -> None:
+    watcher.env = emulator.env()
+    watcher.start(str(results), "--settle", SETTLE, "--sync")
+    for i in range(8):
+        write(results / f"s{i}.json", job(f"s{i}"))
+    wait_until(lambda: logbook(home, "status", "--json")["counts"]["synced"] == 8)
+    assert watcher.stop() == 0
+    watcher.start(str(results), "--settle", SETTLE, "--sync")
+    write(results / "marker.json", job("marker"))
+    wait_until(lambda: logbook(home, "status", "--json")["counts"]["synced"] == 9)
+    assert watcher.stop() == 0
+    s = stats(watcher.stopped_line())
+    assert (s["files read"], s["already known"]) == (1, 0), watcher.stopped_line()
+    assert emulator.stats()["duplicates"] == 0
 
 
 def test_directory_that_disappears_and_returns(watcher: Watch, home: Path, results: Path) -> None:

@@ -195,8 +195,8 @@ def test_list_on_a_new_store(cli_runner: Invoke, db_path: Path) -> None:
 
 def test_show_text_json_and_missing(cli_runner: Invoke) -> None:
     entry = record_json(cli_runner, "-e", "e", "--name", "shown", "--metric", "k=1")
-    js = cli_runner("show", entry["id"], "--json")
-    assert json.loads(js.stdout) == entry
+    js = json.loads(cli_runner("show", entry["id"], "--json").stdout)
+    assert js == {**entry, "upstream_id": None, "confirmed": False}  # the entry's keys first
     text = cli_runner("show", entry["id"]).stdout
     assert "shown" in text and entry["hash"] in text and '{"k": 1}' in text
     # No such entry: exit 1.  Not an id at all (bad input): exit 2.
@@ -262,7 +262,7 @@ def test_retry(cli_runner: Invoke, db_path: Path) -> None:
     ids = [record_json(cli_runner, "-e", "e", "--name", f"{i}")["id"] for i in range(3)]
     claim_and_settle(db_path, 3, [("rejected", {"error": "422"})] * 3)
     res = cli_runner("retry", ids[0], "--json")
-    assert res.exit_code == 0 and json.loads(res.stdout) == {"retried": 1}
+    assert res.exit_code == 0 and json.loads(res.stdout) == {"retried": 1, "unchanged": []}
     assert cli_runner("retry", "--all").stdout.strip() == "2 entries back to pending"
     states = {e["state"] for e in json.loads(cli_runner("list", "--json").stdout)}
     assert states == {"pending"}
@@ -359,3 +359,22 @@ def test_global_options_work_before_or_after_the_command(
     assert res.exit_code == 0
     for name in ("--db", "--verbose", "--quiet", "--stats", "--log-format"):
         assert name in cli_runner("sync", "--help").stdout
+
+
+def test_the_progress_line_says_why_the_run_pauses() -> None:
+    """On the bar and the stats line alike: how long, why, and how long in all."""
+    import time
+
+    from logbook.cli.output import pause_text, stats_line
+    from logbook.progress import Progress
+
+    p = Progress()
+    p.begin("sending", 5000)
+    assert pause_text(p) == "" and "paused" not in stats_line(p)
+    p.pause(1.2, "Retry-After")
+    p.pause(0.5, "Retry-After")  # within the first: counted once
+    assert pause_text(p) == "paused 1 s: Retry-After, 1 s in all"
+    assert stats_line(p).endswith(", paused 1 s: Retry-After, 1 s in all")
+    p.paused_until = time.monotonic() - 1  # it has passed
+    p.paused_total = 412.4
+    assert pause_text(p) == "paused 412 s in all"

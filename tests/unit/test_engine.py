@@ -517,22 +517,70 @@ def test_one_undecodable_answer_does_not_abort_the_run(tmp_path: Path) -> None:
     assert odd.maybe_sent  # a 2xx that could not be read may hide a stored job
 
 
-def test_a_429_pauses_every_request_until_its_retry_after_with_jitter() -> None:
-    """A fleet backs off together on 429, and does not come back in lockstep."""
+def _refuse(lim: AdaptiveLimit, clock: FakeClock, n: int, retry_after: float | None) -> None:
+    for _ in range(n):
+        clock.now += 0.001
+        lim.overload(retry_after)
+
+
+def test_an_isolated_429_pauses_only_its_own_request() -> None:
+    """One 429 among successes: fewer in flight, but no request of the run waits for it (its
+    own entry waits its Retry-After: the engine's back-off)."""
+    clock = FakeClock()
+    told: list[tuple[float, str]] = []
+    lim = AdaptiveLimit(64, random.Random(1), clock=clock, sleep=clock.sleep,
+                        on_pause=lambda s, why: told.append((s, why)))  # fmt: skip
+    for _ in range(30):
+        clock.now += 0.001
+        lim.success()
+    lim.overload(retry_after=1.0)
+    assert lim.paused_until == 0.0 and told == []
+    assert lim.limit == 32
+
+
+def test_random_429s_never_pause_the_run_and_keep_requests_in_flight() -> None:
+    """The numbers behind the policy: 10% 429s at random over 20,000 answers (about 20 s at
+    1,000 answers a second) pause the whole run at most once, and leave over half of the
+    requests in flight on average (a cut at most once a second, regained on success)."""
+    clock = FakeClock()
+    rng = random.Random(7)
+    told: list[tuple[float, str]] = []
+    lim = AdaptiveLimit(64, random.Random(2), clock=clock, sleep=clock.sleep,
+                        on_pause=lambda s, why: told.append((s, why)))  # fmt: skip
+    limits = []
+    for _ in range(20_000):
+        clock.now += 0.001
+        if rng.random() < 0.1:
+            lim.overload(retry_after=1.0)
+        else:
+            lim.success()
+        limits.append(lim.limit)
+    assert len(told) <= 1, told
+    assert sum(limits) / len(limits) > 32, sum(limits) / len(limits)  # over half: 38.6 here
+
+
+def test_repeated_429s_pause_every_request_until_the_retry_after_with_jitter() -> None:
+    """A real limit refuses most requests: the run pauses together, and a fleet does not come
+    back in lockstep."""
     pauses = []
     for seed in range(40):
         clock = FakeClock()
-        lim = AdaptiveLimit(8, random.Random(seed), clock=clock, sleep=clock.sleep)
-        lim.overload(retry_after=2.0)
+        told: list[tuple[float, str]] = []
+        lim = AdaptiveLimit(8, random.Random(seed), clock=clock, sleep=clock.sleep,
+                            on_pause=lambda s, why, told=told: told.append((s, why)))  # fmt: skip
+        _refuse(lim, clock, 9, 2.0)
+        assert lim.paused_until == 0.0  # nine answers are no judgement yet
+        _refuse(lim, clock, 1, 2.0)
         # Retry-After, plus up to half of it again as jitter
         assert clock.now + 2.0 <= lim.paused_until <= clock.now + 3.0
+        assert told == [(pytest.approx(lim.paused_until - clock.now), "Retry-After")]
         pauses.append(lim.paused_until - clock.now)
     assert max(pauses) - min(pauses) > 0.5  # spread, not one instant for everyone
 
     async def acquire_after_pause() -> None:
         clock = FakeClock()
         lim = AdaptiveLimit(4, random.Random(1), clock=clock, sleep=clock.sleep)
-        lim.overload(retry_after=0.2)
+        _refuse(lim, clock, 10, 0.2)
         await lim.acquire()
         assert clock.now >= lim.paused_until  # no request starts during the pause
         assert clock.slept and lim.in_flight == 1
@@ -541,3 +589,27 @@ def test_a_429_pauses_every_request_until_its_retry_after_with_jitter() -> None:
         assert len(clock.slept) == 1
 
     asyncio.run(acquire_after_pause())
+
+
+def test_half_refused_recent_answers_pause_without_a_retry_after_too() -> None:
+    clock = FakeClock()
+    lim = AdaptiveLimit(8, random.Random(3), clock=clock, sleep=clock.sleep)
+    for i in range(20):
+        clock.now += 0.001
+        lim.overload(None) if i % 2 else lim.success()
+    assert clock.now + 1.0 <= lim.paused_until <= clock.now + 1.5  # DEFAULT_PAUSE
+
+
+def test_a_failing_server_cuts_the_requests_in_flight_but_never_pauses_the_run() -> None:
+    """503s that ask for no wait: the server is broken, not asking this client to slow
+    down; the run must end soon (a pause per window made a 300-entry run take minutes)."""
+    clock = FakeClock()
+    lim = AdaptiveLimit(8, random.Random(2), clock=clock, sleep=clock.sleep)
+    for _ in range(40):
+        clock.now += 0.3
+        lim.overload(None, rate_limited=False)
+    assert lim.paused_until == 0.0 and lim.limit == 1.0
+    for _ in range(20):  # the same answers as 429s: the rate limit is told, and kept
+        clock.now += 0.001
+        lim.overload(None)
+    assert lim.paused_until > clock.now

@@ -353,7 +353,19 @@ def test_qiskit_result(tmp_path: Path) -> None:
     assert job["shots"] == "[10]"
     assert job["device_id"] == "basic_simulator"
     assert job["status"] == "Done" and job["job_type"] == "User local job"
-    assert job["name"].startswith(f"Local job {QISKIT['job_id']}")
+    assert job["name"] == "bell on basic_simulator"  # short, and a user can tell it apart
+
+
+def test_qiskit_default_names_are_short_and_useful() -> None:
+    from logbook.ingest.qiskit import short_name
+
+    assert short_name(["bell"], "ibm_kyiv", "6a1f") == "bell on ibm_kyiv"
+    assert short_name(["bell", "bell", "ghz"], "sim", "x") == "bell, ghz on sim"
+    many = short_name([f"circuit-{i:03d}" for i in range(40)], "ibm_kyiv", "x")
+    assert many == "circuit-000, circuit-001 +38 on ibm_kyiv" and len(many) <= 40
+    assert short_name([None, ""], "sim", "6a1f3b9e-0000") == "job 6a1f3b9e on sim"
+    assert short_name([], None, None) == "Qiskit result"
+    assert len(short_name(["x" * 500], "d" * 500, "j")) == 200  # the API's limit
 
 
 def test_qiskit_result_needs_experiment(tmp_path: Path) -> None:

@@ -159,7 +159,15 @@ def test_prepare_error_is_one_line_naming_the_field() -> None:
             " Cancelled, Done, Error (got 'Finished')",
         ),
         ({"experiment_id": "e", "name": "n" * 201}, "name: at most 200 characters (got 201)"),
-        ({"experiment_id": "e", "results": "{oops"}, "results: must be JSON text"),
+        (
+            {"experiment_id": "e", "results": "{oops"},
+            "results: must be JSON text (Expecting property name enclosed in double quotes"
+            " at line 1 column 2)",
+        ),
+        (
+            {"experiment_id": "e", "shots": "[1024,\n 2048"},
+            "shots: must be JSON text (Expecting ',' delimiter at line 2 column 6)",
+        ),
         ({"experiment_id": ""}, "experiment_id: required (a non-empty string)"),
         ({"name": "x"}, "experiment_id: required (a non-empty string)"),
     ],

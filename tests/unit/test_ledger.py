@@ -214,3 +214,34 @@ def test_a_racily_clean_record_is_not_unchanged(store: Store, tmp_path: Path) ->
     )
     later = store.ledger.seen(str(p))
     assert later is not None and later.unchanged(state(p))
+
+
+def test_a_racily_clean_file_is_settled_by_its_bytes_and_then_trusted(
+    store: Store, tmp_path: Path
+) -> None:
+    """As git: the same bytes under the same stat are unchanged, and the row is marked read
+    now, so the next check is a stat alone; other bytes under the same stat are a change."""
+    import hashlib
+
+    p = tmp_path / "fresh.json"
+    p.write_bytes(b'{"a": 1}')
+    sha = hashlib.sha256(b'{"a": 1}').hexdigest()
+    st = state(p)
+    store.ledger.record([FileRead(str(p), st, sha, read_ns=st.mtime_ns + 1)])  # racy
+    rec = store.ledger.seen(str(p))
+    assert rec is not None and not rec.unchanged(st)
+    # Its mtime an hour back (same stat otherwise): still racy by the row; its bytes decide.
+    os.utime(p, ns=(OLD_NS, OLD_NS))
+    st = state(p)
+    store.ledger.record([FileRead(str(p), st, sha, read_ns=OLD_NS + 1)])
+    rec = store.ledger.seen(str(p))
+    assert rec is not None and not rec.unchanged(st)
+    assert store.ledger.unchanged(str(p), rec, st)
+    marked = store.ledger.seen(str(p))
+    assert marked is not None and marked.unchanged(st)  # a stat alone from now on
+    # Same stat, other bytes (a write within one timestamp tick): changed.
+    store.ledger.record([FileRead(str(p), st, "0" * 64, read_ns=OLD_NS + 1)])
+    other = store.ledger.seen(str(p))
+    assert other is not None and not store.ledger.unchanged(str(p), other, st)
+    assert not store.ledger.unchanged(str(p), None, st)  # never read
+    assert not store.ledger.unchanged(str(tmp_path / "gone.json"), other, st)

@@ -86,7 +86,8 @@ def fixtures_untouched() -> Iterator[None]:
     yield
     assert {v: sha256(FIXTURES / f"v{v}.db") for v in VERSIONS} == before
     assert sorted(p.name for p in FIXTURES.iterdir()) == [
-        "README.md", *(f"v{v}.db" for v in VERSIONS)
+        "README.md",
+        *(f"v{v}.db" for v in VERSIONS),
     ]
 
 
