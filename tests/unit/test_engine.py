@@ -606,7 +606,7 @@ def test_a_failing_server_cuts_the_requests_in_flight_but_never_pauses_the_run()
     clock = FakeClock()
     lim = AdaptiveLimit(8, random.Random(2), clock=clock, sleep=clock.sleep)
     for _ in range(40):
-        clock.now += 0.3
+        clock.now += 0.05  # 20 in the window, every one refused
         lim.overload(None, rate_limited=False)
     assert lim.paused_until == 0.0 and lim.limit == 1.0
     for _ in range(20):  # the same answers as 429s: the rate limit is told, and kept
