@@ -608,7 +608,7 @@ def test_a_failing_server_cuts_the_requests_in_flight_but_never_pauses_the_run()
     for _ in range(40):
         clock.now += 0.05  # 20 in the window, every one refused
         lim.overload(None, rate_limited=False)
-    assert lim.paused_until == 0.0 and lim.limit == 1.0
+    assert lim.paused_until == 0.0 and lim.limit < 8  # cut (once a second), never paused
     for _ in range(20):  # the same answers as 429s: the rate limit is told, and kept
         clock.now += 0.001
         lim.overload(None)
