@@ -385,9 +385,9 @@ class Leases:
         marks = ",".join("?" * len(UNFINISHED_REMOTE))
         rows = self.store.read(
             SELECT + f" WHERE state = 'synced' AND remote_status IN ({marks}) AND id > ?"
-            f" AND synced_at < ? AND remote_id IS NOT NULL AND {_CONFIRMED}"
+            f" AND {_ASKED} AND remote_id IS NOT NULL AND {_CONFIRMED}"
             " AND missing_at IS NULL ORDER BY id LIMIT ?",
-            (*UNFINISHED_REMOTE, after_id, synced_before, limit),
+            (*UNFINISHED_REMOTE, after_id, *_asked(synced_before), limit),
         )
         return [Entry.from_row(r) for r in rows]
 
@@ -396,9 +396,9 @@ class Leases:
         return int(
             self.store.scalar(
                 "SELECT count(*) FROM entries WHERE state = 'synced'"
-                f" AND remote_status IN ({marks}) AND synced_at < ? AND {_CONFIRMED}"
+                f" AND remote_status IN ({marks}) AND {_ASKED} AND {_CONFIRMED}"
                 " AND missing_at IS NULL",
-                (*UNFINISHED_REMOTE, synced_before),
+                (*UNFINISHED_REMOTE, *_asked(synced_before)),
             )
         )
 
@@ -409,16 +409,16 @@ class Leases:
         asked about on every sync, whatever its status (a final one included).
         """
         rows = self.store.read(
-            SELECT + f" WHERE {_UNCONFIRMED} AND id > ? AND synced_at < ? ORDER BY id LIMIT ?",
-            (after_id, synced_before, limit),
+            SELECT + f" WHERE {_UNCONFIRMED} AND id > ? AND {_ASKED} ORDER BY id LIMIT ?",
+            (after_id, *_asked(synced_before), limit),
         )
         return [Entry.from_row(r) for r in rows]
 
     def count_unconfirmed(self, synced_before: str = "9999") -> int:
         return int(
             self.store.scalar(
-                f"SELECT count(*) FROM entries WHERE {_UNCONFIRMED} AND synced_at < ?",
-                (synced_before,),
+                f"SELECT count(*) FROM entries WHERE {_UNCONFIRMED} AND {_ASKED}",
+                _asked(synced_before),
             )
         )
 
@@ -450,6 +450,17 @@ class Leases:
                 if rows:
                     written[kind] = conn.executemany(_REFRESHED[kind], rows).rowcount
         return written
+
+
+#: Synced before the run that asks (``synced_before``: it does not ask again about what it
+#: has just been told), or under a clock since set back (a ``synced_at`` still ahead of
+#: now): a corrected clock must not hide an entry from the refresh until that date.
+_ASKED = "(synced_at < ? OR synced_at > ?)"
+
+
+def _asked(synced_before: str) -> tuple[str, str]:
+    """``_ASKED``'s parameters."""
+    return synced_before, now_iso()
 
 
 #: An entry the API has, to logbook's knowledge (direct, or its API id came back).

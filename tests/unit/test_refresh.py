@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,34 @@ def test_judge_and_moved_answer_by_answer(tmp_path: Path) -> None:
     assert judge(direct, GONE).kind == "missing"  # type: ignore[union-attr]
     assert judge(direct, same._replace(hash="x")) is None  # not the job: nothing learnt
     assert moved(direct, "http://other.test") is None
+
+
+# --- clocks ------------------------------------------------------------------------------
+
+
+def a_year_ahead() -> str:
+    return (datetime.now(UTC) + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_an_entry_synced_under_a_clock_since_set_back_is_still_asked_about(
+    tmp_path: Path,
+) -> None:
+    """The clock was a year ahead when the relay accepted the entry, then corrected: the
+    entry is still asked about (a relay that lost it is noticed now, not in a year).
+    """
+    db = unconfirmed_entry(tmp_path)
+    set_row(db, 1, synced_at=a_year_ahead())
+    relay = Relay(json_answer(404, {"detail": "Job not found"}), entry(db))
+    report = sync(config(tmp_path), relay)
+    assert report.reoffered == 1 and len(relay.posts) == 1
+
+
+def test_a_status_synced_under_a_clock_since_set_back_is_still_refreshed(
+    tmp_path: Path,
+) -> None:
+    db = unconfirmed_entry(tmp_path, via=None)
+    set_row(db, 1, synced_at=a_year_ahead())
+    doc = {**relay_doc(entry(db)), "status": "Done"}
+    doc.pop("info")  # the API's own answer
+    report = sync(config(tmp_path), Relay(json_answer(200, doc), entry(db)))
+    assert report.refreshed == 1 and entry(db).remote_status == "Done"
