@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import NotFound, StoreError
 from .connect import Database, now_iso, open_readonly, open_readwrite
-from .schema import INSERT, SCHEMA_VERSION, SELECT, STATES, Entry
+from .schema import BY_UNCONFIRMED, INSERT, SCHEMA_VERSION, SELECT, STATES, Entry
 from .schema import row as job_row
 
 __all__ = ["Entry", "STATES", "SCHEMA_VERSION", "Status", "Store", "now_iso"]
@@ -220,7 +220,7 @@ class Store(Database):
         oldest was accepted (the partial index ``entries_unconfirmed``).
         """
         row = self.read(
-            "SELECT count(*), min(synced_at) FROM entries"
+            f"SELECT count(*), min(synced_at) FROM entries {BY_UNCONFIRMED}"
             " WHERE state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL"
         )[0]
         return int(row[0]), row[1]
@@ -234,7 +234,7 @@ class Store(Database):
         recorded: pending, being sent, or accepted by a relay and not yet confirmed.
         """
         unconfirmed = self.scalar(
-            "SELECT min(created_at) FROM entries"
+            f"SELECT min(created_at) FROM entries {BY_UNCONFIRMED}"
             " WHERE state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL"
         )
         found = [t for t in (self.oldest_pending(), unconfirmed) if t]

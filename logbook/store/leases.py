@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from ..vocab import MAX_RETRY_DELAY, UNFINISHED
 from .connect import Database, now_iso
-from .schema import SELECT, Entry
+from .schema import BY_UNCONFIRMED, SELECT, Entry
 
 UNFINISHED_REMOTE: tuple[str, ...] = tuple(sorted(UNFINISHED))
 _HOST = socket.gethostname()
@@ -403,21 +403,29 @@ class Leases:
         )
 
     def unconfirmed(
-        self, limit: int, after_id: int = 0, synced_before: str = "9999"
+        self, limit: int, after: tuple[str, int] = ("", 0), synced_before: str = "9999"
     ) -> list[Entry]:
-        """Entries a relay accepted whose API id has not come back, in id order: each is
-        asked about on every sync, whatever its status (a final one included).
+        """Entries a relay accepted whose API id has not come back, in the order they were
+        accepted (``after``: the last one's ``(synced_at, id)``): each is asked about on
+        every sync, whatever its status (a final one included).
+
+        Pages walk the partial index ``entries_unconfirmed`` from where the last one
+        ended, so a store of a million synced entries costs what its unconfirmed ones do.
         """
+        since, after_id = after
+        asked = _asked(synced_before)
         rows = self.store.read(
-            SELECT + f" WHERE {_UNCONFIRMED} AND id > ? AND {_ASKED} ORDER BY id LIMIT ?",
-            (after_id, *_asked(synced_before), limit),
+            f"{SELECT} {BY_UNCONFIRMED} WHERE {_UNCONFIRMED} AND synced_at = ? AND id > ?"
+            f" AND {_ASKED} UNION ALL {SELECT} {BY_UNCONFIRMED} WHERE {_UNCONFIRMED}"
+            f" AND synced_at > ? AND {_ASKED} ORDER BY synced_at, id LIMIT ?",
+            (since, after_id, *asked, since, *asked, limit),
         )
         return [Entry.from_row(r) for r in rows]
 
     def count_unconfirmed(self, synced_before: str = "9999") -> int:
         return int(
             self.store.scalar(
-                f"SELECT count(*) FROM entries WHERE {_UNCONFIRMED} AND {_ASKED}",
+                f"SELECT count(*) FROM entries {BY_UNCONFIRMED} WHERE {_UNCONFIRMED} AND {_ASKED}",
                 _asked(synced_before),
             )
         )
