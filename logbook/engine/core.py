@@ -119,7 +119,9 @@ class SyncEngine:
             if entry.maybe_sent:
                 job = await self.client.find_by_hash(entry.experiment_id, entry.hash)
                 self._answered()
-                if job is not None:
+                # A relay's old refusal is no answer to this send (a user's retry, say):
+                # posted again, the relay forwards it once more.
+                if job is not None and job.refused_upstream is None:
                     self.report.reconciled += 1
                     return self._answer(entry, job)
                 if self.stopped:  # a 401 arrived during the lookup: post nothing new

@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 from relaysupport import RelayProcess, free_port
-from support import cli, make_jobs, seed_store, set_row, started, states, wait_until
+from support import (
+    cli,
+    make_jobs,
+    seed_store,
+    set_row,
+    started,
+    states,
+    wait_until,
+    write_config,
+)
 
 from logbook.emulator.testing import EmulatorProcess
 from logbook.store import Store
@@ -338,3 +347,43 @@ def test_a_watcher_offers_again_on_its_own_what_its_relay_lost(
         assert proc.wait(timeout=30) == 0
     stats = upstream.stats()
     assert stats["jobs_created"] == 5 and stats["duplicates"] == 0
+
+
+def relay_states(relay: RelayProcess) -> dict[str, int]:
+    with sqlite3.connect(relay.home / "logbook.db") as conn:
+        return dict(conn.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
+
+
+def test_a_retry_gets_through_a_job_whose_answer_the_lab_never_saw_and_the_api_refused(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """The relay took the job but its answer never reached the lab (the relay was paused:
+    the POST timed out), so the lab looks it up before it sends it again.  The API refuses
+    it: the lab learns that.  Once the API takes it, the user's ``retry`` gets it through,
+    exactly once (the look-up that finds the relay's old refusal must not refuse it again).
+    """
+    lab = Lab(tmp_path, "lab-a", relay, n=1)
+    write_config(lab.home, ["request_timeout = 1"])
+    upstream.set_faults(error_rate=1.0, error_status=422)  # the API refuses it, for now
+    relay.start()
+    assert relay.proc is not None
+    relay.proc.send_signal(signal.SIGSTOP)
+    try:
+        env = {"HAIQU_EDGE_URI": relay.url, "HAIQU_API_KEY": lab.key}
+        run = cli(lab.home, "sync", "--no-refresh", env=env, timeout=120)
+        assert run.code in (1, 4), run.err  # no answer: maybe sent
+    finally:
+        relay.proc.send_signal(signal.SIGCONT)
+    assert states(lab.db)["pending"] == 1
+    wait_until(lambda: relay_states(relay).get("rejected") == 1, 60, "the API to refuse it")
+
+    def rejected() -> bool:
+        lab.sync()
+        return states(lab.db)["rejected"] == 1
+
+    wait_until(rejected, 60, "the refusal to reach the lab")
+    assert "API refused it" in str(lab.entries()[0]["last_error"])
+    upstream.set_faults(error_rate=0.0)  # the API takes it now
+    assert cli(lab.home, "retry", "--all").code == 0
+    wait_confirmed([lab])
+    judge(upstream, [lab])
