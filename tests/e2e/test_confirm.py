@@ -387,3 +387,30 @@ def test_a_retry_gets_through_a_job_whose_answer_the_lab_never_saw_and_the_api_r
     assert cli(lab.home, "retry", "--all").code == 0
     wait_confirmed([lab])
     judge(upstream, [lab])
+
+
+def test_a_lab_that_goes_straight_to_the_api_while_its_relay_still_holds_the_jobs(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """The relay cannot reach the API (and is then paused), the lab can: the user points the
+    lab at the API, which gets every job from the lab.  When the relay comes back it must
+    not post them again: it finds them upstream.
+    """
+    lab = Lab(tmp_path, "lab-a", relay, n=5)
+    port = upstream.url.rsplit(":", 1)[1]
+    upstream.stop()  # the relay cannot forward
+    relay.start()
+    lab.sync("--no-refresh")
+    assert states(lab.db)["synced"] == 5 and not lab.confirmed()
+    assert relay.proc is not None
+    relay.proc.send_signal(signal.SIGSTOP)
+    try:
+        upstream.extra_args = ("--port", port)
+        upstream.start()
+        said = lab.sync(endpoint=upstream.url, key=UP_KEY)
+        assert "5 offered again" in said, said
+        assert upstream.stats()["jobs_created"] == 5
+    finally:
+        relay.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: relay_states(relay).get("synced") == 5, 120, "the relay to forward")
+    judge(upstream, [lab])
