@@ -414,3 +414,33 @@ def test_a_lab_that_goes_straight_to_the_api_while_its_relay_still_holds_the_job
         relay.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: relay_states(relay).get("synced") == 5, 120, "the relay to forward")
     judge(upstream, [lab])
+
+
+def test_a_chain_of_two_relays_whose_upstream_one_loses_its_store(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """lab -> edge relay -> relay -> API.  The relay next to the API is put back to an empty
+    backup while it holds everything unforwarded: the edge relay notices (its refresh gets
+    404s) and offers its jobs again; the API's ids flow back through both hops.
+    """
+    inner = relay
+    edge_home = tmp_path / "edge"
+    edge_key = inner.add_key("edge")
+    edge = RelayProcess(edge_home, f"http://127.0.0.1:{inner.port}", edge_key)
+    try:
+        labs = [Lab(tmp_path, "lab-a", edge), Lab(tmp_path, "lab-b", edge)]
+        port = upstream.url.rsplit(":", 1)[1]
+        upstream.stop()
+        inner.start()
+        empty = backup(inner.home / "logbook.db", tmp_path / "empty.db")
+        edge.start()
+        for lab in labs:
+            lab.sync()
+        wait_until(lambda: relay_states(inner).get("pending") == 2 * N, 60, "the edge to forward")
+        restore(inner, empty)  # everything the edge forwarded to it is gone
+        upstream.extra_args = ("--port", port)
+        upstream.start()
+        wait_confirmed(labs)
+        judge(upstream, labs)
+    finally:
+        edge.stop()
