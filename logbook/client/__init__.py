@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
@@ -40,6 +41,7 @@ import httpx2
 
 from ..config import Network
 from ..errors import RequestFailed, Verdict
+from ..jobs import content_hash
 from ..redact import redact, show_url
 from ..vocab import MAX_RETRY_DELAY, REOFFER_HEADER, STATUSES
 
@@ -136,6 +138,13 @@ class JobRef(NamedTuple):
     def relayed(self) -> bool:
         """Answered by a logbook relay (its jobs say where they are in ``info.relay``)."""
         return isinstance((self.info or {}).get("relay"), str)
+
+    def holds_other_content(self, job: Mapping[str, Any]) -> bool:
+        """A relay says (``info.content_hash``) that this job, of ``job``'s identity, holds
+        other content: it is not ``job``, whatever its id.
+        """
+        held = (self.info or {}).get("content_hash")
+        return isinstance(held, str) and held != content_hash(job)
 
     @property
     def refused_upstream(self) -> str | None:

@@ -78,6 +78,7 @@ def judge(entry: Entry, answer: JobRef | str) -> Refreshed | None:
         answer.id == entry.remote_id
         and answer.hash == entry.hash
         and answer.experiment_id in (None, entry.experiment_id)
+        and not (relayed and answer.holds_other_content(entry.post_body()))
     )
     if not same:
         if relayed:

@@ -444,3 +444,38 @@ def test_a_chain_of_two_relays_whose_upstream_one_loses_its_store(
         judge(upstream, labs)
     finally:
         edge.stop()
+
+
+def test_a_fresh_relay_that_gives_one_identity_with_other_content_the_same_id(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """Two labs hold one (experiment_id, hash) with other content.  The relay takes lab-a's,
+    loses its store, then takes lab-b's under the same id.  lab-a must not take lab-b's job
+    for its own (its results would never reach the API, silently): it is told, as a POST of
+    that identity would be (409, rejected with the reason).
+    """
+    a, b = Lab(tmp_path, "lab-a", relay, n=0), Lab(tmp_path, "lab-b", relay, n=0)
+    for lab, counts in ((a, '{"00": 1}'), (b, '{"11": 7}')):
+        rec = cli(lab.home, "record", "-e", "shared", "--hash", "h-1", "--results", counts)
+        assert rec.code == 0, rec.err
+    port = upstream.url.rsplit(":", 1)[1]
+    upstream.stop()
+    relay.start()
+    empty = backup(relay.home / "logbook.db", tmp_path / "empty.db")
+    a.sync()
+    restore(relay, empty)
+    b.sync()
+    assert a.entries()[0]["remote_id"] == b.entries()[0]["remote_id"] == "relay-1"
+    upstream.extra_args = ("--port", port)
+    upstream.start()
+    wait_confirmed([b])
+
+    def told() -> bool:
+        a.sync()
+        return states(a.db)["rejected"] == 1
+
+    wait_until(told, 60, "lab-a to be told its job is not the relay's")
+    reason = str(a.entries()[0]["last_error"])
+    assert "HTTP 409" in reason and "other content" in reason, reason
+    jobs = upstream.jobs()
+    assert len(jobs) == 1 and jobs[0]["results"] == '{"11": 7}'

@@ -243,3 +243,20 @@ def test_a_status_synced_under_a_clock_since_set_back_is_still_refreshed(
     doc.pop("info")  # the API's own answer
     report = sync(config(tmp_path), Relay(json_answer(200, doc), entry(db)))
     assert report.refreshed == 1 and entry(db).remote_status == "Done"
+
+
+def test_a_relays_job_of_the_identity_with_other_content_is_another_job(tmp_path: Path) -> None:
+    """A fresh relay may give the id an entry once had to a job of its identity with other
+    content (another lab's): that is a loss, never a confirmation.
+    """
+    from logbook.jobs import content_hash
+
+    e = entry(unconfirmed_entry(tmp_path))
+    ours = content_hash(e.post_body())
+    same = JobRef(RELAY_ID, "Queued", e.hash, e.experiment_id, {"relay": "queued"})
+    other = same._replace(info={"relay": "queued", "content_hash": "0" * 64})
+    assert judge(e, other).kind == "reoffer"  # type: ignore[union-attr]
+    assert judge(e, same._replace(info={"relay": "queued", "content_hash": ours})).kind == (  # type: ignore[union-attr]
+        "status"
+    )
+    assert judge(e, same).kind == "status"  # type: ignore[union-attr]  # an older relay
