@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .engine import BackgroundSyncer, require
-from .errors import Conflict, InvalidJob, LogbookError
+from .errors import Conflict, InvalidJob, LogbookError, NotFound
 from .jobs import JobDocument, content_hash, prepare
 from .server import Handler, JobsApi, json_response, presented_key, serve
 from .store import Entry
@@ -160,7 +160,7 @@ class StoreBackend:
         store = self.db.store
         try:
             entry = await self.db.run(store.get, int(number))
-        except LogbookError:
+        except NotFound:  # only then: a 404 tells a lab its relay lost the job
             return None
         return job_view(entry)
 

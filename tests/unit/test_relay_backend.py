@@ -205,3 +205,32 @@ def test_more_posts_at_once_than_one_commit_holds_are_all_answered_and_stored(
     stored = _stored(db_path)
     assert len(stored) == n
     assert {f"{ID_PREFIX}{i}" for i, _, _ in stored} == {j["id"] for j in jobs}
+
+
+def test_a_store_that_cannot_be_read_is_never_a_job_the_relay_lacks(tmp_path: Path) -> None:
+    """A 404 for ``GET /jobs/{id}`` tells a lab its relay lost the job (it offers it again):
+    a store that fails to answer (busy past patience, an I/O error) must be an error (503),
+    not "no such job"; an id it does not hold is.
+    """
+    import pytest
+
+    from logbook.errors import StoreError
+
+    async def main() -> None:
+        db = StoreWorker(str(tmp_path / "relay.db"))
+        backend = StoreBackend(db, on_commit=lambda: None)
+        try:
+            held = await backend.create({"experiment_id": "e", "hash": "h"}, "lab-a")
+            assert (await backend.get(str(held["id"])))["id"] == held["id"]  # type: ignore[index]
+            assert await backend.get(f"{ID_PREFIX}99") is None  # not held: a clean 404
+
+            def broken(entry_id: object) -> object:
+                raise StoreError("store relay.db: disk I/O error")
+
+            db.store.get = broken  # type: ignore[method-assign]
+            with pytest.raises(StoreError):
+                await backend.get(str(held["id"]))
+        finally:
+            db.close()
+
+    asyncio.run(main())
