@@ -40,8 +40,8 @@ from urllib.parse import quote, urlsplit
 import httpx2
 
 from ..config import Network
-from ..errors import RequestFailed, Verdict
-from ..jobs import content_hash
+from ..errors import InvalidJob, RequestFailed, Verdict
+from ..jobs import content_hash, prepare
 from ..redact import redact, show_url
 from ..vocab import MAX_RETRY_DELAY, REOFFER_HEADER, STATUSES
 
@@ -141,10 +141,16 @@ class JobRef(NamedTuple):
 
     def holds_other_content(self, job: Mapping[str, Any]) -> bool:
         """A relay says (``info.content_hash``) that this job, of ``job``'s identity, holds
-        other content: it is not ``job``, whatever its id.
+        other content: it is not ``job``, whatever its id.  ``job`` is hashed as the relay
+        would store it (``prepare``), so this agrees with the relay's own 409.
         """
         held = (self.info or {}).get("content_hash")
-        return isinstance(held, str) and held != content_hash(job)
+        if not isinstance(held, str):
+            return False
+        try:
+            return held != content_hash(prepare(job))
+        except InvalidJob:
+            return False  # the relay would refuse it (422): that is no verdict on the job
 
     @property
     def refused_upstream(self) -> str | None:
