@@ -134,8 +134,8 @@ class RelayJobs:
         Its store may be a restored copy that forgot it had forwarded them.
         """
         with self.store.write() as conn:
-            return conn.execute(
-                "UPDATE entries SET maybe_sent = 1 WHERE state = 'pending'"
+            return conn.execute(  # 'sending': a run of the relay's that is gone
+                "UPDATE entries SET maybe_sent = 1 WHERE state IN ('pending', 'sending')"
             ).rowcount
 
     def counts_by_source(self) -> dict[str, dict[str, int]]:
