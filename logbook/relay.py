@@ -38,7 +38,7 @@ from aiohttp import web
 
 from .engine import BackgroundSyncer, require
 from .errors import Conflict, InvalidJob, LogbookError, NotFound
-from .jobs import JobDocument, content_hash, prepare
+from .jobs import JobDocument, content_key, prepare
 from .server import Handler, JobsApi, json_response, presented_key, serve
 from .store import Entry
 from .store.relay import Held, RelayKeys
@@ -75,11 +75,11 @@ def job_view(entry: Entry) -> dict[str, Any]:
     ``status`` is always one of the API's values (clients such as the Haiqu SDK refuse
     others): an upstream status outside the enum is kept in ``info.upstream_status_raw``.
     """
-    # The content's hash: a lab never takes a job of its identity with other content for
-    # its own (a fresh relay may give that job the id the lab's once had).
+    # The content's key (``jobs.same_job``): a lab never takes a job of its identity with
+    # other content for its own (a fresh relay may give that job the id the lab's once had).
     info: dict[str, Any] = {
         "relay": _WHERE.get(entry.state, "forwarded"),
-        "content_hash": content_hash(entry.post_body()),
+        "content_key": content_key(entry.post_body()),
     }
     status = "Submitted"
     if entry.confirmed:

@@ -41,7 +41,7 @@ import httpx2
 
 from ..config import Network
 from ..errors import InvalidJob, RequestFailed, Verdict
-from ..jobs import content_hash, prepare
+from ..jobs import prepare, same_job
 from ..redact import redact, show_url
 from ..vocab import MAX_RETRY_DELAY, REOFFER_HEADER, STATUSES
 
@@ -127,6 +127,7 @@ class JobRef(NamedTuple):
     hash: str
     experiment_id: str | None = None
     info: dict[str, Any] | None = None
+    circuit_id: str | None = None
 
     @property
     def upstream_id(self) -> str | None:
@@ -140,15 +141,16 @@ class JobRef(NamedTuple):
         return isinstance((self.info or {}).get("relay"), str)
 
     def holds_other_content(self, job: Mapping[str, Any]) -> bool:
-        """A relay says (``info.content_hash``) that this job, of ``job``'s identity, holds
-        other content: it is not ``job``, whatever its id.  ``job`` is hashed as the relay
-        would store it (``prepare``), so this agrees with the relay's own 409.
+        """A relay says (``info.content_key``, its ``circuit_id``) that this job, of
+        ``job``'s identity, holds other content: it is not ``job``, whatever its id.
+        ``job`` is taken as the relay would store it (``prepare``), so this agrees with the
+        relay's own 409.
         """
-        held = (self.info or {}).get("content_hash")
-        if not isinstance(held, str):
+        key = (self.info or {}).get("content_key")
+        if not isinstance(key, str):
             return False
         try:
-            return held != content_hash(prepare(job))
+            return not same_job(key, self.circuit_id, prepare(job))
         except InvalidJob:
             return False  # the relay would refuse it (422): that is no verdict on the job
 
@@ -465,7 +467,7 @@ def _job(method: str, shown: str, response: httpx2.Response) -> JobRef:
         and isinstance(data.get("hash"), str)
         and isinstance(data.get("status"), str)
     ):
-        exp = data.get("experiment_id")
+        exp, circuit = data.get("experiment_id"), data.get("circuit_id")
         info = data.get("info")
         status = data["status"]
         if isinstance(info, dict) and info.get("upstream_status") in _STATUS_SET:
@@ -473,6 +475,7 @@ def _job(method: str, shown: str, response: httpx2.Response) -> JobRef:
         return JobRef(
             data["id"], remote_status(status), data["hash"],
             exp if isinstance(exp, str) else None, info if isinstance(info, dict) else None,
+            circuit if isinstance(circuit, str) else None,
         )  # fmt: skip
     raise RequestFailed(
         f"{method} {shown}: HTTP {response.status_code} with a body that is not a Job",

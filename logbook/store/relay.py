@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadInput, NotFound
-from ..jobs import content_hash
+from ..jobs import content_key, same_job
 from .connect import Database, now_iso
 from .schema import INSERT, SELECT, STATES, Entry
 from .schema import row as job_row
@@ -119,7 +119,7 @@ class RelayJobs:
                     out.append(Held(entry, True))
                     continue
                 held = _held(conn, job)
-                if content_hash(held.post_body()) != content_hash(job):
+                if not same_job(content_key(held.post_body()), held.circuit_hash, job):
                     out.append(Held(held, False, conflict=True))
                     continue
                 if held.state == "rejected" or (reoffer and held.state == "pending"):

@@ -481,3 +481,52 @@ def test_a_fresh_relay_that_gives_one_identity_with_other_content_the_same_id(
     assert "HTTP 409" in reason and "other content" in reason, reason
     jobs = upstream.jobs()
     assert len(jobs) == 1 and jobs[0]["results"] == '{"11": 7}'
+
+
+def test_the_haiqu_sdks_post_of_a_result_and_logbooks_file_of_it_are_one_job(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """A lab logs a Qiskit Result with the Haiqu SDK (its own client, through the relay:
+    with the circuit's hash) and keeps the Result's JSON, which ``logbook import`` reads
+    (no circuit in it, so no circuit hash).  One job: the relay links the entry to the
+    SDK's, never answers it 409 as another lab's content.
+    """
+    pytest.importorskip("haiqu.sdk.api_client")
+    from haiqu.sdk.api_client import ApiClient
+    from haiqu.sdk.schemas import LocalJobSubmitModel
+    from haiqu.sdk.utils import (
+        get_circuit_hash,
+        get_job_device,
+        get_job_hash,
+        get_job_name,
+        get_job_results,
+        get_job_shots,
+    )
+    from qiskit import QuantumCircuit
+    from qiskit.providers.basic_provider import BasicSimulator
+
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure([0, 1], [0, 1])
+    result = BasicSimulator().run(qc, shots=64, seed_simulator=7).result()
+    lab = Lab(tmp_path, "lab-a", relay, n=0)
+    sdk_key = relay.add_key("sdk")
+    relay.start()
+    sdk = ApiClient(rest_api_uri=relay.url + "/", api_access_key=sdk_key)
+    posted = sdk.submit_job(  # what haiqu.log(circuit, result) posts after its 404 look-up
+        LocalJobSubmitModel(
+            experiment_id="bell", hash=str(get_job_hash(job_data=result)),
+            circuit_hash=get_circuit_hash(qc), results=json.dumps(get_job_results(result)),
+            device_id=get_job_device(result), shots=json.dumps(get_job_shots(result)),
+            name=get_job_name(result), status="Done", job_type="User local job",
+        )
+    )  # fmt: skip
+    saved = tmp_path / "result.json"
+    saved.write_text(json.dumps(result.to_dict(), default=str))
+    assert cli(lab.home, "import", saved, "--experiment", "bell").code == 0
+    lab.sync()
+    got = lab.entries()[0]
+    assert got["state"] == "synced" and got["remote_id"] == posted.id, got
+    wait_confirmed([lab])
+    judge(upstream, [lab])

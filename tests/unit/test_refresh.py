@@ -249,21 +249,28 @@ def test_a_relays_job_of_the_identity_with_other_content_is_another_job(tmp_path
     """A fresh relay may give the id an entry once had to a job of its identity with other
     content (another lab's): that is a loss, never a confirmation.
     """
-    from logbook.jobs import content_hash
+    from logbook.jobs import content_key
 
     e = entry(unconfirmed_entry(tmp_path))
-    ours = content_hash(e.post_body())
+    ours = content_key(e.post_body())
     same = JobRef(RELAY_ID, "Queued", e.hash, e.experiment_id, {"relay": "queued"})
-    other = same._replace(info={"relay": "queued", "content_hash": "0" * 64})
-    assert judge(e, other).kind == "reoffer"  # type: ignore[union-attr]
-    assert judge(e, same._replace(info={"relay": "queued", "content_hash": ours})).kind == (  # type: ignore[union-attr]
-        "status"
+    held = same._replace(info={"relay": "queued", "content_key": ours})
+    assert judge(e, held._replace(info={"relay": "queued", "content_key": "0" * 64})).kind == (  # type: ignore[union-attr]
+        "reoffer"
     )
+    assert judge(e, held).kind == "status"  # type: ignore[union-attr]
     assert judge(e, same).kind == "status"  # type: ignore[union-attr]  # an older relay
-    # hashed as the relay stores it: an entry an older logbook wrote without metrics (None)
+    # a circuit hash only one of them carries is no difference (the SDK sends it, a Result
+    # file does not hold it); two that differ are
+    assert judge(e, held._replace(circuit_id="c-1")).kind == "status"  # type: ignore[union-attr]
+    with_circuit = Entry(**{**e.__dict__, "circuit_hash": "c-2"})
+    assert judge(with_circuit, held).kind == "status"  # type: ignore[union-attr]
+    assert judge(with_circuit, held._replace(circuit_id="c-1")).kind == "reoffer"  # type: ignore[union-attr]
+    # taken as the relay stores it: an entry an older logbook wrote without metrics (None)
     # is the relay's job with {} (the relay's 409 says the same: else a loop of re-offers)
     bare = Entry(**{**e.__dict__, "metrics": None})
-    stored = content_hash(Entry(**{**e.__dict__, "metrics": {}}).post_body())
-    assert content_hash(bare.post_body()) != stored
-    held = same._replace(info={"relay": "queued", "content_hash": stored})
-    assert judge(bare, held).kind == "status"  # type: ignore[union-attr]
+    stored = content_key(Entry(**{**e.__dict__, "metrics": {}}).post_body())
+    assert content_key(bare.post_body()) != stored
+    assert judge(bare, held._replace(info={"relay": "queued", "content_key": stored})).kind == (  # type: ignore[union-attr]
+        "status"
+    )

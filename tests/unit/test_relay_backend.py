@@ -234,3 +234,19 @@ def test_a_store_that_cannot_be_read_is_never_a_job_the_relay_lacks(tmp_path: Pa
             db.close()
 
     asyncio.run(main())
+
+
+def test_a_circuit_hash_only_one_post_carries_is_the_same_job(tmp_path: Path) -> None:
+    """The Haiqu SDK posts a Result with its circuit's hash; the Result's file, read by
+    ``logbook import``, has none: one job.  Two circuit hashes that differ are a conflict.
+    """
+    from logbook.store import Store
+
+    with Store(tmp_path / "relay.db") as s:
+        sdk = s.relay.record_batch([_job(circuit_hash="c-1")], ["relay:sdk"])[0]
+        held = s.relay.record_batch([_job(), _job(circuit_hash="c-2")], ["relay:a"] * 2)
+        assert [h.conflict for h in held] == [False, True]
+        assert held[0].entry.id == sdk.entry.id
+        bare = s.relay.record_batch([_job(hash="h2")], ["relay:a"])[0]
+        again = s.relay.record_batch([_job(hash="h2", circuit_hash="c-1")], ["relay:sdk"])[0]
+        assert not again.conflict and again.entry.id == bare.entry.id
