@@ -162,6 +162,23 @@ def content_hash(job: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(content).encode("utf-8")).hexdigest()
 
 
+def content_key(job: Mapping[str, Any]) -> str:
+    """sha256 (hex) of a job's content but its circuit hash (``same_job``)."""
+    get = job.get
+    content = {f: get(f) for f in CONTENT_FIELDS if f != "circuit_hash"}
+    return hashlib.sha256(_canonical(content).encode("utf-8")).hexdigest()
+
+
+def same_job(key: str, circuit_hash: str | None, job: Mapping[str, Any]) -> bool:
+    """Whether ``job`` (of one identity) is the job of that content key and circuit hash.
+
+    A circuit hash only one of them carries is no difference: a Result file does not
+    hold its circuit, while the Haiqu SDK sends the circuit's hash with the same Result.
+    """
+    theirs, ours = circuit_hash or "", job.get("circuit_hash") or ""
+    return key == content_key(job) and (theirs == ours or not theirs or not ours)
+
+
 def _json_text_problem(value: str) -> str | None:
     """Why ``value`` is not JSON text to store, or None.
 

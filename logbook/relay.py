@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .engine import BackgroundSyncer, require
-from .errors import Conflict, InvalidJob, LogbookError
-from .jobs import JobDocument, prepare
+from .errors import Conflict, InvalidJob, LogbookError, NotFound
+from .jobs import JobDocument, content_key, prepare
 from .server import (
     ROUTE_POST_JOBS,
     ByteBudget,
@@ -92,7 +92,12 @@ def job_view(entry: Entry) -> dict[str, Any]:
     ``status`` is always one of the API's values (clients such as the Haiqu SDK refuse
     others): an upstream status outside the enum is kept in ``info.upstream_status_raw``.
     """
-    info: dict[str, Any] = {"relay": _WHERE.get(entry.state, "forwarded")}
+    # The content's key (``jobs.same_job``): a lab never takes a job of its identity with
+    # other content for its own (a fresh relay may give that job the id the lab's once had).
+    info: dict[str, Any] = {
+        "relay": _WHERE.get(entry.state, "forwarded"),
+        "content_key": content_key(entry.post_body()),
+    }
     status = "Submitted"
     if entry.confirmed:
         status = entry.remote_status if entry.remote_status in _STATUSES else "Submitted"
@@ -174,7 +179,7 @@ class StoreBackend:
         store = self.db.store
         try:
             entry = await self.db.run(store.get, int(number))
-        except LogbookError:
+        except NotFound:  # only then: a 404 tells a lab its relay lost the job
             return None
         return job_view(entry)
 

@@ -32,6 +32,7 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Mapping
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
@@ -40,7 +41,8 @@ from urllib.parse import quote, urlsplit
 import httpx2
 
 from ..config import Network, hidden_url
-from ..errors import RequestFailed, Verdict
+from ..errors import InvalidJob, RequestFailed, Verdict
+from ..jobs import prepare, same_job
 from ..redact import redact, show_url
 from ..vocab import MAX_RETRY_DELAY, REOFFER_HEADER, STATUSES
 
@@ -134,6 +136,7 @@ class JobRef(NamedTuple):
     hash: str
     experiment_id: str | None = None
     info: dict[str, Any] | None = None
+    circuit_id: str | None = None
 
     @property
     def upstream_id(self) -> str | None:
@@ -145,6 +148,20 @@ class JobRef(NamedTuple):
     def relayed(self) -> bool:
         """Answered by a logbook relay (its jobs say where they are in ``info.relay``)."""
         return isinstance((self.info or {}).get("relay"), str)
+
+    def holds_other_content(self, job: Mapping[str, Any]) -> bool:
+        """A relay says (``info.content_key``, its ``circuit_id``) that this job, of
+        ``job``'s identity, holds other content: it is not ``job``, whatever its id.
+        ``job`` is taken as the relay would store it (``prepare``), so this agrees with the
+        relay's own 409.
+        """
+        key = (self.info or {}).get("content_key")
+        if not isinstance(key, str):
+            return False
+        try:
+            return not same_job(key, self.circuit_id, prepare(job))
+        except InvalidJob:
+            return False  # the relay would refuse it (422): that is no verdict on the job
 
     @property
     def refused_upstream(self) -> str | None:
@@ -476,7 +493,7 @@ def _job(method: str, shown: str, response: httpx2.Response) -> JobRef:
         and isinstance(data.get("hash"), str)
         and isinstance(data.get("status"), str)
     ):
-        exp = data.get("experiment_id")
+        exp, circuit = data.get("experiment_id"), data.get("circuit_id")
         info = data.get("info")
         status = data["status"]
         if isinstance(info, dict) and info.get("upstream_status") in _STATUS_SET:
@@ -484,6 +501,7 @@ def _job(method: str, shown: str, response: httpx2.Response) -> JobRef:
         return JobRef(
             data["id"], remote_status(status), data["hash"],
             exp if isinstance(exp, str) else None, info if isinstance(info, dict) else None,
+            circuit if isinstance(circuit, str) else None,
         )  # fmt: skip
     raise RequestFailed(
         f"{method} {shown}: HTTP {response.status_code} with a body that is not a Job",

@@ -119,7 +119,14 @@ class SyncEngine:
             if entry.maybe_sent:
                 job = await self.client.find_by_hash(entry.experiment_id, entry.hash)
                 self._answered()
-                if job is not None:
+                # A relay's old refusal is no answer to this send (a user's retry, say):
+                # posted again, the relay forwards it once more.  Nor is a relay's job of
+                # this identity with other content: posted, it is answered 409.
+                if (
+                    job is not None
+                    and job.refused_upstream is None
+                    and not job.holds_other_content(entry.post_body())
+                ):
                     self.report.reconciled += 1
                     return self._answer(entry, job)
                 if self.stopped:  # a 401 arrived during the lookup: post nothing new

@@ -23,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..client import GONE, JobRef
 from ..errors import RequestFailed
@@ -77,6 +78,7 @@ def judge(entry: Entry, answer: JobRef | str) -> Refreshed | None:
         answer.id == entry.remote_id
         and answer.hash == entry.hash
         and answer.experiment_id in (None, entry.experiment_id)
+        and not (relayed and answer.holds_other_content(entry.post_body()))
     )
     if not same:
         if relayed:
@@ -115,13 +117,18 @@ class Refresher:
         due += await e.db.run(leases.count_unconfirmed, before)
         e.progress.begin("refreshing", due)
         refreshed = 0
-        for pick in (leases.unfinished_remote, leases.unconfirmed):
-            after = 0
+        # Each walks its pages from where the last one ended: by id, and by the order a
+        # relay accepted them (``unconfirmed`` walks its partial index).
+        passes: tuple[tuple[Callable[..., list[Entry]], Callable[[Entry], Any], Any], ...] = (
+            (leases.unfinished_remote, lambda x: x.id, 0),
+            (leases.unconfirmed, lambda x: (x.synced_at, x.id), ("", 0)),
+        )
+        for pick, cursor, after in passes:
             while not e.stopped:
                 entries = await e.db.run(pick, PAGE, after, before)
                 if not entries:
                     break
-                after = entries[-1].id
+                after = cursor(entries[-1])
                 found = await asyncio.gather(*(self._one(x) for x in entries))
                 written = await e.db.run(leases.refreshed, [f for f in found if f is not None])
                 refreshed += written.get("status", 0)

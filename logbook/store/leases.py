@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from ..vocab import MAX_RETRY_DELAY, UNFINISHED
 from .connect import Database, now_iso
-from .schema import SELECT, Entry
+from .schema import BY_UNCONFIRMED, SELECT, Entry
 
 UNFINISHED_REMOTE: tuple[str, ...] = tuple(sorted(UNFINISHED))
 _HOST = socket.gethostname()
@@ -405,9 +405,9 @@ class Leases:
         marks = ",".join("?" * len(UNFINISHED_REMOTE))
         rows = self.store.read(
             SELECT + f" WHERE state = 'synced' AND remote_status IN ({marks}) AND id > ?"
-            f" AND synced_at < ? AND remote_id IS NOT NULL AND {_CONFIRMED}"
+            f" AND {_ASKED} AND remote_id IS NOT NULL AND {_CONFIRMED}"
             " AND missing_at IS NULL ORDER BY id LIMIT ?",
-            (*UNFINISHED_REMOTE, after_id, synced_before, limit),
+            (*UNFINISHED_REMOTE, after_id, *_asked(synced_before), limit),
         )
         return [Entry.from_row(r) for r in rows]
 
@@ -416,29 +416,37 @@ class Leases:
         return int(
             self.store.scalar(
                 "SELECT count(*) FROM entries WHERE state = 'synced'"
-                f" AND remote_status IN ({marks}) AND synced_at < ? AND {_CONFIRMED}"
+                f" AND remote_status IN ({marks}) AND {_ASKED} AND {_CONFIRMED}"
                 " AND missing_at IS NULL",
-                (*UNFINISHED_REMOTE, synced_before),
+                (*UNFINISHED_REMOTE, *_asked(synced_before)),
             )
         )
 
     def unconfirmed(
-        self, limit: int, after_id: int = 0, synced_before: str = "9999"
+        self, limit: int, after: tuple[str, int] = ("", 0), synced_before: str = "9999"
     ) -> list[Entry]:
-        """Entries a relay accepted whose API id has not come back, in id order: each is
-        asked about on every sync, whatever its status (a final one included).
+        """Entries a relay accepted whose API id has not come back, in the order they were
+        accepted (``after``: the last one's ``(synced_at, id)``): each is asked about on
+        every sync, whatever its status (a final one included).
+
+        Pages walk the partial index ``entries_unconfirmed`` from where the last one
+        ended, so a store of a million synced entries costs what its unconfirmed ones do.
         """
+        since, after_id = after
+        asked = _asked(synced_before)
         rows = self.store.read(
-            SELECT + f" WHERE {_UNCONFIRMED} AND id > ? AND synced_at < ? ORDER BY id LIMIT ?",
-            (after_id, synced_before, limit),
+            f"{SELECT} {BY_UNCONFIRMED} WHERE {_UNCONFIRMED} AND synced_at = ? AND id > ?"
+            f" AND {_ASKED} UNION ALL {SELECT} {BY_UNCONFIRMED} WHERE {_UNCONFIRMED}"
+            f" AND synced_at > ? AND {_ASKED} ORDER BY synced_at, id LIMIT ?",
+            (since, after_id, *asked, since, *asked, limit),
         )
         return [Entry.from_row(r) for r in rows]
 
     def count_unconfirmed(self, synced_before: str = "9999") -> int:
         return int(
             self.store.scalar(
-                f"SELECT count(*) FROM entries WHERE {_UNCONFIRMED} AND synced_at < ?",
-                (synced_before,),
+                f"SELECT count(*) FROM entries {BY_UNCONFIRMED} WHERE {_UNCONFIRMED} AND {_ASKED}",
+                _asked(synced_before),
             )
         )
 
@@ -475,6 +483,17 @@ class Leases:
             if newly:
                 conn.execute(_MARK_DELIVERY, (stamp, confirming))
         return written
+
+
+#: Synced before the run that asks (``synced_before``: it does not ask again about what it
+#: has just been told), or under a clock since set back (a ``synced_at`` still ahead of
+#: now): a corrected clock must not hide an entry from the refresh until that date.
+_ASKED = "(synced_at < ? OR synced_at > ?)"
+
+
+def _asked(synced_before: str) -> tuple[str, str]:
+    """``_ASKED``'s parameters."""
+    return synced_before, now_iso()
 
 
 #: An entry the API has, to logbook's knowledge (direct, or its API id came back).

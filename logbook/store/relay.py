@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadInput, NotFound
-from ..jobs import content_hash
+from ..jobs import content_key, same_job
 from .connect import Database, now_iso
 from .schema import INSERT, SELECT, STATES, Entry
 from .schema import row as job_row
@@ -107,9 +107,10 @@ class RelayJobs:
 
         A job already held (the same experiment and hash) gives the held entry:
         the same content is the same job (and a rejected one goes back to be
-        forwarded again: a lab's ``retry``), other content is a conflict.  A
-        re-offered job (``reoffers``: the lab looked it up first) is looked up
-        upstream before it is forwarded: it may be there already.
+        forwarded again: a lab's ``retry``), other content is a conflict.  Every
+        new job, and a held one a lab offers again (``reoffers``: the lab looked it
+        up first), is looked up upstream before it is forwarded: it may be there
+        already.
         """
         created_at = now_iso()
         reoffers = reoffers or [False] * len(jobs)
@@ -118,15 +119,17 @@ class RelayJobs:
             for job, source, reoffer in zip(jobs, sources, reoffers, strict=True):
                 cur = conn.execute(INSERT, job_row(job, created_at, source))
                 if cur.rowcount == 1 and cur.lastrowid is not None:
-                    if reoffer:
-                        conn.execute("UPDATE entries SET maybe_sent = 1 WHERE id = ?",
-                                     (cur.lastrowid,))  # fmt: skip
+                    # Looked up upstream before its first post, like every job (the Haiqu
+                    # SDK's rule): while the relay held it, its lab may have sent it to
+                    # the API by another way (the relay unreachable, or paused).
+                    conn.execute("UPDATE entries SET maybe_sent = 1 WHERE id = ?",
+                                 (cur.lastrowid,))  # fmt: skip
                     entry = Entry(**job, id=cur.lastrowid, created_at=created_at, source=source)
-                    entry.maybe_sent = reoffer
+                    entry.maybe_sent = True
                     out.append(Held(entry, True))
                     continue
                 held = _held(conn, job)
-                if content_hash(held.post_body()) != content_hash(job):
+                if not same_job(content_key(held.post_body()), held.circuit_hash, job):
                     out.append(Held(held, False, conflict=True))
                     continue
                 if held.state == "rejected" or (reoffer and held.state == "pending"):
@@ -137,11 +140,12 @@ class RelayJobs:
 
     def mark_started(self) -> int:
         """A relay starting: every job not yet forwarded is looked up upstream before it is
-        posted.  Its store may be a restored copy that forgot it had forwarded them.
+        posted (those a store written before that rule holds too); returns how many wait.
+        Its store may be a restored copy that forgot it had forwarded them.
         """
         with self.store.write() as conn:
-            return conn.execute(
-                "UPDATE entries SET maybe_sent = 1 WHERE state = 'pending' AND maybe_sent = 0"
+            return conn.execute(  # 'sending': a run of the relay's that is gone
+                "UPDATE entries SET maybe_sent = 1 WHERE state IN ('pending', 'sending')"
             ).rowcount
 
     def counts_by_source(self) -> dict[str, dict[str, int]]:

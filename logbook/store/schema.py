@@ -197,6 +197,11 @@ INDEXES = (
     "CREATE INDEX entries_missing ON entries (missing_at) WHERE missing_at IS NOT NULL",
 )
 
+#: Queries for unconfirmed entries name their partial index: without statistics (a store
+#: never gathers them) SQLite prefers ``entries_state`` and walks every synced row (0.6 s
+#: on a million) to find the few a relay has not confirmed.
+BY_UNCONFIRMED = "INDEXED BY entries_unconfirmed"
+
 
 def create(conn: sqlite3.Connection) -> None:
     """A new store's tables, at the latest version."""

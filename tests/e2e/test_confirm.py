@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 from relaysupport import RelayProcess, free_port
-from support import cli, make_jobs, seed_store, set_row, started, states, wait_until
+from support import (
+    cli,
+    make_jobs,
+    seed_store,
+    set_row,
+    started,
+    states,
+    wait_until,
+    write_config,
+)
 
 from logbook.emulator.testing import EmulatorProcess
 from logbook.store import Store
@@ -340,3 +349,184 @@ def test_a_watcher_offers_again_on_its_own_what_its_relay_lost(
         assert proc.wait(timeout=30) == 0
     stats = upstream.stats()
     assert stats["jobs_created"] == 5 and stats["duplicates"] == 0
+
+
+def relay_states(relay: RelayProcess) -> dict[str, int]:
+    with sqlite3.connect(relay.home / "logbook.db") as conn:
+        return dict(conn.execute("SELECT state, count(*) FROM entries GROUP BY state").fetchall())
+
+
+def test_a_retry_gets_through_a_job_whose_answer_the_lab_never_saw_and_the_api_refused(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """The relay took the job but its answer never reached the lab (the relay was paused:
+    the POST timed out), so the lab looks it up before it sends it again.  The API refuses
+    it: the lab learns that.  Once the API takes it, the user's ``retry`` gets it through,
+    exactly once (the look-up that finds the relay's old refusal must not refuse it again).
+    """
+    lab = Lab(tmp_path, "lab-a", relay, n=1)
+    write_config(lab.home, ["request_timeout = 1"])
+    upstream.set_faults(error_rate=1.0, error_status=422)  # the API refuses it, for now
+    relay.start()
+    assert relay.proc is not None
+    relay.proc.send_signal(signal.SIGSTOP)
+    try:
+        env = {"HAIQU_EDGE_URI": relay.url, "HAIQU_API_KEY": lab.key}
+        run = cli(lab.home, "sync", "--no-refresh", env=env, timeout=120)
+        assert run.code in (1, 4), run.err  # no answer: maybe sent
+    finally:
+        relay.proc.send_signal(signal.SIGCONT)
+    assert states(lab.db)["pending"] == 1
+    wait_until(lambda: relay_states(relay).get("rejected") == 1, 60, "the API to refuse it")
+
+    def rejected() -> bool:
+        lab.sync()
+        return states(lab.db)["rejected"] == 1
+
+    wait_until(rejected, 60, "the refusal to reach the lab")
+    assert "API refused it" in str(lab.entries()[0]["last_error"])
+    upstream.set_faults(error_rate=0.0)  # the API takes it now
+    assert cli(lab.home, "retry", "--all").code == 0
+    wait_confirmed([lab])
+    judge(upstream, [lab])
+
+
+def test_a_lab_that_goes_straight_to_the_api_while_its_relay_still_holds_the_jobs(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """The relay cannot reach the API (and is then paused), the lab can: the user points the
+    lab at the API, which gets every job from the lab.  When the relay comes back it must
+    not post them again: it finds them upstream.
+    """
+    lab = Lab(tmp_path, "lab-a", relay, n=5)
+    port = upstream.url.rsplit(":", 1)[1]
+    upstream.stop()  # the relay cannot forward
+    relay.start()
+    lab.sync("--no-refresh")
+    assert states(lab.db)["synced"] == 5 and not lab.confirmed()
+    assert relay.proc is not None
+    relay.proc.send_signal(signal.SIGSTOP)
+    try:
+        upstream.extra_args = ("--port", port)
+        upstream.start()
+        said = lab.sync(endpoint=upstream.url, key=UP_KEY)
+        assert "5 offered again" in said, said
+        assert upstream.stats()["jobs_created"] == 5
+    finally:
+        relay.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: relay_states(relay).get("synced") == 5, 120, "the relay to forward")
+    judge(upstream, [lab])
+
+
+def test_a_chain_of_two_relays_whose_upstream_one_loses_its_store(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """lab -> edge relay -> relay -> API.  The relay next to the API is put back to an empty
+    backup while it holds everything unforwarded: the edge relay notices (its refresh gets
+    404s) and offers its jobs again; the API's ids flow back through both hops.
+    """
+    inner = relay
+    edge_home = tmp_path / "edge"
+    edge_key = inner.add_key("edge")
+    edge = RelayProcess(edge_home, f"http://127.0.0.1:{inner.port}", edge_key)
+    try:
+        labs = [Lab(tmp_path, "lab-a", edge), Lab(tmp_path, "lab-b", edge)]
+        port = upstream.url.rsplit(":", 1)[1]
+        upstream.stop()
+        inner.start()
+        empty = backup(inner.home / "logbook.db", tmp_path / "empty.db")
+        edge.start()
+        for lab in labs:
+            lab.sync()
+        wait_until(lambda: relay_states(inner).get("pending") == 2 * N, 60, "the edge to forward")
+        restore(inner, empty)  # everything the edge forwarded to it is gone
+        upstream.extra_args = ("--port", port)
+        upstream.start()
+        wait_confirmed(labs)
+        judge(upstream, labs)
+    finally:
+        edge.stop()
+
+
+def test_a_fresh_relay_that_gives_one_identity_with_other_content_the_same_id(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """Two labs hold one (experiment_id, hash) with other content.  The relay takes lab-a's,
+    loses its store, then takes lab-b's under the same id.  lab-a must not take lab-b's job
+    for its own (its results would never reach the API, silently): it is told, as a POST of
+    that identity would be (409, rejected with the reason).
+    """
+    a, b = Lab(tmp_path, "lab-a", relay, n=0), Lab(tmp_path, "lab-b", relay, n=0)
+    for lab, counts in ((a, '{"00": 1}'), (b, '{"11": 7}')):
+        rec = cli(lab.home, "record", "-e", "shared", "--hash", "h-1", "--results", counts)
+        assert rec.code == 0, rec.err
+    port = upstream.url.rsplit(":", 1)[1]
+    upstream.stop()
+    relay.start()
+    empty = backup(relay.home / "logbook.db", tmp_path / "empty.db")
+    a.sync()
+    restore(relay, empty)
+    b.sync()
+    assert a.entries()[0]["remote_id"] == b.entries()[0]["remote_id"] == "relay-1"
+    upstream.extra_args = ("--port", port)
+    upstream.start()
+    wait_confirmed([b])
+
+    def told() -> bool:
+        a.sync()
+        return states(a.db)["rejected"] == 1
+
+    wait_until(told, 60, "lab-a to be told its job is not the relay's")
+    reason = str(a.entries()[0]["last_error"])
+    assert "HTTP 409" in reason and "other content" in reason, reason
+    jobs = upstream.jobs()
+    assert len(jobs) == 1 and jobs[0]["results"] == '{"11": 7}'
+
+
+def test_the_haiqu_sdks_post_of_a_result_and_logbooks_file_of_it_are_one_job(
+    tmp_path: Path, relay: RelayProcess, upstream: EmulatorProcess
+) -> None:
+    """A lab logs a Qiskit Result with the Haiqu SDK (its own client, through the relay:
+    with the circuit's hash) and keeps the Result's JSON, which ``logbook import`` reads
+    (no circuit in it, so no circuit hash).  One job: the relay links the entry to the
+    SDK's, never answers it 409 as another lab's content.
+    """
+    pytest.importorskip("haiqu.sdk.api_client")
+    from haiqu.sdk.api_client import ApiClient
+    from haiqu.sdk.schemas import LocalJobSubmitModel
+    from haiqu.sdk.utils import (
+        get_circuit_hash,
+        get_job_device,
+        get_job_hash,
+        get_job_name,
+        get_job_results,
+        get_job_shots,
+    )
+    from qiskit import QuantumCircuit
+    from qiskit.providers.basic_provider import BasicSimulator
+
+    qc = QuantumCircuit(2, 2)
+    qc.h(0)
+    qc.cx(0, 1)
+    qc.measure([0, 1], [0, 1])
+    result = BasicSimulator().run(qc, shots=64, seed_simulator=7).result()
+    lab = Lab(tmp_path, "lab-a", relay, n=0)
+    sdk_key = relay.add_key("sdk")
+    relay.start()
+    sdk = ApiClient(rest_api_uri=relay.url + "/", api_access_key=sdk_key)
+    posted = sdk.submit_job(  # what haiqu.log(circuit, result) posts after its 404 look-up
+        LocalJobSubmitModel(
+            experiment_id="bell", hash=str(get_job_hash(job_data=result)),
+            circuit_hash=get_circuit_hash(qc), results=json.dumps(get_job_results(result)),
+            device_id=get_job_device(result), shots=json.dumps(get_job_shots(result)),
+            name=get_job_name(result), status="Done", job_type="User local job",
+        )
+    )  # fmt: skip
+    saved = tmp_path / "result.json"
+    saved.write_text(json.dumps(result.to_dict(), default=str))
+    assert cli(lab.home, "import", saved, "--experiment", "bell").code == 0
+    lab.sync()
+    got = lab.entries()[0]
+    assert got["state"] == "synced" and got["remote_id"] == posted.id, got
+    wait_confirmed([lab])
+    judge(upstream, [lab])

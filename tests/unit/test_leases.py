@@ -334,3 +334,48 @@ def test_a_retry_time_beyond_the_longest_backoff_is_due_now(store: Store, owner:
     assert [e.id for e in store.leases.due(10)] == [ids[0], ids[2]]
     assert store.leases.next_due_at() == 0  # a sync waits for none of them
     assert ids_of(store.leases.claim(owner, 10, lease_seconds=60)) == [ids[0], ids[2]]
+
+
+def test_unconfirmed_entries_are_found_through_their_partial_index(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh, ``status`` and a relay's view of a store of a million synced entries must
+    not walk every synced row to find the few a relay has not confirmed: each query that
+    looks for them goes through ``entries_unconfirmed`` (without statistics, which a store
+    never gathers, SQLite picked ``entries_state`` and scanned the lot: 0.6 s a query on a
+    million), and a page of the refresh sorts nothing.
+    """
+    import sqlite3
+
+    with Store(path) as store:
+        store.record_many([job(i) for i in range(40)])
+        with store.write() as conn:
+            conn.execute(
+                "UPDATE entries SET state = 'synced', remote_id = 'relay-' || id,"
+                " synced_at = '2026-01-01T00:00:00.000000Z', via = CASE WHEN id % 4 = 0"
+                " THEN 'http://relay.test' END"
+            )
+        asked: list[tuple[str, tuple[Any, ...]]] = []
+        for name in ("read", "scalar"):
+            real = getattr(store, name)
+
+            def spy(sql: str, params: Any = (), real: Any = real) -> Any:
+                asked.append((sql, tuple(params)))
+                return real(sql, params)
+
+            monkeypatch.setattr(store, name, spy)
+        first = store.leases.unconfirmed(3)
+        rest = store.leases.unconfirmed(100, (first[-1].synced_at or "", first[-1].id))
+        assert [e.id for e in first + rest] == list(range(4, 41, 4))  # each one once
+        assert store.leases.count_unconfirmed() == 10
+        assert store.unconfirmed()[0] == 10 and store.oldest_undelivered()
+    conn = sqlite3.connect(path)
+    try:
+        for sql, params in asked:
+            plan = " / ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+            if "via IS NOT NULL AND upstream_id IS NULL" in sql:
+                assert "entries_unconfirmed" in plan and "entries_state" not in plan, (sql, plan)
+                assert "TEMP B-TREE" not in plan, (sql, plan)
+    finally:
+        conn.close()
+    assert sum("upstream_id IS NULL" in sql for sql, _ in asked) >= 5

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,65 @@ def test_judge_and_moved_answer_by_answer(tmp_path: Path) -> None:
     assert judge(direct, GONE).kind == "missing"  # type: ignore[union-attr]
     assert judge(direct, same._replace(hash="x")) is None  # not the job: nothing learnt
     assert moved(direct, "http://other.test") is None
+
+
+# --- clocks ------------------------------------------------------------------------------
+
+
+def a_year_ahead() -> str:
+    return (datetime.now(UTC) + timedelta(days=365)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_an_entry_synced_under_a_clock_since_set_back_is_still_asked_about(
+    tmp_path: Path,
+) -> None:
+    """The clock was a year ahead when the relay accepted the entry, then corrected: the
+    entry is still asked about (a relay that lost it is noticed now, not in a year).
+    """
+    db = unconfirmed_entry(tmp_path)
+    set_row(db, 1, synced_at=a_year_ahead())
+    relay = Relay(json_answer(404, {"detail": "Job not found"}), entry(db))
+    report = sync(config(tmp_path), relay)
+    assert report.reoffered == 1 and len(relay.posts) == 1
+
+
+def test_a_status_synced_under_a_clock_since_set_back_is_still_refreshed(
+    tmp_path: Path,
+) -> None:
+    db = unconfirmed_entry(tmp_path, via=None)
+    set_row(db, 1, synced_at=a_year_ahead())
+    doc = {**relay_doc(entry(db)), "status": "Done"}
+    doc.pop("info")  # the API's own answer
+    report = sync(config(tmp_path), Relay(json_answer(200, doc), entry(db)))
+    assert report.refreshed == 1 and entry(db).remote_status == "Done"
+
+
+def test_a_relays_job_of_the_identity_with_other_content_is_another_job(tmp_path: Path) -> None:
+    """A fresh relay may give the id an entry once had to a job of its identity with other
+    content (another lab's): that is a loss, never a confirmation.
+    """
+    from logbook.jobs import content_key
+
+    e = entry(unconfirmed_entry(tmp_path))
+    ours = content_key(e.post_body())
+    same = JobRef(RELAY_ID, "Queued", e.hash, e.experiment_id, {"relay": "queued"})
+    held = same._replace(info={"relay": "queued", "content_key": ours})
+    assert judge(e, held._replace(info={"relay": "queued", "content_key": "0" * 64})).kind == (  # type: ignore[union-attr]
+        "reoffer"
+    )
+    assert judge(e, held).kind == "status"  # type: ignore[union-attr]
+    assert judge(e, same).kind == "status"  # type: ignore[union-attr]  # an older relay
+    # a circuit hash only one of them carries is no difference (the SDK sends it, a Result
+    # file does not hold it); two that differ are
+    assert judge(e, held._replace(circuit_id="c-1")).kind == "status"  # type: ignore[union-attr]
+    with_circuit = Entry(**{**e.__dict__, "circuit_hash": "c-2"})
+    assert judge(with_circuit, held).kind == "status"  # type: ignore[union-attr]
+    assert judge(with_circuit, held._replace(circuit_id="c-1")).kind == "reoffer"  # type: ignore[union-attr]
+    # taken as the relay stores it: an entry an older logbook wrote without metrics (None)
+    # is the relay's job with {} (the relay's 409 says the same: else a loop of re-offers)
+    bare = Entry(**{**e.__dict__, "metrics": None})
+    stored = content_key(Entry(**{**e.__dict__, "metrics": {}}).post_body())
+    assert content_key(bare.post_body()) != stored
+    assert judge(bare, held._replace(info={"relay": "queued", "content_key": stored})).kind == (  # type: ignore[union-attr]
+        "status"
+    )

@@ -85,17 +85,22 @@ def test_a_rejected_job_posted_again_goes_back_to_be_forwarded(tmp_path: Path) -
         assert s.counts()["rejected"] == 0
 
 
-def test_a_reoffer_and_a_start_mark_jobs_to_be_looked_up_upstream_first(tmp_path: Path) -> None:
+def test_every_job_and_a_start_mark_jobs_to_be_looked_up_upstream_first(tmp_path: Path) -> None:
+    """Every job the relay takes is looked up upstream before its first post (its lab may
+    have sent it to the API by another way meanwhile); a start marks the pending jobs of a
+    store written before that rule.
+    """
     from logbook.store import Store
 
     with Store(tmp_path / "relay.db") as s:
         fresh, offered = s.relay.record_batch(
             [_job(hash="h1"), _job(hash="h2")], ["relay:a", "relay:a"], [False, True]
         )
-        assert not s.get(fresh.entry.id).maybe_sent and s.get(offered.entry.id).maybe_sent
-        assert s.relay.mark_started() == 1  # the one not yet marked
+        assert s.get(fresh.entry.id).maybe_sent and s.get(offered.entry.id).maybe_sent
+        with s.write() as conn:  # as an older relay left it
+            conn.execute("UPDATE entries SET maybe_sent = 0 WHERE id = ?", (fresh.entry.id,))
+        assert s.relay.mark_started() == 2  # both wait to be forwarded
         assert s.get(fresh.entry.id).maybe_sent
-        assert s.relay.mark_started() == 0
 
 
 def test_the_relay_serves_only_the_apis_statuses(tmp_path: Path) -> None:
@@ -200,3 +205,48 @@ def test_more_posts_at_once_than_one_commit_holds_are_all_answered_and_stored(
     stored = _stored(db_path)
     assert len(stored) == n
     assert {f"{ID_PREFIX}{i}" for i, _, _ in stored} == {j["id"] for j in jobs}
+
+
+def test_a_store_that_cannot_be_read_is_never_a_job_the_relay_lacks(tmp_path: Path) -> None:
+    """A 404 for ``GET /jobs/{id}`` tells a lab its relay lost the job (it offers it again):
+    a store that fails to answer (busy past patience, an I/O error) must be an error (503),
+    not "no such job"; an id it does not hold is.
+    """
+    import pytest
+
+    from logbook.errors import StoreError
+
+    async def main() -> None:
+        db = StoreWorker(str(tmp_path / "relay.db"))
+        backend = StoreBackend(db, on_commit=lambda: None)
+        try:
+            held = await backend.create({"experiment_id": "e", "hash": "h"}, "lab-a")
+            assert (await backend.get(str(held["id"])))["id"] == held["id"]  # type: ignore[index]
+            assert await backend.get(f"{ID_PREFIX}99") is None  # not held: a clean 404
+
+            def broken(entry_id: object) -> object:
+                raise StoreError("store relay.db: disk I/O error")
+
+            db.store.get = broken  # type: ignore[method-assign]
+            with pytest.raises(StoreError):
+                await backend.get(str(held["id"]))
+        finally:
+            db.close()
+
+    asyncio.run(main())
+
+
+def test_a_circuit_hash_only_one_post_carries_is_the_same_job(tmp_path: Path) -> None:
+    """The Haiqu SDK posts a Result with its circuit's hash; the Result's file, read by
+    ``logbook import``, has none: one job.  Two circuit hashes that differ are a conflict.
+    """
+    from logbook.store import Store
+
+    with Store(tmp_path / "relay.db") as s:
+        sdk = s.relay.record_batch([_job(circuit_hash="c-1")], ["relay:sdk"])[0]
+        held = s.relay.record_batch([_job(), _job(circuit_hash="c-2")], ["relay:a"] * 2)
+        assert [h.conflict for h in held] == [False, True]
+        assert held[0].entry.id == sdk.entry.id
+        bare = s.relay.record_batch([_job(hash="h2")], ["relay:a"])[0]
+        again = s.relay.record_batch([_job(hash="h2", circuit_hash="c-1")], ["relay:sdk"])[0]
+        assert not again.conflict and again.entry.id == bare.entry.id
