@@ -162,10 +162,16 @@ def content_hash(job: Mapping[str, Any]) -> str:
     return hashlib.sha256(_canonical(content).encode("utf-8")).hexdigest()
 
 
+#: What tells two posts of one identity apart: the content but its labels.  The name is a
+#: label (the Haiqu SDK names a Result "Local job <uuid> - ...", logbook's reader after its
+#: circuits), and the circuit hash is compared on its own (``same_job``).
+_KEYED = tuple(f for f in CONTENT_FIELDS if f not in ("circuit_hash", "name"))
+
+
 def content_key(job: Mapping[str, Any]) -> str:
-    """sha256 (hex) of a job's content but its circuit hash (``same_job``)."""
+    """sha256 (hex) of a job's content but its labels (``same_job``)."""
     get = job.get
-    content = {f: get(f) for f in CONTENT_FIELDS if f != "circuit_hash"}
+    content = {f: get(f) for f in _KEYED}
     return hashlib.sha256(_canonical(content).encode("utf-8")).hexdigest()
 
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 @click.group(cls=LogbookGroup)
 def bundle() -> None:
-    """Carry jobs between a machine that is never online and one that syncs.
+    """Air-gapped machines: jobs out in a file, their ids back.
 
     A bundle holds every entry not yet synced, each with a checksum; a receipt
     says what became of each job of a bundle.  Both are gzip-compressed JSON

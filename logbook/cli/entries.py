@@ -304,8 +304,7 @@ def api_id(entry: Entry) -> str:
 @max_lag_option("Say not ready")
 @pass_ctx
 def status(c: Ctx, as_json: bool, max_lag: float | None) -> None:
-    """How many entries are in each state, when the last sync ran, and the verdict a
-    daemon's /readyz gives.
+    """Entries by state, the last sync, and the verdict /readyz gives.
 
     \b
     Example:

@@ -276,16 +276,6 @@ class Leases:
                     held.add(i)
         return held
 
-    def renew(self, owner: str, lease_seconds: float) -> float:
-        """Extend the lease of every entry ``owner`` holds; returns the new expiry."""
-        until = time.time() + lease_seconds
-        with self.store.write() as conn:
-            conn.execute(
-                "UPDATE entries SET lease_until = ? WHERE state = 'sending' AND lease_owner = ?",
-                (until, owner),
-            )
-        return until
-
     def settle(self, owner: str, outcomes: Sequence[Outcome]) -> dict[str, int]:
         """Write a batch of outcomes in one transaction (one fsync, not one per entry).
 

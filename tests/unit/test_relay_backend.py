@@ -250,3 +250,16 @@ def test_a_circuit_hash_only_one_post_carries_is_the_same_job(tmp_path: Path) ->
         bare = s.relay.record_batch([_job(hash="h2")], ["relay:a"])[0]
         again = s.relay.record_batch([_job(hash="h2", circuit_hash="c-1")], ["relay:sdk"])[0]
         assert not again.conflict and again.entry.id == bare.entry.id
+
+
+def test_a_name_is_a_label_not_content(tmp_path: Path) -> None:
+    """The Haiqu SDK names a Result "Local job <uuid> - ...", logbook's reader after its
+    circuits: one job, however it is named (its results are what a conflict is about)."""
+    from logbook.store import Store
+
+    with Store(tmp_path / "relay.db") as s:
+        first = s.relay.record_batch([_job(name="Local job 1234 - run")], ["relay:sdk"])[0]
+        again = s.relay.record_batch([_job(name="bell +2 on ibm_kyiv")], ["relay:lab"])[0]
+        assert not again.conflict and again.entry.id == first.entry.id
+        other = s.relay.record_batch([_job(name="x", results='{"1": 2}')], ["relay:lab"])[0]
+        assert other.conflict
