@@ -807,7 +807,7 @@ class LogbookMachine(BundleRules, RuleBasedStateMachine):
         else:
             res = self.run("retry", "--all", "--json")
         assert res.code == 0, res
-        assert res.json() == {"retried": len(rejected)}, res
+        assert res.json()["retried"] == len(rejected), res
         assert not any(r["state"] == "rejected" for r in self.rows())
         if self.db2.exists():
             assert cli(self.lab2, "retry", "--all").code == 0
