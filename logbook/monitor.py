@@ -32,15 +32,13 @@ from .health import (
     DEFAULT_MAX_LAG,
     Figures,
     Snapshot,
-    Verdict,
     summary,
-    verdict,
     write_textfile,
 )
 from .notify import Heartbeat, Notifier
+from .readiness import figures_of
 from .redact import redact, url_secrets
 from .server.metrics import ClientRequests
-from .store import Store
 from .store.worker import StoreWorker
 
 if TYPE_CHECKING:
@@ -249,23 +247,10 @@ class Monitor:
             self.notifier.close()
 
 
-def verdict_of(cfg: Config, max_lag: float = DEFAULT_MAX_LAG) -> Verdict:
-    """The verdict ``/readyz`` would give, from the store's figures (``status``, ``relay
-    status``)."""
-    return verdict(_figures(cfg), max_lag)
-
-
-def _figures(cfg: Config) -> Figures:
-    if not cfg.db.exists():
-        return Figures()
-    with Store(cfg.db, readonly=True) as store:
-        return store.figures()
-
-
 def sync_textfile(cfg: Config, path: str, version: str, max_lag: float = DEFAULT_MAX_LAG) -> None:
     """The figures after a ``logbook sync``, for node_exporter's textfile collector."""
     snap = Snapshot(
-        role="sync", version=version, figures=_figures(cfg), max_lag=max_lag, now=time.time(),
+        role="sync", version=version, figures=figures_of(cfg), max_lag=max_lag, now=time.time(),
         requests=dict(REQUESTS),
     )  # fmt: skip
     write_textfile(path, snap)

@@ -55,7 +55,7 @@ def max_lag_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., An
 
 def verdict_line(cfg: Config, max_lag: float | None) -> tuple[bool, str]:
     """``(ready, line)``: what ``/readyz`` would answer now."""
-    from ..monitor import verdict_of
+    from ..readiness import verdict_of
 
     v = verdict_of(cfg, max_lag if max_lag is not None else cfg.max_lag)
     return v.ready, v.line

@@ -142,7 +142,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__main__",),
     ("cli", "logbook"),
     ("api", "watch", "relay", "doctor", "emulator"),
-    ("engine", "importer", "monitor", "bundle"),
+    ("engine", "importer", "monitor", "bundle", "readiness"),
     ("client", "store", "ingest", "server"),
     ("models", "progress", "fsinfo", "health"),
     ("jobs", "config"),
