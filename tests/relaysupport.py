@@ -16,6 +16,8 @@ from pathlib import Path
 from support import base_env, cli, cli_cmd
 
 READY = "relay ready on "
+#: The upstream key of every relay under test: it must never reach a lab, a log or a store.
+UP_KEY = "upstream+key/never=leaves"
 
 
 def free_port() -> int:

@@ -13,14 +13,13 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from adversary import closed_port
 from bundlesupport import bundle_jobs, read_lines, receipt_lines, write_lines
-from relaysupport import RelayProcess, free_port
+from relaysupport import UP_KEY, RelayProcess
 from support import (
     REPO_ROOT,
     Run,
@@ -284,19 +283,6 @@ def test_a_store_of_the_previous_schema_version_exports_a_bundle_that_imports(
     ok(cli(tmp_path / "a", "--db", old, "bundle", "export", tmp_path / "v4.bundle"))
     ok(cli(tmp_path / "b", "bundle", "import", tmp_path / "v4.bundle"))
     assert jobs_in(tmp_path / "b" / "logbook.db") == want
-
-
-UP_KEY = "upstream+key/never=leaves"
-
-
-@pytest.fixture
-def upstream() -> Iterator[EmulatorProcess]:
-    emu = EmulatorProcess(UP_KEY, progress_seconds=0.5, extra_args=("--port", str(free_port())))
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 def test_into_a_running_relays_store_the_relay_forwards_and_its_receipt_has_the_api_ids(

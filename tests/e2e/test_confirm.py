@@ -13,11 +13,10 @@ import json
 import shutil
 import signal
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from relaysupport import RelayProcess, free_port
+from relaysupport import UP_KEY, RelayProcess
 from support import (
     cli,
     make_jobs,
@@ -32,27 +31,7 @@ from support import (
 from logbook.emulator.testing import EmulatorProcess
 from logbook.store import Store
 
-UP_KEY = "upstream+key/e2e=confirm"
 N = 30
-
-
-@pytest.fixture
-def upstream() -> Iterator[EmulatorProcess]:
-    emu = EmulatorProcess(UP_KEY, progress_seconds=0.5, extra_args=("--port", str(free_port())))
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
-
-
-@pytest.fixture
-def relay(tmp_path: Path, upstream: EmulatorProcess) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path / "relay", upstream.url, UP_KEY)
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 class Lab:

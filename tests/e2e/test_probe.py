@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from relaysupport import RelayProcess, free_port
+from relaysupport import UP_KEY, RelayProcess
 from support import assert_one_line_error, cli, seed_store, states, wait_until
 
 from logbook.emulator.testing import EmulatorProcess
-
-UP_KEY = "upstream+key/probe=2"
 
 
 def test_a_base_url_with_a_path_the_api_does_not_serve_rejects_nothing(
@@ -33,16 +29,6 @@ def test_a_base_url_with_a_path_the_api_does_not_serve_rejects_nothing(
     # the right endpoint then takes every one
     assert cli(home, "sync", env=emulator.env()).code == 0
     assert emulator.stats()["jobs_created"] == 20
-
-
-@pytest.fixture
-def upstream() -> Iterator[EmulatorProcess]:
-    emu = EmulatorProcess(UP_KEY, progress_seconds=0.5, extra_args=("--port", str(free_port())))
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 def test_a_relay_whose_upstream_has_a_wrong_path_holds_its_backlog(

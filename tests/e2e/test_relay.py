@@ -17,14 +17,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 import trustme
 from netsupport import write_server_cert
-from relaysupport import RelayProcess, free_port
+from relaysupport import UP_KEY, RelayProcess, free_port
 from support import (
     assert_no_key,
     cli,
@@ -39,27 +38,6 @@ from support import (
 
 from logbook.emulator.testing import EmulatorProcess
 from logbook.relay import COMMIT_BATCH
-
-UP_KEY = "upstream+key/never=leaves"
-
-
-@pytest.fixture
-def upstream() -> Iterator[EmulatorProcess]:
-    emu = EmulatorProcess(UP_KEY, progress_seconds=0.5, extra_args=("--port", str(free_port())))
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
-
-
-@pytest.fixture
-def relay(tmp_path: Path, upstream: EmulatorProcess) -> Iterator[RelayProcess]:
-    r = RelayProcess(tmp_path / "relay", upstream.url, UP_KEY)
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def lab(tmp_path: Path, name: str, n: int) -> Path:
@@ -298,9 +276,7 @@ def test_killing_the_relay_loses_nothing_and_doubles_nothing(
         for name, home in homes.items():
             run = cli(home, "--stats", "0", "-v", "sync", env=relay.env_for_lab(keys[name]))
             said.append(run.out + run.err)
-        return all(
-            cli(h, "status", "--json").json()["unconfirmed"] == 0 for h in homes.values()
-        )
+        return all(cli(h, "status", "--json").json()["unconfirmed"] == 0 for h in homes.values())
 
     wait_until(confirmed, 90, "every lab entry confirmed")
     assert not [s for s in said if "offered again" in s or "offering" in s], "a job re-offered"

@@ -13,29 +13,17 @@ import json
 import resource
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import psutil
 import pytest
-from relaysupport import RelayProcess, free_port
+from relaysupport import UP_KEY, RelayProcess, free_port
 from support import assert_no_key, cli, seed_store, states, wait_until
 
 from logbook.emulator.testing import EmulatorProcess
 
-UP_KEY = "upstream+key/never=leaves"
 PARTIAL = b"GET /jobs/relay-1 HTTP/1.1\r\nHost: relay\r\n"  # the headers never end
-
-
-@pytest.fixture
-def upstream() -> Iterator[EmulatorProcess]:
-    emu = EmulatorProcess(UP_KEY, progress_seconds=0.5, extra_args=("--port", str(free_port())))
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 def connect(port: int, data: bytes = b"", source: str = "127.0.0.1") -> socket.socket:

@@ -9,27 +9,13 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
-import pytest
-from relaysupport import RelayProcess, free_port
+from relaysupport import UP_KEY, RelayProcess, free_port
 from support import ISO_UTC, assert_no_key, cli, entries, seed_store, states, wait_until
 
 from logbook.emulator.testing import EmulatorProcess
-
-UP_KEY = "upstream+key/never=leaves"
-
-
-@pytest.fixture
-def upstream() -> Iterator[EmulatorProcess]:
-    emu = EmulatorProcess(UP_KEY, progress_seconds=0.5, extra_args=("--port", str(free_port())))
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 def lookup(relay: RelayProcess, key: str) -> int:
