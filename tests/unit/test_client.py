@@ -387,9 +387,10 @@ def test_an_undecodable_body_is_a_classified_failure(call_args: tuple[Any, ...])
 def test_a_deeply_nested_json_body_is_a_classified_failure(status: int) -> None:
     err = failure(answer(status, b"[" * 5000))
     assert err.status == status
-    assert err.verdict is {
-        200: Verdict.MAYBE_SENT, 422: Verdict.REJECTED, 500: Verdict.MAYBE_SENT
-    }[status]
+    assert (
+        err.verdict
+        is {200: Verdict.MAYBE_SENT, 422: Verdict.REJECTED, 500: Verdict.MAYBE_SENT}[status]
+    )
 
 
 def test_a_status_already_marked_unknown_is_never_wrapped_twice() -> None:
@@ -399,7 +400,9 @@ def test_a_status_already_marked_unknown_is_never_wrapped_twice() -> None:
 
 
 def test_a_relays_upstream_status_outside_the_enum_is_not_taken() -> None:
-    doc = {**job_doc({"experiment_id": "e", "hash": "h"}, "relay-1", "Queued"),
-           "info": {"relay": "forwarded", "upstream_status": "Weird", "upstream_id": "a-1"}}
+    doc = {
+        **job_doc({"experiment_id": "e", "hash": "h"}, "relay-1", "Queued"),
+        "info": {"relay": "forwarded", "upstream_status": "Weird", "upstream_id": "a-1"},
+    }
     job = call(answer(200, doc), "get_job", "relay-1")
     assert job.status == "Queued" and job.upstream_id == "a-1"  # the enum value it served
