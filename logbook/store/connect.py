@@ -196,7 +196,21 @@ def _closed_on_error(
 
 
 def check_ours(conn: sqlite3.Connection, path: str) -> None:
-    """Refuse another program's SQLite file, and a store newer than this logbook."""
+    """Refuse another program's SQLite file, and a store newer than this logbook.
+
+    The header and the tables are read in one read transaction: a new store that another
+    process sets up meanwhile must be seen either empty or whole, never as tables without
+    logbook's application id (which would refuse a store that is ours).
+    """
+    conn.execute("BEGIN")
+    try:
+        _check_ours(conn, path)
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+def _check_ours(conn: sqlite3.Connection, path: str) -> None:
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if app_id == APPLICATION_ID:

@@ -16,6 +16,7 @@ from support import prepared_job as job  # noqa: E402
 
 from logbook.errors import NotALogbookStore, NotFound, StoreError
 from logbook.store import SCHEMA_VERSION, Status, Store
+from logbook.store.connect import check_ours
 from logbook.store.leases import Outcome
 from logbook.store.schema import APPLICATION_ID, ENTRY_KEYS
 
@@ -345,6 +346,39 @@ def test_another_programs_database_is_refused(tmp_path: Path) -> None:
     with pytest.raises(NotALogbookStore, match="not a logbook store"):
         Store(path)
     assert NotALogbookStore.exit_code == 2
+
+
+class _SetUpMeanwhile:
+    """A connection through which another process sets the store up right after our first read."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn, self.path, self.reads = conn, path, 0
+
+    def execute(self, sql: str) -> sqlite3.Cursor:
+        cursor = self.conn.execute(sql)
+        if sql.startswith("PRAGMA"):
+            self.reads += 1
+            if self.reads == 1:  # the application id is read: now the other process commits
+                Store(self.path).close()
+        return cursor
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+
+def test_a_store_set_up_by_another_process_while_checked_is_ours(tmp_path: Path) -> None:
+    """Many processes open a new store at once: one sets it up while another checks the file.
+    The check sees one state (empty or whole), so it never takes our store for a foreign one."""
+    path = tmp_path / "store.db"
+    path.touch()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL").fetchone()  # the writer commits beside our read
+    checked = _SetUpMeanwhile(conn, path)
+    check_ours(checked, str(path))  # type: ignore[arg-type]
+    assert checked.reads >= 2 and not conn.in_transaction
+    conn.close()
+    assert Store(path).counts()  # and the store is whole
 
 
 def test_reopening_a_store_keeps_everything(tmp_path: Path) -> None:
