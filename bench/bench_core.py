@@ -47,7 +47,9 @@ def verdict(label: str, ok: bool, detail: str) -> None:
 
 def _env(home: Path) -> dict[str, str]:
     env = dict(os.environ, LOGBOOK_HOME=str(home))
-    for name in ("LOGBOOK_DB", "HAIQU_API_KEY", "HAIQU_EDGE_URI"):
+    # PYTHONDONTWRITEBYTECODE (set on some machines) would make every run compile logbook
+    # from source: an installed logbook has its bytecode (pip and pipx write it).
+    for name in ("LOGBOOK_DB", "HAIQU_API_KEY", "HAIQU_EDGE_URI", "PYTHONDONTWRITEBYTECODE"):
         env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return env
