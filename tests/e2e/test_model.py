@@ -275,17 +275,7 @@ class BundleRules(RuleBasedStateMachine):
         return res
 
     def gap_rows(self) -> list[sqlite3.Row]:
-        db = self.gap() / "logbook.db"
-        if not db.exists():
-            return []
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-        conn.row_factory = sqlite3.Row
-        try:
-            return conn.execute(
-                "SELECT experiment_id, hash, state, remote_id FROM entries ORDER BY id"
-            ).fetchall()
-        finally:
-            conn.close()
+        return self.rows(self.gap() / "logbook.db")
 
     def gap_record(self, docs: list[dict[str, Any]], dups: list[int]) -> None:
         """A records jobs (``logbook import``), some of them ones B recorded too."""
