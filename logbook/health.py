@@ -82,25 +82,31 @@ def oldest_age(f: Figures, now: float) -> float:
 
 
 def verdict(f: Figures, max_lag: float = DEFAULT_MAX_LAG, now: float | None = None) -> Verdict:
-    """Ready while the oldest undelivered entry is younger than ``max_lag`` seconds.
+    """Ready while the oldest undelivered entry is younger than ``max_lag`` seconds, and the
+    upstream has answered within that time whenever something waits.
 
-    An upstream that has not answered for that long while something waits
-    shows the same way (what waits is at least that old); the line says when
-    it last answered.
+    A fresh entry behind an upstream silent for hours is not delivered soon, whatever its
+    own age; with nothing waiting, a quiet upstream is no fault (an idle daemon asks nothing).
     """
     now = time.time() if now is None else now
     if not f.undelivered:
         return Verdict(True, "ready: nothing undelivered")
     age = oldest_age(f, now)
     said = f"{f.undelivered} undelivered, the oldest {age_text(age)} old"
-    if age <= max_lag:
+    # a delivery is an answer too: a run's contact is stored when it ends, its deliveries
+    # as they settle (a run forwarding a great backlog for hours is not silent)
+    heard = [t for t in (timestamp(f.last_contact), timestamp(f.last_delivery)) if t is not None]
+    silent = max(0.0, now - max(heard)) if heard else None
+    if age <= max_lag and (silent is None or silent <= max_lag):
         return Verdict(True, f"ready: {said} (max lag {age_text(max_lag)})")
-    contact = timestamp(f.last_contact)
     upstream = (
-        f"last upstream contact {age_text(now - contact)} ago"
-        if contact is not None
+        f"last upstream contact {age_text(silent)} ago" if silent is not None
         else "no upstream contact yet"
-    )
+    )  # fmt: skip
+    if age <= max_lag:
+        return Verdict(
+            False, f"not ready: {said}; {upstream}, over the max lag of {age_text(max_lag)}"
+        )
     return Verdict(False, f"not ready: {said}, over the max lag of {age_text(max_lag)}; {upstream}")
 
 

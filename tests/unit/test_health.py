@@ -62,6 +62,22 @@ def test_not_ready_once_the_oldest_is_older_than_the_max_lag() -> None:
     )
 
 
+def test_not_ready_when_something_waits_behind_an_upstream_silent_past_the_max_lag() -> None:
+    f = figures(1, oldest_age=10, last_contact=iso(NOW - 7500))  # a fresh job, a silent API
+    v = verdict(f, max_lag=3600, now=NOW)
+    assert not v.ready
+    assert v.line == (
+        "not ready: 1 undelivered, the oldest 10s old; last upstream contact 2h 5m ago,"
+        " over the max lag of 1h 0m"
+    )
+    assert verdict(figures(1, oldest_age=10, last_contact=iso(NOW - 30)), 3600, NOW).ready
+    # a delivery is an answer: a long run delivering as it goes is not silent
+    f = figures(1, oldest_age=10, last_contact=iso(NOW - 7500), last_delivery=iso(NOW - 5))
+    assert verdict(f, 3600, NOW).ready
+    # nothing waiting: an idle daemon that has asked nothing for a day is ready
+    assert verdict(figures(last_contact=iso(NOW - 86400)), 3600, NOW).ready
+
+
 def test_an_entry_a_relay_holds_without_the_apis_id_is_undelivered() -> None:
     f = Figures(unconfirmed=2, oldest_undelivered=iso(NOW - 100))
     v = verdict(f, max_lag=60, now=NOW)
