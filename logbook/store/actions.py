@@ -120,7 +120,9 @@ def not_removable(entry: Entry) -> str | None:
         )
     if entry.state == "sending":
         return f"entry {n} is being sent by a sync now: it cannot be removed"
-    if entry.state == "pending" and entry.maybe_sent:
+    if entry.state == "pending" and entry.maybe_sent and entry.attempts > 0:
+        # a send of this store's got no clear answer; an entry only flagged to be looked up
+        # first (imported from a bundle, in a store restored from a backup) was never sent here
         return (
             f"entry {n} may have reached the server (a send got no clear answer): run"
             " `logbook sync` first, it finds out"

@@ -56,12 +56,24 @@ def test_rm_refuses_a_synced_entry_with_the_reason_and_removes_nothing(
 def test_rm_refuses_an_entry_being_sent_or_maybe_delivered(run_cli: RunCli, db_path: Path) -> None:
     a, b = _record(run_cli, 1), _record(run_cli, 2)
     set_row(db_path, a, state="sending", lease_owner="host:1:2:t", lease_until=9e18)
-    set_row(db_path, b, maybe_sent=1)
+    set_row(db_path, b, maybe_sent=1, attempts=1)
     for entry_id, words in ((a, "being sent"), (b, "may have reached the server")):
         res = run_cli("rm", entry_id)
         assert res.code == 1 and words in res.err, res.err
         assert_one_line_error(res.err)
     assert len(entries(db_path)) == 2
+
+
+def test_rm_removes_a_pending_entry_only_flagged_to_be_looked_up_first(
+    run_cli: RunCli, db_path: Path
+) -> None:
+    """An entry imported from a bundle (or in a store restored from a backup) is flagged to be
+    looked up before its first post, but this store never sent it: it is pending, removable."""
+    a = _record(run_cli, 1)
+    set_row(db_path, a, maybe_sent=1, attempts=0)
+    res = run_cli("rm", a)
+    assert res.code == 0, res.err
+    assert entries(db_path) == []
 
 
 def test_rm_of_an_unknown_id_removes_nothing(run_cli: RunCli, db_path: Path) -> None:
