@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from ..emulator.options import EPILOG, build_parser
+from .context import LogbookCommand
 
 #: Options of ``python -m logbook.emulator`` that ``logbook emulator`` leaves out.
 LEFT_OUT = ("help", "api_key")
@@ -87,8 +88,9 @@ def _epilog() -> str:
     return "\b\n" + blocks
 
 
-#: Its own options only: the global ones (--db, -v) mean nothing to the emulator.
-emulator = click.Command(
+#: The global options (--db, -v, ...) are taken after the name as everywhere, and mean
+#: nothing to the emulator: its own log is its own.
+emulator = LogbookCommand(
     "emulator",
     callback=_run,
     params=[_option(a) for a in _actions()],

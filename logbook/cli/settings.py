@@ -89,7 +89,7 @@ def completion(shell: str) -> None:
     click.echo(cls(root, {}, "logbook", "_LOGBOOK_COMPLETE").source())
 
 
-@click.command("help")
+@click.command("help", cls=LogbookCommand)
 @click.argument("command", nargs=-1, metavar="[COMMAND]...")
 @click.pass_context
 def help_(ctx: click.Context, command: tuple[str, ...]) -> None:

@@ -361,6 +361,29 @@ def test_global_options_work_before_or_after_the_command(
         assert name in cli_runner("sync", "--help").stdout
 
 
+def test_every_command_takes_the_global_options_after_its_name(cli_runner: Invoke) -> None:
+    """DESIGN: global options are accepted before or after the command, whichever it is."""
+    import click
+
+    from logbook.cli import cli as root
+
+    def walk(group: click.Group, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        found = []
+        for name, cmd in group.commands.items():
+            found.append((*path, name))
+            if isinstance(cmd, click.Group):
+                found += walk(cmd, (*path, name))
+        return found
+
+    commands = walk(root, ())
+    assert {("emulator",), ("help",), ("relay", "key", "add")} <= set(commands)
+    for path in commands:
+        res = cli_runner(*path, "-q", "--log-format", "text", "--help")
+        assert res.exit_code == 0, (path, res.stderr)
+        for name in ("--db", "--verbose", "--quiet", "--stats", "--log-format"):
+            assert name in res.stdout, (path, name)
+
+
 def test_the_progress_line_says_why_the_run_pauses() -> None:
     """On the bar and the stats line alike: how long, why, and how long in all."""
     import time
