@@ -57,8 +57,8 @@ def export(c: Ctx, file: str, as_json: bool) -> None:
     from ..bundle import export_bundle
     from ..progress import Progress
 
-    db = c.config().db
-    store = c.open() if db.exists() else None  # no store: nothing to carry, and none made
+    # no store: nothing to carry, and none made; a --db path that is not there is a typo
+    store = c.open(create=False)
     progress = Progress()
     with c.progress(progress, "jobs", as_json=as_json):
         done = None if store is None else export_bundle(store, file, progress=progress)

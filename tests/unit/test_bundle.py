@@ -491,6 +491,11 @@ def test_commands_create_no_store_where_there_is_none(
     out = cli_runner("bundle", "export", tmp_path / "x.bundle")
     assert out.exit_code == 0 and "nothing to export" in out.stdout
     assert not (tmp_path / "x.bundle").exists() and not (logbook_home / "logbook.db").exists()
+    # a --db path that is not there is a typo, not an empty store (as for every reading command)
+    out = cli_runner("bundle", "export", tmp_path / "x.bundle", "--db", tmp_path / "typo.db")
+    assert out.exit_code == 1 and "no store at" in out.stderr
+    assert "nothing to export" not in out.stdout
+    assert not (tmp_path / "typo.db").exists()
     (tmp_path / "r").write_bytes(b"")
     out = cli_runner("bundle", "apply", tmp_path / "r")
     assert out.exit_code == 2 and "no store at" in out.stderr
