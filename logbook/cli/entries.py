@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ..health import age_text
 from ..jobs import DEFAULT_JOB_TYPE, DEFAULT_STATUS
 from ..vocab import STATES
 from .context import Ctx, EntryId, LogbookCommand, pass_ctx
@@ -315,6 +316,7 @@ def status(c: Ctx, as_json: bool, max_lag: float | None) -> None:
     cfg = c.config()
     store = c.open(readonly=True)
     data = (Status(db=str(cfg.db)) if store is None else store.status()).to_dict()
+    data = _with_unconfirmed_age(data)
     data["ready"], data["verdict"] = verdict_line(cfg, max_lag)
     if as_json:
         print_json(data)
@@ -327,7 +329,8 @@ def status(c: Ctx, as_json: bool, max_lag: float | None) -> None:
     if data["unconfirmed"]:
         click.echo(
             f"unconfirmed:    {data['unconfirmed']} accepted by a relay, the API's id not back"
-            f" yet (oldest since {data['oldest_unconfirmed']}); `logbook sync` asks again"
+            f" yet (the oldest waits {age_text(data['oldest_unconfirmed_age_seconds'] or 0)},"
+            f" since {data['oldest_unconfirmed']}); `logbook sync` asks again"
         )
     if data["missing"]:
         click.echo(
@@ -448,3 +451,19 @@ def rm(c: Ctx, ids: tuple[int, ...], as_json: bool) -> None:
         print_json({"removed": n})
     else:
         click.echo(f"{n} entries removed")
+
+
+def _with_unconfirmed_age(data: dict[str, Any]) -> dict[str, Any]:
+    """``oldest_unconfirmed_age_seconds`` beside ``oldest_unconfirmed``: the age DESIGN names."""
+    import time
+
+    from ..health import timestamp
+
+    since = timestamp(data.get("oldest_unconfirmed"))
+    age = None if since is None else round(max(0.0, time.time() - since), 3)
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out[key] = value
+        if key == "oldest_unconfirmed":
+            out["oldest_unconfirmed_age_seconds"] = age
+    return out

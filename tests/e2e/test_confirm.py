@@ -125,6 +125,9 @@ def test_a_relay_restored_from_a_backup_taken_before_the_labs_synced(
         assert states(lab.db)["synced"] == N and not any(e["confirmed"] for e in lab.entries())
     status = cli(labs[0].home, "status", "--json").json()
     assert status["unconfirmed"] == N and status["oldest_unconfirmed"]
+    assert 0 <= status["oldest_unconfirmed_age_seconds"] < 600  # the age DESIGN names
+    text = cli(labs[0].home, "status").out
+    assert f"unconfirmed:    {N} accepted by a relay" in text and "the oldest waits " in text
     restore(relay, nightly)  # every job the relay had accepted is gone
     upstream.extra_args = ("--port", port)
     upstream.start()
