@@ -209,7 +209,9 @@ class _Collector:
             "logbook_http_requests", "Requests to the API (or upstream) by status code"
             " (error: no answer).", labels=["code"],
         )  # fmt: skip
-        for code, n in sorted(s.requests.items()):
+        # "error" (no answer) is always there, at 0 until one happens: a counter with a sample
+        # from the start, so a rate() or an alert on it never sees an absent series
+        for code, n in sorted({"error": 0, **s.requests}.items()):
             codes.add_metric([code], n)
         yield codes
         yield InfoMetricFamily("logbook_build", "logbook's version.", value={"version": s.version})

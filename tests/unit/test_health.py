@@ -186,6 +186,9 @@ def test_the_metrics_have_the_contracts_names() -> None:
     assert got[("logbook_relay_requests_total", (("client", "lab-1"), ("code", "200")))] == 5
     assert got[("logbook_relay_upstream_last_contact_timestamp_seconds", ())] == NOW - 3
     assert got[("logbook_ready", ())] == 0  # 90 s old, 60 s allowed
+    # before any request: the requests counter has a sample all the same
+    fresh = samples(exposition(snapshot(requests={}))[0].decode())
+    assert fresh[("logbook_http_requests_total", (("code", "error"),))] == 0
 
 
 def test_a_watcher_has_no_relay_metrics() -> None:
