@@ -348,8 +348,9 @@ def verify_receipt(store: Store, path: str) -> Manifest:
 def apply_receipt(store: Store, path: str, *, progress: Progress | None = None) -> Applied:
     """Take a receipt for this store: jobs it names synced become ``synced`` with the API's
     id and status (confirmed), rejected ones ``rejected`` with the reason; others stay.  A
-    synced entry never goes back, an entry a running sync holds is left alone, and the same
-    receipt again, or an older one for the same bundle, changes nothing.
+    synced entry never goes back, an entry a running sync holds is left alone, the same
+    receipt again, or an older one for the same bundle, changes nothing, and one older than a
+    receipt applied from the same store (for another bundle) rejects nothing.
     """
     manifest = verify_receipt(store, path)
     report = Applied(manifest.store_id, manifest.bundle_id, manifest.created, str(manifest.made_in),
@@ -358,13 +359,20 @@ def apply_receipt(store: Store, path: str, *, progress: Progress | None = None) 
     if last is not None and manifest.created <= last:
         report.superseded_by = last
         return report
+    # A receipt older than one already applied from the same store (for another bundle that
+    # carried the same jobs again) may name as rejected what was sent again since: it still
+    # brings synced jobs (the API has them), and rejects nothing.
+    newest = store.bundles.newest_receipt_from(str(manifest.made_in))
+    stale = newest is not None and manifest.created < newest
     step = _step(progress, "applying", manifest.jobs)
     changes: Counter[str] = Counter()
     batch: list[Outcome] = []
     _, records = open_file(path, RECEIPT)
     for n, (line, doc) in enumerate(records, 1):
         o = receipt_outcome(path, n, line, doc)
-        if o.outcome in ("synced", "rejected"):
+        if o.outcome == "rejected" and stale:
+            changes["rejected in an older receipt"] += 1
+        elif o.outcome in ("synced", "rejected"):
             batch.append(o)
         else:
             changes[o.outcome] += 1
@@ -374,6 +382,6 @@ def apply_receipt(store: Store, path: str, *, progress: Progress | None = None) 
         step.done = n
     if batch:
         changes.update(store.bundles.apply(batch))
-    store.bundles.applied(manifest.bundle_id, manifest.created)
+    store.bundles.applied(manifest.bundle_id, manifest.created, str(manifest.made_in))
     report.changes = dict(changes)
     return report

@@ -232,10 +232,21 @@ class Bundles:
             "SELECT value FROM meta WHERE key = ?", (f"receipt:{bundle_id}",)
         )
 
-    def applied(self, bundle_id: str, made: str) -> None:
+    def newest_receipt_from(self, made_in: str) -> str | None:
+        """When the newest receipt applied from that (importing) store was made, any bundle."""
+        return self.store.scalar(  # type: ignore[no-any-return]
+            "SELECT value FROM meta WHERE key = ?", (f"receipt-from:{made_in}",)
+        )
+
+    def applied(self, bundle_id: str, made: str, made_in: str) -> None:
         """Remember a receipt as applied: an older (or the same) one for that bundle changes
-        nothing later; ``status`` shows when the last one was.
+        nothing later, and an older one from that store rejects nothing; ``status`` shows
+        when the last one was.
         """
         with self.store.write() as conn:
             conn.execute(_SET_META, (f"receipt:{bundle_id}", made))
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+                " SET value = max(value, excluded.value)", (f"receipt-from:{made_in}", made),
+            )  # fmt: skip
             conn.execute(_SET_META, (LAST_RECEIPT, now_iso()))

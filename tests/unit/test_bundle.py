@@ -419,6 +419,27 @@ def test_a_receipt_twice_or_an_older_after_a_newer_changes_nothing(
     assert a.find(*trip[0]).state == "pending"  # type: ignore[union-attr]
 
 
+def test_an_older_receipt_of_another_bundle_after_a_newer_one_rejects_nothing(
+    a: Store, b: Store, tmp_path: Path, trip: list[Key]
+) -> None:
+    """Bundle x, then bundle y carrying the same jobs again: y's receipt (newer) applied first,
+    then x's (older) still brings what the API has, and rejects nothing on stale news."""
+    export_bundle(a, str(tmp_path / "y.bundle"))  # the same jobs, a bundle of its own
+    set_row(b, trip[0], state="rejected", last_error="HTTP 422")
+    synced_on_b(b, trip[1], "srv-1")
+    older = str(tmp_path / "x.receipt")
+    make_receipt(b, str(tmp_path / "x.bundle"), older)  # trip[0] rejected, trip[1] synced
+    set_row(b, trip[0], state="pending", last_error=None)  # retried there since
+    newer = str(tmp_path / "y.receipt")
+    make_receipt(b, str(tmp_path / "y.bundle"), newer)  # trip[0] waiting
+    apply_receipt(a, newer)
+    set_row(a, trip[1], state="pending", remote_id=None)  # as if y had not said so
+    done = apply_receipt(a, older)
+    assert done.superseded_by is None and done.changes["rejected in an older receipt"] == 1
+    assert a.find(*trip[0]).state == "pending"  # type: ignore[union-attr]
+    assert a.find(*trip[1]).state == "synced"  # type: ignore[union-attr]
+
+
 def test_an_older_receipt_first_then_a_newer_one_takes_both(
     a: Store, b: Store, tmp_path: Path, trip: list[Key]
 ) -> None:
