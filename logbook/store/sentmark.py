@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 from pathlib import Path
 
 from .connect import Database
@@ -40,24 +41,47 @@ def mark_path(store_path: str) -> Path:
     return Path(store_path + SUFFIX)
 
 
+#: A mark is a few dozen bytes; anything longer is not one.
+_MAX_BYTES = 4096
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_warned: set[str] = set()
+
+
 def read_mark(store_path: str) -> tuple[str, int] | None:
-    """``(store_id, generation)`` from the mark beside the store, or None."""
+    """``(store_id, generation)`` from the mark beside the store, or None.
+
+    Opened without following a symlink and without blocking (a FIFO put there would hang a
+    plain read), and only a small regular file is read.
+    """
     try:
-        data = json.loads(mark_path(store_path).read_bytes())
+        fd = os.open(mark_path(store_path), os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        raw = os.read(fd, _MAX_BYTES + 1)
+        if len(raw) > _MAX_BYTES:
+            return None
+        data = json.loads(raw)
         store_id, generation = data["store_id"], data["generation"]
     except (OSError, ValueError, TypeError, KeyError):
         return None
+    finally:
+        os.close(fd)
     if not isinstance(store_id, str) or type(generation) is not int or generation < 0:
         return None
     return store_id, generation
 
 
 def _write_mark(store_path: str, store_id: str, generation: int) -> None:
-    """Written whole or not at all: a temporary file, fsync, rename, the directory fsync'd."""
+    """Written whole or not at all: a temporary file of our own (never through a link someone
+    put there), fsync, rename over the mark, the directory fsync'd."""
     path = mark_path(store_path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     body = json.dumps({"store_id": store_id, "generation": generation}).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
     try:
         os.write(fd, body)
         os.fsync(fd)
@@ -98,8 +122,10 @@ def begin_sending(db: Database) -> int:
         try:
             _write_mark(db.path, store_id, generation)
         except OSError as err:
-            log.warning(
-                "cannot write %s (%s): a restore of this store from a backup would not be"
-                " noticed", mark_path(db.path), err.strerror,
-            )  # fmt: skip
+            if db.path not in _warned:  # once a process: a watcher runs a sync every few seconds
+                _warned.add(db.path)
+                log.warning(
+                    "cannot write %s (%s): a restore of this store from a backup would not be"
+                    " noticed", mark_path(db.path), err.strerror,
+                )  # fmt: skip
     return flagged
