@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -271,3 +272,21 @@ def assert_entry_shape(entry: dict[str, Any]) -> None:
     assert ISO_UTC.match(entry["created_at"]), entry["created_at"]
     if entry["synced_at"] is not None:
         assert ISO_UTC.match(entry["synced_at"])
+
+
+def backup(db: Path, to: Path) -> Path:
+    """A consistent copy of a store, even while a process writes it (SQLite's backup API)."""
+    src, dst = sqlite3.connect(db), sqlite3.connect(to)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return to
+
+
+def put_back(copy: Path, db: Path) -> None:
+    """A store's file replaced by an older copy; its -wal and -shm belong to the newer one."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copyfile(copy, db)

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 from relaysupport import UP_KEY, RelayProcess
 from support import (
+    backup,
     cli,
     make_jobs,
+    put_back,
     seed_store,
     set_row,
     started,
@@ -88,24 +90,10 @@ def judge(upstream: EmulatorProcess, labs: list[Lab]) -> None:
             assert e["api_id"] == by_identity[e["experiment_id"], e["hash"]], e
 
 
-def backup(db: Path, to: Path) -> Path:
-    """A consistent copy of a store taken while its process runs (SQLite's backup API)."""
-    src, dst = sqlite3.connect(db), sqlite3.connect(to)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
-    return to
-
-
 def restore(relay: RelayProcess, copy: Path) -> None:
     """The relay's disk is put back to ``copy``: stop it, replace its store, start it again."""
     assert relay.stop() == 0
-    db = relay.home / "logbook.db"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    shutil.copyfile(copy, db)
+    put_back(copy, relay.home / "logbook.db")
     relay.start()
 
 

@@ -8,11 +8,9 @@ older copy of itself, and looks those entries up before posting any of them.
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
 from pathlib import Path
 
-from support import assert_exactly_once, cli, make_jobs, seed_store, states
+from support import assert_exactly_once, backup, cli, make_jobs, put_back, seed_store, states
 
 from logbook.emulator.testing import EmulatorProcess
 from logbook.store import Store
@@ -21,38 +19,21 @@ from logbook.store.sentmark import mark_path
 LOOKUPS = "GET /experiments/{experiment_id}/jobs/{job_hash}"
 
 
-def _backup(db: Path, to: Path) -> None:
-    """What a backup tool does right: SQLite's online backup, one consistent copy."""
-    src, dst = sqlite3.connect(db), sqlite3.connect(to)
-    try:
-        src.backup(dst)
-    finally:
-        src.close()
-        dst.close()
-
-
-def _restore(backup: Path, db: Path) -> None:
-    """Put the backup back over the store (its -wal and -shm go: they belong to the newer one)."""
-    for suffix in ("-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    shutil.copyfile(backup, db)
-
-
 def test_a_store_restored_from_a_backup_posts_nothing_twice(
     logbook_home: Path, emulator: EmulatorProcess, tmp_path: Path
 ) -> None:
     db = seed_store(logbook_home, 30)
     first = cli(logbook_home, "sync", "--no-refresh", env=emulator.env())  # 30 sent
     assert first.code == 0, first.err
-    backup = tmp_path / "nightly.db"
-    _backup(db, backup)  # the backup knows of those 30 as synced
+    nightly = tmp_path / "nightly.db"
+    backup(db, nightly)  # the backup knows of those 30 as synced
     with Store(db) as store:  # the lab goes on: 20 more jobs, sent
         store.record_many(make_jobs(20, "exp-after"))
     second = cli(logbook_home, "sync", "--no-refresh", env=emulator.env())
     assert second.code == 0, second.err
     assert emulator.stats()["jobs_created"] == 50
 
-    _restore(backup, db)  # the disk died; last night's copy comes back
+    put_back(nightly, db)  # the disk died; last night's copy comes back
     assert states(db)["synced"] == 30 and states(db)["pending"] == 0
     with Store(db) as store:  # the 20 are recorded again from their result files
         store.record_many(make_jobs(20, "exp-after"))
