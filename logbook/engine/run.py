@@ -22,7 +22,7 @@ from ..config import NO_KEY
 from ..errors import ConfigError, Interrupted
 from ..progress import Progress
 from ..store import Entry, Store, now_iso
-from ..store.sentmark import begin_sending
+from ..store.sentmark import check_restored
 from ..store.worker import StoreWorker
 from .core import LEASE_SECONDS, SyncEngine
 from .policy import run_error
@@ -214,9 +214,8 @@ class _Run:
     async def _send(self) -> None:
         engine, limit = self.engine, self.o["limit"]
         db = engine.db
+        await db.run(check_restored, db.store)  # a store restored from a backup is told here
         total = await db.run(engine.leases.count_due, ignore_backoff=not self.o["respect_backoff"])
-        if total:  # before the first POST: a store restored from a backup is told here
-            await db.run(begin_sending, db.store)
         engine.progress.begin("sending", total if limit is None else min(total, limit))
         first, stalls = not self.o["respect_backoff"], 0
         while True:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from ..vocab import MAX_RETRY_DELAY, UNFINISHED
 from .connect import Database, now_iso
 from .schema import BY_UNCONFIRMED, SELECT, Entry
+from .sentmark import note_claim
 
 UNFINISHED_REMOTE: tuple[str, ...] = tuple(sorted(UNFINISHED))
 _HOST = socket.gethostname()
@@ -256,6 +257,7 @@ class Leases:
                 " WHERE id = ?",
                 [(owner, now + lease_seconds, i) for i in ids],
             )
+            note_claim(conn, self.store.path)  # before any of them can be posted
             marks = ",".join("?" * len(ids))
             rows = conn.execute(SELECT + f" WHERE id IN ({marks}) ORDER BY id", ids).fetchall()
         return Claim([Entry.from_row(r) for r in rows], last)

@@ -1,20 +1,26 @@
 """The sent mark: how a sync tells that its store was put back to an older copy.
 
-A store restored from a backup brings back, as ``pending``, entries that were
-posted after the backup was taken. The API does not de-duplicate posts, so
-sending them again would make a second job of each. Before a run sends
-anything, it raises the store's *send generation* (in ``meta``) and writes the
-same number to a small file beside the store, ``<store>.sent``. It does both
-under the store's write lock, so runs of several processes keep the two in
-step. A store whose generation is behind that file's (same store id) is an
-older copy of itself. Its pending entries are flagged ``maybe_sent``, so each
-is looked up at the API by ``(experiment_id, hash)`` and posted only if the
-API does not have it.
+A store restored from a backup brings back, as ``pending`` (or ``rejected``),
+entries that were posted after the backup was taken. The API does not
+de-duplicate posts, so sending them again would make a second job of each.
+Each claim of entries to send raises the store's *send generation* (in
+``meta``) and writes the same number to a small file beside the store,
+``<store>.sent``, in the claim's own transaction: before any entry it claims
+can be posted, the mark is ahead of every copy of the store taken before. At a
+run's start, a store whose generation is behind its mark (same store id) is
+an older copy of itself. Its pending and rejected entries are flagged
+``maybe_sent``, so each is looked up at the API by ``(experiment_id, hash)``
+and posted only if the API does not have it.
 
-What this cannot tell: a restore that also puts back the mark file (a whole
-directory from one backup). A mark that cannot be read, or that names another
-store, is no evidence and is replaced. A failed write of the mark is a warning:
-the run goes on as it would have before the mark existed.
+The mark sits beside the store's real file (symlinks resolved), so every path
+to one store shares one mark. It is not fsync'd: a power loss may keep an
+older mark, which errs towards no alarm, never a false one.
+
+What this cannot tell: a restore that also puts back the mark (a whole
+directory from one backup), and a copy of the store used at another path or on
+another machine (it has no mark there). A mark that cannot be read, or that
+names another store, is no evidence and is replaced. A failed write of the mark
+is a warning: the run goes on as it would have before the mark existed.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from .connect import Database
@@ -38,7 +46,7 @@ _SET = (
 
 
 def mark_path(store_path: str) -> Path:
-    return Path(store_path + SUFFIX)
+    return Path(os.path.realpath(store_path) + SUFFIX)
 
 
 #: A mark is a few dozen bytes; anything longer is not one.
@@ -76,56 +84,73 @@ def read_mark(store_path: str) -> tuple[str, int] | None:
 
 def _write_mark(store_path: str, store_id: str, generation: int) -> None:
     """Written whole or not at all: a temporary file of our own (never through a link someone
-    put there), fsync, rename over the mark, the directory fsync'd."""
+    put there), renamed over the mark; the temporary file never stays behind."""
     path = mark_path(store_path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     body = json.dumps({"store_id": store_id, "generation": generation}).encode()
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
     try:
-        os.write(fd, body)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def begin_sending(db: Database) -> int:
-    """Before a run's first POST: raise the generation (store and mark) and return how many
-    pending entries were flagged ``maybe_sent`` because the store is an older copy."""
-    flagged = 0
-    with db.write() as conn:
-        store_id = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
-        if store_id is None:
-            return 0
-        store_id = store_id[0]
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_KEY,)).fetchone()
-        generation = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
-        mark = read_mark(db.path)
-        if mark is not None and mark[0] == store_id and mark[1] > generation:
-            flagged = conn.execute(
-                "UPDATE entries SET maybe_sent = 1 WHERE state = 'pending' AND maybe_sent = 0"
-            ).rowcount
-            generation = mark[1]
-            log.warning(
-                "this store is older than its last sync (restored from a backup?): %d pending"
-                " entries will be looked up before they are sent, so none is posted twice",
-                flagged,
-            )
-        generation += 1
-        conn.execute(_SET, (_KEY, str(generation)))
         try:
-            _write_mark(db.path, store_id, generation)
-        except OSError as err:
-            if db.path not in _warned:  # once a process: a watcher runs a sync every few seconds
-                _warned.add(db.path)
-                log.warning(
-                    "cannot write %s (%s): a restore of this store from a backup would not be"
-                    " noticed", mark_path(db.path), err.strerror,
-                )  # fmt: skip
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _generation(read: Callable[[str], object]) -> int:
+    value = read("SELECT value FROM meta WHERE key = 'send_generation'")
+    return int(value) if isinstance(value, str) and value.isdigit() else 0
+
+
+def check_restored(db: Database) -> int:
+    """At a run's start: flag a restored store's pending and rejected entries ``maybe_sent``
+    and catch its generation up with the mark; returns how many were flagged."""
+    mark = read_mark(db.path)
+    if mark is None or mark[0] != db.scalar("SELECT value FROM meta WHERE key = 'store_id'"):
+        return 0
+    if mark[1] <= _generation(db.scalar):  # the usual case: a read, no write lock
+        return 0
+    with db.write() as conn:
+        if mark[1] <= _generation(lambda sql: _one(conn, sql)):
+            return 0  # another process caught it up meanwhile
+        flagged = conn.execute(
+            "UPDATE entries SET maybe_sent = 1"
+            " WHERE state IN ('pending', 'rejected') AND maybe_sent = 0"
+        ).rowcount
+        conn.execute(_SET, (_KEY, str(mark[1])))
+    log.warning(
+        "this store is behind its last sync (restored from a backup, or a sync stopped as it"
+        " began): %d entries not yet synced will be looked up before they are sent, so none"
+        " is posted twice", flagged,
+    )  # fmt: skip
     return flagged
+
+
+def note_claim(conn: sqlite3.Connection, store_path: str) -> None:
+    """In a claim's transaction, before any entry it takes can be posted: raise the store's
+    generation and write the mark, so every copy taken before is told as older."""
+    generation = _generation(lambda sql: _one(conn, sql)) + 1
+    conn.execute(_SET, (_KEY, str(generation)))
+    store_id = _one(conn, "SELECT value FROM meta WHERE key = 'store_id'")
+    if not isinstance(store_id, str):
+        return
+    try:
+        _write_mark(store_path, store_id, generation)
+    except OSError as err:
+        if store_path not in _warned:  # once a process: a watcher claims every few seconds
+            _warned.add(store_path)
+            log.warning(
+                "cannot write %s (%s): a restore of this store from a backup would not be"
+                " noticed", mark_path(store_path), err.strerror,
+            )  # fmt: skip
+
+
+def _one(conn: sqlite3.Connection, sql: str) -> object:
+    row = conn.execute(sql).fetchone()
+    return None if row is None else row[0]
