@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..health import age_text
+from ..health import age_text, timestamp
 from ..jobs import DEFAULT_JOB_TYPE, DEFAULT_STATUS
 from ..vocab import STATES
 from .context import Ctx, EntryId, LogbookCommand, pass_ctx
@@ -316,7 +317,10 @@ def status(c: Ctx, as_json: bool, max_lag: float | None) -> None:
     cfg = c.config()
     store = c.open(readonly=True)
     data = (Status(db=str(cfg.db)) if store is None else store.status()).to_dict()
-    data = _with_unconfirmed_age(data)
+    since = timestamp(data["oldest_unconfirmed"])  # DESIGN: the age of the oldest
+    data["oldest_unconfirmed_age_seconds"] = (
+        None if since is None else round(max(0.0, time.time() - since), 3)
+    )
     data["ready"], data["verdict"] = verdict_line(cfg, max_lag)
     if as_json:
         print_json(data)
@@ -452,18 +456,3 @@ def rm(c: Ctx, ids: tuple[int, ...], as_json: bool) -> None:
     else:
         click.echo(f"{n} entries removed")
 
-
-def _with_unconfirmed_age(data: dict[str, Any]) -> dict[str, Any]:
-    """``oldest_unconfirmed_age_seconds`` beside ``oldest_unconfirmed``: the age DESIGN names."""
-    import time
-
-    from ..health import timestamp
-
-    since = timestamp(data.get("oldest_unconfirmed"))
-    age = None if since is None else round(max(0.0, time.time() - since), 3)
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out[key] = value
-        if key == "oldest_unconfirmed":
-            out["oldest_unconfirmed_age_seconds"] = age
-    return out

@@ -163,6 +163,7 @@ class _Run:
                 installed.append(sig)
         run_stamp = now_iso()
         try:
+            await db.run(check_restored, db.store)  # a store restored from a backup: told here
             await self._send()
             self._raise_if_stopped(engine)
             if self.o["refresh"] and not self._out_of_time() and self.signum is None:
@@ -214,7 +215,6 @@ class _Run:
     async def _send(self) -> None:
         engine, limit = self.engine, self.o["limit"]
         db = engine.db
-        await db.run(check_restored, db.store)  # a store restored from a backup is told here
         total = await db.run(engine.leases.count_due, ignore_backoff=not self.o["respect_backoff"])
         engine.progress.begin("sending", total if limit is None else min(total, limit))
         first, stalls = not self.o["respect_backoff"], 0

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFound, StoreError
 from .actions import EntryActions, parse_id
-from .connect import now_iso, open_readonly, open_readwrite
+from .connect import SET_META, now_iso, open_readonly, open_readwrite
 from .schema import INSERT, SCHEMA_VERSION, SELECT, STATES, Entry
 from .schema import row as job_row
 
@@ -45,10 +45,6 @@ __all__ = ["Entry", "STATES", "SCHEMA_VERSION", "Status", "Store", "now_iso"]
 _UNCONFIRMED = (
     "INDEXED BY entries_unconfirmed"
     " WHERE state = 'synced' AND via IS NOT NULL AND upstream_id IS NULL"
-)
-_SET_META = (
-    "INSERT INTO meta (key, value) VALUES (?, ?)"
-    " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
 
 
@@ -287,7 +283,7 @@ class Store(EntryActions):
 
     def set_meta(self, key: str, value: str) -> None:
         with self.write() as conn:
-            conn.execute(_SET_META, (key, value))
+            conn.execute(SET_META, (key, value))
 
     def record_run(self, run: Mapping[str, Any], contacted: bool = False) -> None:
         """Add a sync run to the history (``runs``); its end is the store's ``last_sync``,
@@ -297,9 +293,9 @@ class Store(EntryActions):
         with self.write() as conn:
             conn.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(run))})",
                          tuple(run.values()))  # fmt: skip
-            conn.execute(_SET_META, ("last_sync", run["ended_at"]))
+            conn.execute(SET_META, ("last_sync", run["ended_at"]))
             if contacted:
-                conn.execute(_SET_META, ("last_contact", run["ended_at"]))
+                conn.execute(SET_META, ("last_contact", run["ended_at"]))
 
     def runs(self, limit: int = 10) -> list[dict[str, Any]]:
         rows = self.read("SELECT * FROM runs ORDER BY id DESC LIMIT ?", (limit,))

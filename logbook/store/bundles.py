@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..jobs import JOB_FIELDS, canonical_json
-from .connect import Database, now_iso, translate
+from .connect import SET_META, Database, now_iso, translate
 from .schema import INSERT_COLUMNS
 from .schema import row as job_row
 
@@ -54,10 +54,6 @@ _HELD = (
     "SELECT b.seq, " + ", ".join(f"e.{f}" for f in JOB_FIELDS) + " FROM temp.bundle_batch b"
     " JOIN main.entries e ON e.experiment_id = b.experiment_id AND e.hash = b.hash"
     " ORDER BY b.seq"
-)
-_SET_META = (
-    "INSERT INTO meta (key, value) VALUES (?, ?)"
-    " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
 )
 _SYNCED = (
     "UPDATE entries SET state = 'synced', remote_id = ?, remote_status = ?, synced_at = ?,"
@@ -224,7 +220,7 @@ class Bundles:
     def exported(self, when: str) -> None:
         """Remember when the last bundle was exported (``status`` shows it)."""
         with self.store.write() as conn:
-            conn.execute(_SET_META, (LAST_EXPORT, when))
+            conn.execute(SET_META, (LAST_EXPORT, when))
 
     def receipt_applied(self, bundle_id: str) -> str | None:
         """When the newest receipt applied for that bundle was made, if any."""
@@ -244,9 +240,9 @@ class Bundles:
         when the last one was.
         """
         with self.store.write() as conn:
-            conn.execute(_SET_META, (f"receipt:{bundle_id}", made))
+            conn.execute(SET_META, (f"receipt:{bundle_id}", made))
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
                 " SET value = max(value, excluded.value)", (f"receipt-from:{made_in}", made),
             )  # fmt: skip
-            conn.execute(_SET_META, (LAST_RECEIPT, now_iso()))
+            conn.execute(SET_META, (LAST_RECEIPT, now_iso()))

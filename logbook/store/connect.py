@@ -99,6 +99,13 @@ def retry_busy(fn: Callable[[], T], deadline: float | None = None) -> T:
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+#: Set one ``meta`` key (the store's small facts: its id, last sync, last receipt, ...).
+SET_META = (
+    "INSERT INTO meta (key, value) VALUES (?, ?)"
+    " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+)
+
+
 def not_sqlite(path: str) -> bool:
     """True for a file that is no SQLite database at all (``/etc/passwd``, a CSV): its first
     bytes are not SQLite's.  An empty file is a store not yet set up.

@@ -30,19 +30,16 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
-from .connect import Database
+from .connect import SET_META, Database
 
 log = logging.getLogger("logbook.store")
 
 SUFFIX = ".sent"
 _KEY = "send_generation"
-_SET = (
-    "INSERT INTO meta (key, value) VALUES (?, ?)"
-    " ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-)
+_GENERATION = f"SELECT value FROM meta WHERE key = '{_KEY}'"
+_STORE_ID = "SELECT value FROM meta WHERE key = 'store_id'"
 
 
 def mark_path(store_path: str) -> Path:
@@ -103,27 +100,31 @@ def _write_mark(store_path: str, store_id: str, generation: int) -> None:
         raise
 
 
-def _generation(read: Callable[[str], object]) -> int:
-    value = read("SELECT value FROM meta WHERE key = 'send_generation'")
+def _number(value: object) -> int:
     return int(value) if isinstance(value, str) and value.isdigit() else 0
+
+
+def _one(conn: sqlite3.Connection, sql: str) -> object:
+    row = conn.execute(sql).fetchone()
+    return None if row is None else row[0]
 
 
 def check_restored(db: Database) -> int:
     """At a run's start: flag a restored store's pending and rejected entries ``maybe_sent``
     and catch its generation up with the mark; returns how many were flagged."""
     mark = read_mark(db.path)
-    if mark is None or mark[0] != db.scalar("SELECT value FROM meta WHERE key = 'store_id'"):
+    if mark is None or mark[0] != db.scalar(_STORE_ID):
         return 0
-    if mark[1] <= _generation(db.scalar):  # the usual case: a read, no write lock
+    if mark[1] <= _number(db.scalar(_GENERATION)):  # the usual case: reads, no write lock
         return 0
     with db.write() as conn:
-        if mark[1] <= _generation(lambda sql: _one(conn, sql)):
+        if mark[1] <= _number(_one(conn, _GENERATION)):
             return 0  # another process caught it up meanwhile
         flagged = conn.execute(
             "UPDATE entries SET maybe_sent = 1"
             " WHERE state IN ('pending', 'rejected') AND maybe_sent = 0"
         ).rowcount
-        conn.execute(_SET, (_KEY, str(mark[1])))
+        conn.execute(SET_META, (_KEY, str(mark[1])))
     log.warning(
         "this store is behind its last sync (restored from a backup, or a sync stopped as it"
         " began): %d entries not yet synced will be looked up before they are sent, so none"
@@ -135,9 +136,9 @@ def check_restored(db: Database) -> int:
 def note_claim(conn: sqlite3.Connection, store_path: str) -> None:
     """In a claim's transaction, before any entry it takes can be posted: raise the store's
     generation and write the mark, so every copy taken before is told as older."""
-    generation = _generation(lambda sql: _one(conn, sql)) + 1
-    conn.execute(_SET, (_KEY, str(generation)))
-    store_id = _one(conn, "SELECT value FROM meta WHERE key = 'store_id'")
+    generation = _number(_one(conn, _GENERATION)) + 1
+    conn.execute(SET_META, (_KEY, str(generation)))
+    store_id = _one(conn, _STORE_ID)
     if not isinstance(store_id, str):
         return
     try:
@@ -149,8 +150,3 @@ def note_claim(conn: sqlite3.Connection, store_path: str) -> None:
                 "cannot write %s (%s): a restore of this store from a backup would not be"
                 " noticed", mark_path(store_path), err.strerror,
             )  # fmt: skip
-
-
-def _one(conn: sqlite3.Connection, sql: str) -> object:
-    row = conn.execute(sql).fetchone()
-    return None if row is None else row[0]
